@@ -1,0 +1,78 @@
+"""Shared fixtures: tiny checkpoints built once per session, data directories, and lm-eval runs.
+
+Nothing here touches the network: the hub is switched off for this process and its subprocesses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+os.environ.pop("MOE_RBENCH_STARTUP_HOOK", None)
+REAL_DATA = os.environ.get("MOE_RBENCH_DATA_DIR")  # read before the tests clear it
+
+FIXTURE_DATA = Path(__file__).parent / "fixtures" / "data"
+BIN = Path(sys.executable).parent
+STYLE_OOD_TASKS = [
+    "moe_rbench_sst2",
+    *(f"moe_rbench_style_{name}" for name in (
+        "augment", "shake_w", "shake_p0", "shake_p06", "bible_p0", "bible_p06",
+        "romantic_p0", "romantic_p06", "tweet_p0", "tweet_p06",
+    )),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """`tiny_model("mixtral")` -> path of a tiny checkpoint, built at most once per session."""
+    from moe_rbench_models.tiny import build_tiny_model
+
+    root = tmp_path_factory.mktemp("tiny_models")
+    built: dict[str, Path] = {}
+
+    def get(architecture: str) -> Path:
+        if architecture not in built:
+            built[architecture] = build_tiny_model(architecture, root / architecture)
+        return built[architecture]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def real_data_dir() -> Path:
+    """The original release files (`../shared/data` in CI), from MOE_RBENCH_DATA_DIR."""
+    if not REAL_DATA:
+        pytest.skip("MOE_RBENCH_DATA_DIR is not set: real-data tests need the benchmarks' release files")
+    return Path(REAL_DATA)
+
+
+@pytest.fixture(autouse=True)
+def _no_data_dir_from_environment(monkeypatch):
+    """Tests choose their data directory explicitly."""
+    monkeypatch.delenv("MOE_RBENCH_DATA_DIR", raising=False)
+
+
+def run(command: list[str], *, env: dict | None = None, check: bool = True, timeout: int = 300, cwd=None):
+    """Run a command (environment = this one's plus `env`); on failure show its output."""
+    result = subprocess.run(command, env={**os.environ, **(env or {})}, capture_output=True, text=True,
+                            timeout=timeout, cwd=cwd)  # fmt: skip
+    if check and result.returncode != 0:
+        raise AssertionError(f"{command} exited {result.returncode}\n--- stdout\n{result.stdout[-4000:]}\n"
+                             f"--- stderr\n{result.stderr[-4000:]}")  # fmt: skip
+    return result
+
+
+def lm_eval_outputs(output_path: Path) -> tuple[dict, dict[str, list[dict]]]:
+    """The results JSON and the samples per task that one `lm_eval --output_path` run wrote."""
+    (results_file,) = output_path.rglob("results_*.json")
+    samples = {}
+    for samples_file in output_path.rglob("samples_*.jsonl"):
+        task = samples_file.name.removeprefix("samples_").rsplit("_", 1)[0]
+        samples[task] = [json.loads(line) for line in samples_file.read_text().splitlines()]
+    return json.loads(results_file.read_text()), samples

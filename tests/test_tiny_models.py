@@ -1,0 +1,48 @@
+"""Tiny checkpoints of real architectures load by path like real ones, and their MoE layers are found."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+from moe_rbench_models.routing import find_moe_layers
+from moe_rbench_models.tiny import ARCHITECTURES, SEQ2SEQ
+
+MOE_LAYOUT = {  # architecture -> (MoE layers, experts, top-k)
+    "mixtral": (2, 4, 2), "qwen2_moe": (2, 4, 2), "qwen3_moe": (2, 4, 2), "olmoe": (2, 4, 2),
+    "deepseek_v3": (2, 8, 2), "gpt_oss": (2, 4, 2), "switch_transformers": (2, 4, 1), "llama": (0, None, None),
+    "t5": (0, None, None),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
+def test_tiny_checkpoint_loads_by_path_and_runs(tiny_model, architecture):
+    path = tiny_model(architecture)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    auto_class = AutoModelForSeq2SeqLM if architecture in SEQ2SEQ else AutoModelForCausalLM
+    model = auto_class.from_pretrained(path)
+    assert model.config.model_type == architecture
+    inputs = tokenizer(["what is the sentiment of this sentence ?"], return_tensors="pt")
+    extra = {"decoder_input_ids": inputs.input_ids[:, :3]} if architecture in SEQ2SEQ else {}
+    with torch.no_grad():
+        logits = model(**inputs, **extra).logits
+    assert logits.shape[-1] == len(tokenizer) == 512 and torch.isfinite(logits).all()
+
+    layers = find_moe_layers(model)
+    count, experts, top_k = MOE_LAYOUT[architecture]
+    assert len(layers) == count
+    assert all(layer.num_experts == experts and layer.top_k == top_k for layer in layers)
+
+
+def test_switch_layers_are_found_on_both_sides(tiny_model):
+    model = AutoModelForSeq2SeqLM.from_pretrained(tiny_model("switch_transformers"))
+    assert [(layer.side, layer.layer) for layer in find_moe_layers(model)] == [("encoder", 1), ("decoder", 1)]
+
+
+def test_tiny_checkpoints_are_reproducible(tiny_model, tmp_path):
+    from moe_rbench_models.tiny import build_tiny_model
+
+    again = AutoModelForCausalLM.from_pretrained(build_tiny_model("olmoe", tmp_path / "again"))
+    first = AutoModelForCausalLM.from_pretrained(tiny_model("olmoe"))
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
