@@ -24,7 +24,7 @@ class MoELayer:
     side: str  # "decoder", or "encoder" in encoder-decoder models
     router: nn.Module
     num_experts: int
-    top_k: int
+    top_k: int | None  # None where the router neither exposes nor fixes it
 
 
 def declared_router_classes(model: nn.Module) -> tuple[type[nn.Module], ...]:
@@ -56,7 +56,7 @@ def find_moe_layers(model: nn.Module) -> list[MoELayer]:
                     side="encoder" if name.startswith("encoder.") else "decoder",
                     router=module,
                     num_experts=_num_experts(module),
-                    top_k=getattr(module, "top_k", None) or _FIXED_TOP_K[model_type],
+                    top_k=getattr(module, "top_k", None) or _FIXED_TOP_K.get(model_type),
                 )
             )
     return layers
