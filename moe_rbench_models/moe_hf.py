@@ -1,28 +1,165 @@
 """`moe_hf`: lm-eval's Hugging Face model with Mixture-of-Experts routing exposed.
 
 With no MoE option set it is `--model hf`, request for request: the same model loading, batching,
-caching and scores. It accepts every `hf` model argument.
+caching and scores. It accepts every `hf` model argument, and:
+
+- `routing_out=DIR`: record the routing of every request (see moe_rbench_models/routing/records.py;
+  read it with `moe_rbench_models.routing.load_records(DIR)`); `routing_logits=true` also keeps logits;
+- `top_k=K` or `top_k="LAYER:K;..."`: experts per token; `disable_experts="*:3,7"` or `"12:5;13:0"` with
+  `disable_mode=reroute|drop` and `drop_renormalize=true|false` (see routing/interventions.py).
+
+Recording works through forward hooks and a few HFLM methods that see one request batch or one row of it
+(`_model_call`, `_select_cont_toks`, `tok_batch_encode`, `_model_generate`); results are unchanged.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+from lm_eval import utils
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
-from moe_rbench_models.routing import describe_moe, find_moe_layers
+from moe_rbench_models.routing.discovery import describe_moe, find_moe_layers, require_moe
+from moe_rbench_models.routing.hooks import RoutingHooks
+from moe_rbench_models.routing.interventions import plan_interventions
+from moe_rbench_models.routing.records import RecordWriter
+from moe_rbench_models.routing.requests import RequestCapture
 
 
 @register_model("moe_hf")
 class MoEHFLM(HFLM):
-    def __init__(self, pretrained: Any, data_dir: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        pretrained: Any,
+        data_dir: str | None = None,
+        routing_out: str | None = None,
+        routing_logits: bool = False,
+        top_k: int | str | None = None,
+        disable_experts: str | None = None,
+        disable_mode: str = "reroute",
+        drop_renormalize: bool = False,
+        **kwargs: Any,
+    ) -> None:
         """`data_dir`: directory of the benchmarks' original release files, read by the moe_rbench tasks
         (model arguments reach them as task metadata); taken here so that it does not reach
-        `from_pretrained`. Every other argument is `hf`'s."""
+        `from_pretrained`. The routing options are described in the module docstring."""
         super().__init__(pretrained=pretrained, **kwargs)
         self.data_dir = data_dir
         self.moe_layers = find_moe_layers(self.model)
+        for option, value in [("routing_out", routing_out), ("top_k", top_k), ("disable_experts", disable_experts)]:
+            if value is not None:
+                require_moe(self.moe_layers, option, self.model)
+        if routing_logits and not routing_out:
+            raise ValueError("routing_logits=true needs routing_out=DIR (where the logits are written)")
+        self.routing_plan = plan_interventions(self.moe_layers, top_k, disable_experts, disable_mode, drop_renormalize)
+        self._interventions = {"top_k": top_k, "disable_experts": disable_experts, "disable_mode": disable_mode,
+                               "drop_renormalize": drop_renormalize,
+                               "per_layer": {key: {"top_k": change.top_k, "disabled": sorted(change.disabled)}
+                                             for key, change in self.routing_plan.items()}}  # fmt: skip
+        self._hooks = None
+        if self.routing_plan or routing_out:
+            self._hooks = RoutingHooks(self.moe_layers, self.routing_plan, record=bool(routing_out),
+                                       keep_logits=routing_logits).install()  # fmt: skip
+        self._capture = self._request_capture(routing_out, routing_logits) if routing_out else None
+        self._scoring_instances = None
+
+    def _request_capture(self, routing_out: str, routing_logits: bool) -> RequestCapture:
+        layers = [{"key": layer.key, "name": layer.name, "side": layer.side, "layer": layer.layer,
+                   "num_experts": layer.num_experts,
+                   "top_k": self.routing_plan[layer.key].top_k or layer.top_k if layer.key in self.routing_plan
+                   else layer.top_k} for layer in self.moe_layers]  # fmt: skip
+        header = {"version": 1, "model": describe_moe(self.model, self.moe_layers),
+                  "interventions": self._interventions if self.routing_plan else None, "logits": routing_logits}  # fmt: skip
+        writer = RecordWriter(routing_out, layers, json.loads(json.dumps(header, default=str)), self.rank,
+                              self.world_size)  # fmt: skip
+        return RequestCapture(self._hooks, writer, self.moe_layers, self.backend == "seq2seq", self.max_length)
 
     def get_model_info(self) -> dict[str, Any]:
-        return {**super().get_model_info(), "moe": describe_moe(self.model, self.moe_layers)}
+        moe = describe_moe(self.model, self.moe_layers)
+        if self.routing_plan:
+            moe["interventions"] = self._interventions
+        if self._capture is not None:
+            moe["routing"] = {"out": str(self._capture.writer.out_dir), "summary": self._capture.writer.summary()}
+        return {**super().get_model_info(), "moe": moe}
+
+    # -- loglikelihood and loglikelihood_rolling -----------------------------------------------------------
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False):
+        if self._capture is None:
+            return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+        self._scoring_instances = requests
+        try:
+            results = super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+        finally:
+            self._scoring_instances = None
+        self._capture.finish_call()
+        return results
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        if self._capture is None:
+            return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
+        self._capture.expect_rolling(requests, [self._rolling_windows(request.args[0]) for request in requests])
+        results = super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
+        self._capture.finish_call()
+        return results
+
+    def _rolling_windows(self, text: str) -> list[tuple[list[int], list[int]]]:
+        """The windows HFLM.loglikelihood_rolling scores, made with the same lm-eval functions."""
+        windows = utils.get_rolling_token_windows(token_list=self.tok_encode(text), prefix_token=self.prefix_token_id,
+                                                  max_seq_len=self.max_length, context_len=1)  # fmt: skip
+        return [utils.make_disjoint_window(window) for window in windows]
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
+        if self._capture is not None and self._scoring_instances is not None:
+            self._capture.expect_scoring(self._scoring_instances, requests)
+        return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+
+    def _model_call(self, inps, attn_mask=None, labels=None):
+        if self._capture is None:
+            return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
+        self._capture.begin_forward()
+        logits = super()._model_call(inps, attn_mask=attn_mask, labels=labels)
+        self._capture.end_forward(inps, attn_mask, labels)
+        return logits
+
+    def _select_cont_toks(self, logits, contlen=None, inplen=None):
+        if self._capture is not None:
+            self._capture.row(contlen, inplen)
+        return super()._select_cont_toks(logits, contlen=contlen, inplen=inplen)
+
+    # -- generate_until -----------------------------------------------------------------------------------------
+
+    def generate_until(self, requests, disable_tqdm: bool = False):
+        if self._capture is None:
+            return super().generate_until(requests, disable_tqdm=disable_tqdm)
+        # one set of generation kwargs at a time (HFLM batches within such groups anyway), so that a
+        # generated row belongs to the request with its context
+        groups: dict[str, list[int]] = {}
+        for index, request in enumerate(requests):
+            groups.setdefault(json.dumps(request.args[1], sort_keys=True, default=str), []).append(index)
+        results: list[str | None] = [None] * len(requests)
+        for indices in groups.values():
+            group = [requests[index] for index in indices]
+            self._capture.expect_generation(group)
+            for index, text in zip(indices, super().generate_until(group, disable_tqdm=disable_tqdm)):
+                results[index] = text
+        self._capture.finish_call()
+        return results
+
+    def tok_batch_encode(self, strings, *args, **kwargs):
+        if self._capture is not None:
+            self._capture.batch_contexts = list(strings)
+        return super().tok_batch_encode(strings, *args, **kwargs)
+
+    def _model_generate(self, context, max_length, stop, **generation_kwargs):
+        if self._capture is None:
+            return super()._model_generate(context, max_length, stop, **generation_kwargs)
+        self._capture.begin_forward()
+        sequences = super()._model_generate(context, max_length, stop, **generation_kwargs)
+        eos = generation_kwargs.get("eos_token_id", self.model.generation_config.eos_token_id)
+        eos_ids = {eos} if isinstance(eos, int) else set(eos or [])
+        self._capture.end_generation(context, generation_kwargs["attention_mask"], sequences,
+                                     eos_ids | {self.tokenizer.eos_token_id}, self.tokenizer.pad_token_id)  # fmt: skip
+        return sequences

@@ -28,7 +28,8 @@ _ENCODER_DECODER = dict(
     decoder_start_token_id=0, tie_word_embeddings=False,  # untied: greedy generation does not just echo its input
 )
 
-# model_type -> config overrides; every MoE here has 2 MoE layers of 4 experts (DeepSeek-V3: 8), top-2.
+# model_type -> config overrides; every MoE here has 2 MoE layers of 4 experts (DeepSeek-V3: 8), top-2
+# (Llama4 top-1; Switch top-1, one encoder and one decoder MoE layer).
 ARCHITECTURES: dict[str, dict] = {
     "mixtral": {**_DECODER, "num_local_experts": 4, "num_experts_per_tok": 2},
     "qwen2_moe": {
@@ -47,6 +48,21 @@ ARCHITECTURES: dict[str, dict] = {
         **_DECODER, "num_local_experts": 4, "num_experts_per_tok": 2, "head_dim": 8, "sliding_window": 64,
         "layer_types": ["sliding_attention", "full_attention"],
         "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+    },
+    "phimoe": {**_DECODER, "num_local_experts": 4, "num_experts_per_tok": 2},
+    "granitemoe": {**_DECODER, "num_local_experts": 4, "num_experts_per_tok": 2},
+    "jamba": {
+        **_DECODER, "num_experts": 4, "num_experts_per_tok": 2, "expert_layer_period": 1, "expert_layer_offset": 0,
+        "attn_layer_period": 2, "attn_layer_offset": 1, "mamba_d_state": 4, "mamba_dt_rank": 4,
+    },
+    "llama4_text": {
+        **_DECODER, "num_local_experts": 4, "num_experts_per_tok": 1, "intermediate_size_mlp": 64, "head_dim": 8,
+        "interleave_moe_layer_step": 1,
+    },
+    "dbrx": {
+        "vocab_size": VOCAB_SIZE, "d_model": 32, "n_heads": 4, "n_layers": 2, "max_seq_len": 1024,
+        "ffn_config": {"ffn_hidden_size": 64, "moe_num_experts": 4, "moe_top_k": 2},
+        "attn_config": {"kv_n_heads": 2, "rope_theta": 10000.0, "clip_qkv": 8.0},
     },
     "switch_transformers": {
         **_ENCODER_DECODER, "num_experts": 4, "num_sparse_encoder_layers": 1, "num_sparse_decoder_layers": 1,
@@ -94,8 +110,9 @@ def tiny_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token=pad, bos_token=bos, eos_token=eos)
 
 
-def build_tiny_model(architecture: str, out_dir: str | Path) -> Path:
-    """Write a tiny random-weight checkpoint of `architecture` (a key of ARCHITECTURES) to `out_dir`."""
+def build_tiny_model(architecture: str, out_dir: str | Path, **config_overrides) -> Path:
+    """Write a tiny random-weight checkpoint of `architecture` (a key of ARCHITECTURES) to `out_dir`;
+    `config_overrides` change config fields (e.g. `expert_capacity=2` for Switch)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
@@ -103,7 +120,7 @@ def build_tiny_model(architecture: str, out_dir: str | Path) -> Path:
         raise ValueError(f"Unknown tiny architecture {architecture!r}; choose one of: {', '.join(ARCHITECTURES)}")
     tokenizer = tiny_tokenizer()
     ids = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    config = AutoConfig.for_model(architecture, **ARCHITECTURES[architecture], **ids)
+    config = AutoConfig.for_model(architecture, **{**ARCHITECTURES[architecture], **ids, **config_overrides})
     auto_class = AutoModelForSeq2SeqLM if architecture in SEQ2SEQ else AutoModelForCausalLM
     torch.manual_seed(SEED)
     model = auto_class.from_config(config)

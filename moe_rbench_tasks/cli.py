@@ -3,6 +3,8 @@
   moe-rbench run <lm_eval arguments>   lm-eval with `moe_hf` and the moe_rbench tasks registered explicitly
   moe-rbench data [--data_dir DIR]     every dataset: found where, or how to obtain it
   moe-rbench tiny-model ARCH DIR       a tiny random-weight checkpoint of a real architecture (offline)
+  moe-rbench trace --routing DIR --id TASK --ood TASK [TASK ...] --out OUT
+                                       routing shift between an ID task and OOD tasks (table and heatmap)
 """
 
 from __future__ import annotations
@@ -41,10 +43,25 @@ def show_data(data_dir: str | None) -> int:
     return 1 if missing else 0
 
 
+def _tiny_architectures() -> list[str]:
+    from moe_rbench_models.tiny import ARCHITECTURES
+
+    return list(ARCHITECTURES)
+
+
 def build_tiny(architecture: str, out_dir: str) -> int:
     from moe_rbench_models.tiny import build_tiny_model
 
     print(build_tiny_model(architecture, out_dir))
+    return 0
+
+
+def trace(routing: str, id_task: str, ood_tasks: list[str], out: str) -> int:
+    from moe_rbench_models.routing.trace import trace_routing, write_trace
+
+    rows = trace_routing(routing, id_task, ood_tasks)
+    for path in write_trace(rows, out, id_task):
+        print(path)
     return 0
 
 
@@ -60,12 +77,18 @@ def main(argv: list[str] | None = None) -> int:
     data = commands.add_parser("data", help="list every dataset, where it is found and how to obtain it")
     data.add_argument("--data_dir", help="data directory (default: $MOE_RBENCH_DATA_DIR)")
     tiny = commands.add_parser("tiny-model", help="write a tiny random-weight checkpoint (no download)")
-    tiny.add_argument("architecture", help="mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v3, gpt_oss, "
-                                           "switch_transformers, llama or t5")  # fmt: skip
+    tiny.add_argument("architecture", help="one of: " + ", ".join(_tiny_architectures()))
     tiny.add_argument("out_dir")
+    tracing = commands.add_parser("trace", help="routing shift between an ID task and OOD tasks, per MoE layer")
+    tracing.add_argument("--routing", required=True, help="a routing_out directory of moe_hf")
+    tracing.add_argument("--id", required=True, dest="id_task", help="in-distribution task, e.g. moe_rbench_sst2")
+    tracing.add_argument("--ood", required=True, nargs="+", help="OOD tasks or patterns, e.g. 'moe_rbench_style_*'")
+    tracing.add_argument("--out", required=True, help="directory for trace.md, trace.csv, trace.json, trace.png")
     args = parser.parse_args(argv)
     if args.command == "data":
         return show_data(args.data_dir)
+    if args.command == "trace":
+        return trace(args.routing, args.id_task, args.ood, args.out)
     return build_tiny(args.architecture, args.out_dir)
 
 

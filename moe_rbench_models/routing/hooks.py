@@ -1,0 +1,146 @@
+"""The hooks `moe_hf` puts on MoE layers: routing interventions and routing recording.
+
+One set of hooks per layer, on the router (logits; reroute masking; routers that also dispatch, as
+Llama4's) and on the experts module (`experts(hidden, top_k_index, top_k_weights)`: the routing actually
+used, rewritten for `drop`). Recording keeps, per forward call, the top-k expert ids and weights of every
+token (N = batch x sequence, padding included), capacity-dropped tokens (Switch) and, when asked, logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from moe_rbench_models.routing.discovery import MoELayer
+from moe_rbench_models.routing.interventions import (
+    LayerIntervention,
+    MaskedRouterLogits,
+    drop_weights,
+    selection_biases,
+    set_top_k,
+)
+
+
+@dataclass
+class ForwardRouting:
+    """What one MoE layer routed in one forward call of N tokens."""
+
+    ids: torch.Tensor  # [N, k] int16
+    weights: torch.Tensor  # [N, k] float16
+    dropped: torch.Tensor | None = None  # [N] bool: token over capacity, processed by no expert (Switch)
+    logits: torch.Tensor | None = None  # [N, num_experts] float32, when logits are kept
+
+
+class RoutingHooks:
+    def __init__(self, layers: list[MoELayer], plan: dict[str, LayerIntervention], record: bool, keep_logits: bool):
+        self.layers, self.plan, self.record, self.keep_logits = layers, plan, record, keep_logits
+        self.calls: dict[str, list[ForwardRouting]] = {layer.key: [] for layer in layers}
+        self._logits: dict[str, torch.Tensor] = {}
+        self._handles: list = []
+        self._restore: list = []
+
+    def install(self) -> RoutingHooks:
+        for layer in self.layers:
+            change = self.plan.get(layer.key, LayerIntervention())
+            if change.top_k is not None:
+                previous = set_top_k(layer, change.top_k)
+                self._restore.append(lambda layer=layer, k=previous: set_top_k(layer, k))
+            if change.disabled and change.mode == "reroute":
+                self._mask_disabled(layer, change.disabled)
+            if self.record or change.disabled:
+                self._read_routing(layer, change)
+        return self
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        for restore in reversed(self._restore):
+            restore()
+        self._handles, self._restore = [], []
+
+    def take(self) -> dict[str, list[ForwardRouting]]:
+        """The calls recorded since the last take, per layer key."""
+        calls, self.calls = self.calls, {layer.key: [] for layer in self.layers}
+        return calls
+
+    # -- reroute ---------------------------------------------------------------------------------------
+
+    def _mask_disabled(self, layer: MoELayer, disabled: frozenset[int]) -> None:
+        mode = MaskedRouterLogits(layer.num_experts, disabled)
+        self._handles.append(layer.router.register_forward_pre_hook(lambda module, args: mode.__enter__() and None))
+        self._handles.append(layer.router.register_forward_hook(
+            lambda module, args, output: mode.__exit__(None, None, None) and None, always_call=True))  # fmt: skip
+        for bias in selection_biases(layer):
+            original = bias.clone()
+            bias[list(disabled)] = float("-inf")
+            self._restore.append(lambda bias=bias, original=original: bias.copy_(original))
+
+    # -- reading (and `drop` rewriting) ------------------------------------------------------------------
+
+    def _read_routing(self, layer: MoELayer, change: LayerIntervention) -> None:
+        self._handles.append(layer.router.register_forward_hook(
+            lambda module, args, output: self._after_router(layer, change, args, output)))  # fmt: skip
+        if layer.reads_experts_call:
+            self._handles.append(layer.block.experts.register_forward_pre_hook(
+                lambda module, args, kwargs: self._before_experts(layer, change, args, kwargs), with_kwargs=True))  # fmt: skip
+
+    def _after_router(self, layer: MoELayer, change: LayerIntervention, args, output):
+        if layer.adapter is not None:
+            ids, weights = layer.adapter.read(layer.router, args, output)
+            logits = layer.adapter.logits(layer.router, args, output) if layer.adapter.logits else None
+            self._check_and_store(layer, change, ids, weights, None, logits)
+            return None
+        logits = output if isinstance(output, torch.Tensor) else output[layer.logits_index]
+        logits = logits.reshape(-1, layer.num_experts)
+        if layer.reads_experts_call:
+            if self.keep_logits:
+                self._logits[layer.key] = logits
+            return None
+        return self._dense_scores(layer, change, output, logits)
+
+    def _dense_scores(self, layer: MoELayer, change: LayerIntervention, output, logits):
+        """Routers that hand the experts dense per-expert scores (Llama4): `(scores [N, E], logits)`."""
+        position = next(i for i, item in enumerate(output) if i != layer.logits_index)
+        scores = output[position]
+        ids = torch.topk(logits, getattr(layer.top_k_owner, "top_k", layer.top_k), dim=-1).indices
+        if change.disabled and change.mode == "drop":
+            kept = drop_weights(ids, scores.gather(1, ids), change.disabled, change.renormalize)
+            scores = torch.zeros_like(scores).scatter(1, ids, kept)
+            output = (*output[:position], scores, *output[position + 1 :])
+        self._check_and_store(layer, change, ids, scores.gather(1, ids), None, logits)
+        return output if change.disabled and change.mode == "drop" else None
+
+    def _before_experts(self, layer: MoELayer, change: LayerIntervention, args, kwargs):
+        hidden, index, weights = args[:3]
+        dropped = None
+        if index.dim() == 3:  # a one-hot dispatch mask [N, 1, E] after capacity dropping (Switch)
+            dropped = index.sum(dim=(-1, -2)) == 0
+            ids = index.argmax(dim=-1)
+        else:
+            ids = index
+        rewritten = None
+        if change.disabled and change.mode == "drop":
+            weights = drop_weights(ids, weights, change.disabled, change.renormalize)
+            rewritten = ((hidden, index, weights, *args[3:]), kwargs)
+        self._check_and_store(layer, change, ids, weights, dropped, self._logits.pop(layer.key, None))
+        return rewritten
+
+    def _check_and_store(self, layer, change, ids, weights, dropped, logits) -> None:
+        if change.disabled and change.mode == "reroute":
+            used = torch.isin(ids, torch.tensor(sorted(change.disabled), device=ids.device))
+            if dropped is not None:
+                used &= ~dropped.unsqueeze(-1)
+            if used.any():
+                raise RuntimeError(
+                    f"Rerouting failed in layer {layer.key}: {type(layer.router).__name__} still picked a disabled "
+                    "expert. Its scores do not come from a linear projection this hook can mask; use "
+                    "disable_mode=drop, or register a RouterAdapter for it."
+                )
+        if self.record:
+            self.calls[layer.key].append(ForwardRouting(
+                ids=ids.detach().to(torch.int16),
+                weights=weights.detach().to(torch.float16),
+                dropped=None if dropped is None else dropped.detach(),
+                logits=logits.detach().float() if self.keep_logits and logits is not None else None,
+            ))  # fmt: skip

@@ -1,0 +1,159 @@
+"""Inference-time routing interventions: the number of active experts, and switching experts off.
+
+- `top_k=K`, or per layer `top_k="LAYER:K;LAYER:K"`: the router's own `top_k` is set (read at every call).
+- `disable_experts="*:3,7"` or `"12:5;13:0"` with
+  - `disable_mode=reroute`: the disabled experts' router logits are masked inside the router, so every
+    token picks its best enabled experts (additive selection biases, as DeepSeek-V3's, are masked too);
+  - `disable_mode=drop`: routing is kept and the disabled experts' weights are zeroed; with
+    `drop_renormalize=true` the remaining weights are rescaled to the original total.
+
+LAYER is a transformer block index (`12`), `encoder.N` / `decoder.N` in encoder-decoder models, or `*`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+from moe_rbench_models.routing.discovery import MoELayer
+
+DISABLE_MODES = ("reroute", "drop")
+
+
+@dataclass(frozen=True)
+class LayerIntervention:
+    top_k: int | None = None
+    disabled: frozenset[int] = frozenset()
+    mode: str = "reroute"
+    renormalize: bool = False
+
+
+def resolve_layers(spec: str, layers: list[MoELayer]) -> list[MoELayer]:
+    """The MoE layers a layer spec (`*`, `12`, `decoder.12`) names; clear errors otherwise."""
+    spec = spec.strip()
+    if spec == "*":
+        return list(layers)
+    matches = [layer for layer in layers if spec in (layer.key, str(layer.layer))]
+    two_sides = len({layer.side for layer in layers}) > 1
+    available = ", ".join(layer.key if two_sides else str(layer.layer) for layer in layers)
+    if not matches:
+        raise ValueError(f"Layer {spec!r} is not an MoE layer of this model; MoE layers: {available}")
+    if len(matches) > 1:
+        raise ValueError(f"Layer {spec!r} is ambiguous here (encoder and decoder); write one of: {available}")
+    return matches
+
+
+def _pairs(spec: str | int | dict, option: str) -> list[tuple[str, str]]:
+    if isinstance(spec, dict):
+        return [(str(layer), str(value)) for layer, value in spec.items()]
+    if isinstance(spec, int):
+        return [("*", str(spec))]
+    pairs = []
+    for part in str(spec).split(";"):
+        layer, colon, value = part.partition(":")
+        if not colon or not value.strip():
+            raise ValueError(f"{option}: expected 'LAYER:VALUE' parts separated by ';' (e.g. '*:3,7' or '12:5;13:0'), got {part!r}")
+        pairs.append((layer, value))
+    return pairs
+
+
+def _integer(text: str, option: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ValueError(f"{option}: {text.strip()!r} is not an integer") from None
+
+
+def plan_interventions(
+    layers: list[MoELayer],
+    top_k: str | int | dict | None = None,
+    disable_experts: str | dict | None = None,
+    disable_mode: str = "reroute",
+    drop_renormalize: bool = False,
+) -> dict[str, LayerIntervention]:
+    """Validated interventions per layer key (empty when none is asked for)."""
+    if disable_mode not in DISABLE_MODES:
+        raise ValueError(f"disable_mode must be one of {', '.join(DISABLE_MODES)}, got {disable_mode!r}")
+    if drop_renormalize and disable_mode != "drop":
+        raise ValueError("drop_renormalize applies to disable_mode=drop only")
+    new_k: dict[str, int] = {}
+    for layer_spec, value in _pairs(top_k, "top_k") if top_k is not None else []:
+        for layer in resolve_layers(layer_spec, layers):
+            new_k[layer.key] = _checked_top_k(layer, _integer(value, "top_k"))
+    disabled: dict[str, set[int]] = {}
+    for layer_spec, value in _pairs(disable_experts, "disable_experts") if disable_experts is not None else []:
+        experts = {_integer(text, "disable_experts") for text in value.split(",")}
+        for layer in resolve_layers(layer_spec, layers):
+            bad = sorted(e for e in experts if not 0 <= e < layer.num_experts)
+            if bad:
+                raise ValueError(f"disable_experts: layer {layer.key} has experts 0-{layer.num_experts - 1}; got {bad}")
+            disabled.setdefault(layer.key, set()).update(experts)
+    plan = {}
+    for layer in layers:
+        if layer.key not in new_k and layer.key not in disabled:
+            continue
+        off = frozenset(disabled.get(layer.key, ()))
+        k = new_k.get(layer.key, layer.top_k)
+        if disable_mode == "reroute" and off and k is not None and layer.num_experts - len(off) < k:
+            raise ValueError(f"disable_experts: layer {layer.key} would keep {layer.num_experts - len(off)} experts "
+                             f"for top-k {k}; rerouting needs at least k enabled experts")  # fmt: skip
+        plan[layer.key] = LayerIntervention(new_k.get(layer.key), off, disable_mode, drop_renormalize)
+    return plan
+
+
+def _checked_top_k(layer: MoELayer, k: int) -> int:
+    if layer.top_k_owner is None:
+        raise ValueError(
+            f"top_k cannot be changed for layer {layer.key}: {type(layer.router).__name__} routes each token to a "
+            f"fixed number of experts ({layer.top_k}) by construction"
+        )
+    limit = layer.num_experts
+    groups, kept_groups = getattr(layer.router, "num_group", None), getattr(layer.router, "topk_group", None)
+    if isinstance(groups, int) and isinstance(kept_groups, int) and groups > 0:
+        limit = kept_groups * (layer.num_experts // groups)  # grouped top-k (DeepSeek-V3) picks within kept groups
+    if not 1 <= k <= limit:
+        raise ValueError(f"top_k for layer {layer.key} must be between 1 and {limit}, got {k}")
+    return k
+
+
+def set_top_k(layer: MoELayer, k: int) -> int:
+    """Set the layer's k; returns the previous value."""
+    previous = getattr(layer.top_k_owner, layer.top_k_attribute)
+    setattr(layer.top_k_owner, layer.top_k_attribute, k)
+    return previous
+
+
+class MaskedRouterLogits(TorchFunctionMode):
+    """Active during one router's forward: its expert logits (the `linear` output with one column per
+    expert) get the lowest value for disabled experts, so that softmax, sigmoid and top-k skip them."""
+
+    def __init__(self, num_experts: int, disabled: frozenset[int]) -> None:
+        super().__init__()
+        self.num_experts = num_experts
+        self.mask = torch.zeros(num_experts, dtype=torch.bool)
+        self.mask[list(disabled)] = True
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        output = func(*args, **(kwargs or {}))
+        if func is F.linear and output.shape[-1] == self.num_experts:
+            output = output.masked_fill(self.mask.to(output.device), torch.finfo(output.dtype).min)
+        return output
+
+
+def selection_biases(layer: MoELayer) -> list[torch.Tensor]:
+    """Router buffers added to expert scores before selection (e.g. DeepSeek-V3's e_score_correction_bias)."""
+    return [buffer for buffer in layer.router.buffers(recurse=False)
+            if buffer.dim() == 1 and buffer.shape[0] == layer.num_experts]  # fmt: skip
+
+
+def drop_weights(ids: torch.Tensor, weights: torch.Tensor, disabled: frozenset[int], renormalize: bool) -> torch.Tensor:
+    """Weights with disabled experts zeroed (ids `[N, k]`), optionally rescaled to the original total."""
+    off = torch.isin(ids, torch.tensor(sorted(disabled), device=ids.device))
+    kept = weights.masked_fill(off, 0)
+    if not renormalize:
+        return kept
+    total, kept_total = weights.sum(-1, keepdim=True), kept.sum(-1, keepdim=True)
+    return torch.where(kept_total > 0, kept * total / kept_total.clamp_min(torch.finfo(kept.dtype).tiny), kept)

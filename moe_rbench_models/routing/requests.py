@@ -1,0 +1,237 @@
+"""Which captured routing belongs to which lm-eval request.
+
+HFLM sorts, batches, pads and (for multiple choice) shares one forward pass between requests. Rather
+than follow its internals, rows are matched to requests by content: the token sequence a row processed
+is the key under which its requests wait. `moe_hf` calls, in order, `expect_*` (before HFLM runs the
+requests), `begin_forward` / `end_forward` around each forward pass, `row` each time HFLM takes one row
+of a batch apart (`_select_cont_toks`), and `finish_call` when the request batch is done.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from moe_rbench_models.routing.discovery import MoELayer
+from moe_rbench_models.routing.hooks import ForwardRouting, RoutingHooks
+from moe_rbench_models.routing.records import LayerArrays, RecordWriter
+
+
+@dataclass
+class _Expected:
+    request_type: str
+    task: str | None
+    doc_id: int | None
+    request_index: int
+    repeat: int
+    continuation: list[int] = field(default_factory=list)
+    # loglikelihood_rolling: a document waits for one continuation span per window; each window points to it
+    spans: list = field(default_factory=list)
+    document: _Expected | None = None
+    window: int = 0
+
+
+class RequestCapture:
+    def __init__(self, hooks: RoutingHooks, writer: RecordWriter, layers: list[MoELayer], seq2seq: bool,
+                 max_length: int) -> None:  # fmt: skip
+        self.hooks, self.writer, self.seq2seq, self.max_length = hooks, writer, seq2seq, max_length
+        self.keys = {side: [layer.key for layer in layers if layer.side == side] for side in ("encoder", "decoder")}
+        self._waiting: dict[tuple, list[_Expected]] = {}
+        self._contexts: dict[tuple, list] = {}  # a document's shared context span
+        self._generation: dict[str, list[_Expected]] = {}
+        self.batch_contexts: list[str] | None = None
+        self._batch: dict | None = None
+
+    # -- what to wait for --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _expected(instances, request_type: str) -> list[_Expected | None]:
+        """One entry per instance; None for the copies lm-eval pads the last request with on several ranks."""
+        seen: Counter = Counter()
+        expected = []
+        for instance in instances:
+            repeat = seen[id(instance)]
+            seen[id(instance)] += 1
+            expected.append(None if repeat >= (instance.repeats or 1) else _Expected(
+                request_type, instance.task_name, instance.doc_id, instance.idx, repeat))  # fmt: skip
+        return expected
+
+    def _row_key(self, context: list[int], continuation: list[int]) -> tuple:
+        if self.seq2seq:
+            return tuple(context[-self.max_length :]), tuple(continuation[-self.max_length :])
+        return tuple((context + continuation)[-(self.max_length + 1) :][:-1])
+
+    def expect_scoring(self, instances, token_requests) -> None:
+        for expected, (_, context, continuation) in zip(self._expected(instances, "loglikelihood"), token_requests):
+            if expected is not None:
+                expected.continuation = list(continuation)
+                self._waiting.setdefault(self._row_key(context, continuation), []).append(expected)
+
+    def expect_rolling(self, instances, windows_per_instance: list[list[tuple[list[int], list[int]]]]) -> None:
+        for expected, windows in zip(self._expected(instances, "loglikelihood_rolling"), windows_per_instance):
+            if expected is None:
+                continue
+            expected.spans = [None] * len(windows)
+            for index, (context, continuation) in enumerate(windows):
+                window = _Expected(expected.request_type, expected.task, expected.doc_id, expected.request_index,
+                                   expected.repeat, list(continuation), document=expected, window=index)  # fmt: skip
+                self._waiting.setdefault(self._row_key(context, continuation), []).append(window)
+
+    def expect_generation(self, instances) -> None:
+        for instance, expected in zip(instances, self._expected(instances, "generate_until")):
+            kwargs = instance.args[1]
+            if int(kwargs.get("num_beams", 1) or 1) > 1 or int(kwargs.get("num_return_sequences", 1) or 1) > 1:
+                raise ValueError(
+                    f"{instance.task_name}: routing capture follows one generated sequence per request; generation "
+                    f"kwargs {json.dumps(kwargs, default=str)} ask for beam search or several sequences. Use greedy "
+                    "or sampled generation, or drop routing_out."
+                )
+            if expected is not None:
+                self._generation.setdefault(instance.args[0], []).append(expected)
+
+    # -- forward passes ----------------------------------------------------------------------------------
+
+    def begin_forward(self) -> None:
+        self.hooks.take()
+
+    def end_forward(self, inputs: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor | None):
+        """One scoring forward: each layer's routing as [batch, positions, ...] arrays."""
+        calls = self.hooks.take()
+        batch = inputs.shape[0]
+        self._batch = {
+            "inputs": inputs.cpu().numpy(),
+            "mask": None if attention_mask is None else attention_mask.cpu().numpy().astype(bool),
+            "labels": None if labels is None else labels.cpu().numpy(),
+            "layers": {key: _batched(forward[0], batch) for key, forward in calls.items()},
+            "next_row": 0,
+        }
+
+    def row(self, continuation_length: int, input_length: int | None) -> None:
+        """HFLM takes row `next_row` of the last batch apart; route it to the requests waiting for it."""
+        batch = self._batch
+        r = batch["next_row"]
+        batch["next_row"] += 1
+        if self.seq2seq:
+            encoder_length = int(batch["mask"][r].sum())
+            encoder_tokens = batch["inputs"][r, :encoder_length]
+            decoder_tokens = batch["labels"][r, :continuation_length]
+            key = (tuple(encoder_tokens.tolist()), tuple(decoder_tokens.tolist()))
+            context = ("encoder", encoder_tokens, self._slice(batch, "encoder", r, 0, encoder_length))
+            for expected in self._waiting.pop(key, []):
+                continuation = ("decoder", decoder_tokens, self._slice(batch, "decoder", r, 0, continuation_length))
+                self._emit(expected, context, continuation)
+            return
+        tokens = batch["inputs"][r, :input_length]
+        for expected in self._waiting.pop(tuple(tokens.tolist()), []):
+            split = input_length - len(expected.continuation)
+            context = ("decoder", tokens[:split], self._slice(batch, "decoder", r, 0, split))
+            continuation = ("decoder", np.asarray(expected.continuation),
+                            self._slice(batch, "decoder", r, split, input_length))  # fmt: skip
+            self._emit(expected, context, continuation)
+
+    def end_generation(self, context: torch.Tensor, attention_mask: torch.Tensor, sequences: torch.Tensor,
+                       eos_ids: set[int], pad_id: int | None) -> None:  # fmt: skip
+        """One `generate` call: a prefill (or encoder) pass, then one pass per generated token."""
+        calls = self.hooks.take()
+        batch = context.shape[0]
+        mask = attention_mask.cpu().numpy().astype(bool)
+        prompt_tokens = context.cpu().numpy()
+        sequences = sequences.cpu().numpy()
+        encoder = {key: _batched(calls[key][0], batch) for key in self.keys["encoder"]}
+        # decoder side: [batch, passes] with the prefill's last position first (causal) or the start token (seq2seq)
+        decoder, prefill = {}, {}
+        for key in self.keys["decoder"]:
+            passes = calls[key] if self.seq2seq else calls[key][1:]
+            steps = [_batched(forward, batch) for forward in passes]
+            if not self.seq2seq:
+                prefill[key] = _batched(calls[key][0], batch)
+                steps.insert(0, _take_positions(prefill[key], slice(-1, None)))
+            decoder[key] = _concat_positions(steps)
+        generated = sequences[:, 1:] if self.seq2seq else sequences[:, context.shape[1] :]
+        for r, prompt in enumerate(self.batch_contexts):
+            expected = self._generation[prompt].pop(0)
+            length = _generated_length(generated[r], eos_ids, pad_id)
+            start = int(np.argmax(mask[r])) if mask[r].any() else mask.shape[1]
+            if self.seq2seq:
+                context_part = ("encoder", prompt_tokens[r, start:], _row(encoder, r, start, mask.shape[1]))
+            else:
+                context_part = ("decoder", prompt_tokens[r, start:-1], _row(prefill, r, start, mask.shape[1] - 1))
+            continuation_part = ("decoder", generated[r, :length], _row(decoder, r, 0, length))
+            self._emit(expected, context_part, continuation_part)
+
+    # -- records ------------------------------------------------------------------------------------------
+
+    def _slice(self, batch: dict, side: str, r: int, start: int, stop: int) -> dict[str, LayerArrays]:
+        return _row({key: batch["layers"][key] for key in self.keys[side]}, r, start, stop)
+
+    def _emit(self, expected: _Expected, context: tuple, continuation: tuple) -> None:
+        if expected.document is not None:  # a rolling window: the record waits for the document's last window
+            document = expected.document
+            document.spans[expected.window] = self.writer.add_span(document.task, *continuation)
+            if all(span is not None for span in document.spans):
+                self.writer.add_record(document.request_type, document.task, document.doc_id,
+                                       document.request_index, document.repeat, [], document.spans)  # fmt: skip
+            return
+        side, tokens, _ = context
+        context_key = (expected.task, expected.doc_id, expected.request_type, side, tuple(tokens.tolist()))
+        if context_key not in self._contexts:
+            self._contexts[context_key] = self.writer.add_span(expected.task, *context) if len(tokens) else None
+        context_span = self._contexts[context_key]
+        continuation_span = self.writer.add_span(expected.task, *continuation) if len(continuation[1]) else None
+        self.writer.add_record(expected.request_type, expected.task, expected.doc_id, expected.request_index,
+                               expected.repeat, [context_span] if context_span else [],
+                               [continuation_span] if continuation_span else [])  # fmt: skip
+
+    def finish_call(self) -> None:
+        missing = sum(len(waiting) for waiting in self._waiting.values())
+        missing += sum(len(waiting) for waiting in self._generation.values())
+        self._waiting, self._generation, self._contexts, self._batch = {}, {}, {}, None
+        self.writer.finish_call()
+        if missing:
+            raise RuntimeError(f"Routing capture lost {missing} request(s): no forward pass matched them. "
+                               "Please report this with the model and task used.")  # fmt: skip
+
+
+def _batched(forward: ForwardRouting, batch: int) -> LayerArrays:
+    """One forward call's routing reshaped from [N, ...] to [batch, N / batch, ...] numpy arrays."""
+
+    def shape(tensor):
+        return None if tensor is None else tensor.cpu().numpy().reshape(batch, -1, *tensor.shape[1:])
+
+    return LayerArrays(ids=shape(forward.ids), weights=shape(forward.weights),
+                       dropped=shape(forward.dropped), logits=shape(forward.logits))  # fmt: skip
+
+
+def _take_positions(arrays: LayerArrays, positions: slice) -> LayerArrays:
+    return LayerArrays(*(None if a is None else a[:, positions] for a in
+                         (arrays.ids, arrays.weights, arrays.dropped, arrays.logits)))  # fmt: skip
+
+
+def _concat_positions(parts: list[LayerArrays]) -> LayerArrays:
+    def join(name):
+        values = [getattr(part, name) for part in parts]
+        return None if values[0] is None else np.concatenate(values, axis=1)
+
+    return LayerArrays(join("ids"), join("weights"), join("dropped"), join("logits"))
+
+
+def _row(layers: dict[str, LayerArrays], r: int, start: int, stop: int) -> dict[str, LayerArrays]:
+    return {key: LayerArrays(*(None if a is None else a[r, start:stop] for a in
+                               (arrays.ids, arrays.weights, arrays.dropped, arrays.logits)))
+            for key, arrays in layers.items()}  # fmt: skip
+
+
+def _generated_length(tokens: np.ndarray, eos_ids: set[int], pad_id: int | None) -> int:
+    """Tokens the model produced: up to the first end-of-sequence token, else without trailing padding
+    (`generate` pads a sequence once it is finished)."""
+    for index, token in enumerate(tokens.tolist()):
+        if token in eos_ids:
+            return index + 1
+    length = len(tokens)
+    while length and pad_id is not None and tokens[length - 1] == pad_id:
+        length -= 1
+    return length
