@@ -74,7 +74,8 @@ class MoEHFLM(HFLM):
                   "interventions": self._interventions if self.routing_plan else None, "logits": routing_logits}  # fmt: skip
         writer = RecordWriter(routing_out, layers, json.loads(json.dumps(header, default=str)), self.rank,
                               self.world_size)  # fmt: skip
-        return RequestCapture(self._hooks, writer, self.moe_layers, self.backend == "seq2seq", self.max_length)
+        decoder_start = self.model.config.decoder_start_token_id if self.backend == "seq2seq" else None
+        return RequestCapture(self._hooks, writer, self.moe_layers, self.max_length, decoder_start)
 
     def get_model_info(self) -> dict[str, Any]:
         moe = describe_moe(self.model, self.moe_layers)

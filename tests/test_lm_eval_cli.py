@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import site
 import statistics
 import sys
@@ -11,27 +12,31 @@ import pytest
 
 import moe_rbench_tasks
 from conftest import BIN, FIXTURE_DATA, STYLE_OOD_TASKS, lm_eval_outputs, run
+from moe_rbench_models.routing import load_records
 
 LIMIT = 5
 
 
 @pytest.fixture(scope="module")
 def style_ood_runs(tiny_model, tmp_path_factory):
-    """`lm_eval --tasks moe_rbench_ood --log_samples` with `moe_hf` and with `hf` on the same tiny Mixtral."""
+    """`lm_eval --tasks moe_rbench_ood --log_samples` on the same tiny Qwen2-MoE with `hf`, with `moe_hf`
+    recording routing, and with `moe_hf` rerouting around expert 0 (results and routing directory each)."""
     outputs = {}
-    for model in ("moe_hf", "hf"):
-        output_path = tmp_path_factory.mktemp(f"run_{model}")
-        run([str(BIN / "lm_eval"), "--model", model,
-             "--model_args", f"pretrained={tiny_model('mixtral')}",
+    routing_args = {"hf": "", "moe_hf": ",routing_out={dir}", "reroute": ",routing_out={dir},disable_experts=*:0,disable_mode=reroute"}
+    for name, extra in routing_args.items():
+        output_path = tmp_path_factory.mktemp(f"run_{name}")
+        routing_dir = output_path / "routing"
+        run([str(BIN / "lm_eval"), "--model", "hf" if name == "hf" else "moe_hf",
+             "--model_args", f"pretrained={tiny_model('qwen2_moe')}" + extra.format(dir=routing_dir),
              "--metadata", f'{{"data_dir": "{FIXTURE_DATA}"}}',
              "--tasks", "moe_rbench_ood", "--limit", str(LIMIT), "--batch_size", "4", "--device", "cpu",
-             "--log_samples", "--output_path", str(output_path)])  # fmt: skip
-        outputs[model] = lm_eval_outputs(output_path)
+             "--log_samples", "--output_path", str(output_path / "results")])  # fmt: skip
+        outputs[name] = (*lm_eval_outputs(output_path / "results"), routing_dir)
     return outputs
 
 
 def test_results_json_has_the_group_its_11_subtasks_and_the_aggregates(style_ood_runs):
-    results, samples = style_ood_runs["moe_hf"]
+    results, samples, _ = style_ood_runs["moe_hf"]
     assert set(results["group_subtasks"]["moe_rbench_ood"]) == set(STYLE_OOD_TASKS)
     assert set(samples) == set(STYLE_OOD_TASKS)
     for task in STYLE_OOD_TASKS:
@@ -43,14 +48,21 @@ def test_results_json_has_the_group_its_11_subtasks_and_the_aggregates(style_ood
     assert group["ood_acc,none"] == pytest.approx(statistics.mean(style_accuracies))
 
 
-def test_results_config_describes_the_moe_architecture(style_ood_runs):
+def test_results_config_describes_the_moe_architecture_and_routing(style_ood_runs):
     moe = style_ood_runs["moe_hf"][0]["config"]["moe"]
-    assert moe == {"architecture": "MixtralForCausalLM", "model_type": "mixtral", "moe_layers": 2,
-                   "experts_per_layer": 4, "top_k": 2}  # fmt: skip
+    assert {key: moe[key] for key in ("architecture", "model_type", "moe_layers", "experts_per_layer", "top_k")} == {
+        "architecture": "Qwen2MoeForCausalLM", "model_type": "qwen2_moe", "moe_layers": 2, "experts_per_layer": 4,
+        "top_k": 2}  # fmt: skip
+    assert set(moe["routing"]["summary"]) == set(STYLE_OOD_TASKS)
+    assert set(moe["routing"]["summary"]["moe_rbench_sst2"]["decoder.1"]) == {
+        "load", "load_entropy", "load_cv", "capacity_drop_rate", "tokens"}  # fmt: skip
+    rerouted = style_ood_runs["reroute"][0]["config"]["moe"]["interventions"]
+    assert rerouted["per_layer"] == {"decoder.0": {"top_k": None, "disabled": [0]}, "decoder.1": {"top_k": None, "disabled": [0]}}
 
 
 def test_moe_hf_and_hf_give_identical_per_sample_loglikelihoods(style_ood_runs):
-    (_, moe_samples), (_, hf_samples) = style_ood_runs["moe_hf"], style_ood_runs["hf"]
+    """moe_hf here also records routing: recording changes no score."""
+    (_, moe_samples, _), (_, hf_samples, _) = style_ood_runs["moe_hf"], style_ood_runs["hf"]
     for task in STYLE_OOD_TASKS:
         moe_by_doc = {sample["doc_id"]: sample["resps"] for sample in moe_samples[task]}
         hf_by_doc = {sample["doc_id"]: sample["resps"] for sample in hf_samples[task]}
@@ -58,11 +70,44 @@ def test_moe_hf_and_hf_give_identical_per_sample_loglikelihoods(style_ood_runs):
 
 
 def test_prompt_and_label_words_are_the_papers(style_ood_runs):
-    _, samples = style_ood_runs["moe_hf"]
+    _, samples, _ = style_ood_runs["moe_hf"]
     sample = samples["moe_rbench_style_shake_p0"][0]
     assert sample["arguments"]["gen_args_0"]["arg_0"] == f"Given the sentences: {sample['doc']['sentence']}\n what is the sentiment of this sentence ? "
     assert [args["arg_1"] for args in sample["arguments"].values()] == ["negative", "positive"]
     assert sample["doc"]["style"] == "shake_p0" and isinstance(sample["doc"]["id"], int)
+
+
+def test_routing_records_join_every_request_of_the_samples_files(style_ood_runs):
+    _, samples, routing_dir = style_ood_runs["moe_hf"]
+    records = {(r.task, r.doc_id, r.request_index): r for r in load_records(routing_dir)}
+    requests = {(task, sample["doc_id"], index) for task, task_samples in samples.items()
+                for sample in task_samples for index in range(len(sample["arguments"]))}  # fmt: skip
+    assert requests == set(records) and len(requests) == 11 * LIMIT * 2
+    for (task, doc_id, index), record in records.items():
+        assert record.request_type == "loglikelihood" and len(record.continuation_tokens) > 0
+        assert all(layer.continuation_ids.shape == (len(record.continuation_tokens), 2) for layer in record.layers.values())
+
+
+def test_rerouting_around_expert_0_removes_it_from_every_record(style_ood_runs):
+    records = list(load_records(style_ood_runs["reroute"][2]))
+    assert len(records) == 11 * LIMIT * 2
+    for record in records:
+        for layer in record.layers.values():
+            assert 0 not in layer.context_ids and 0 not in layer.continuation_ids
+    baseline = {(r.task, r.doc_id, r.request_index): r for r in load_records(style_ood_runs["moe_hf"][2])}
+    assert any(0 in layer.context_ids for record in baseline.values() for layer in record.layers.values())
+
+
+def test_moe_rbench_trace_writes_the_table_and_the_heatmap(style_ood_runs, tmp_path):
+    routing_dir = style_ood_runs["moe_hf"][2]
+    written = run([str(BIN / "moe-rbench"), "trace", "--routing", str(routing_dir), "--id", "moe_rbench_sst2",
+                   "--ood", "moe_rbench_style_*", "--out", str(tmp_path)]).stdout.split()  # fmt: skip
+    assert written == [str(tmp_path / name) for name in ("trace.md", "trace.csv", "trace.json", "trace.png")]
+    rows = json.loads((tmp_path / "trace.json").read_text())["rows"]
+    assert {(row["ood_task"], row["layer"]) for row in rows} == {
+        (task, layer) for task in STYLE_OOD_TASKS[1:] for layer in ("decoder.0", "decoder.1")}  # fmt: skip
+    assert all(0 <= row["distribution_l1"] <= 2 and row["pairs"] == LIMIT for row in rows)
+    assert (tmp_path / "trace.png").stat().st_size > 10_000
 
 
 def test_disabled_start_up_hook_gives_an_error_that_points_to_moe_rbench_run(tiny_model):

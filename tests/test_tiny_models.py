@@ -11,8 +11,9 @@ from moe_rbench_models.tiny import ARCHITECTURES, SEQ2SEQ
 
 MOE_LAYOUT = {  # architecture -> (MoE layers, experts, top-k)
     "mixtral": (2, 4, 2), "qwen2_moe": (2, 4, 2), "qwen3_moe": (2, 4, 2), "olmoe": (2, 4, 2),
-    "deepseek_v3": (2, 8, 2), "gpt_oss": (2, 4, 2), "switch_transformers": (2, 4, 1), "llama": (0, None, None),
-    "t5": (0, None, None),
+    "deepseek_v3": (2, 8, 2), "gpt_oss": (2, 4, 2), "phimoe": (2, 4, 2), "granitemoe": (2, 4, 2),
+    "jamba": (2, 4, 2), "llama4_text": (2, 4, 1), "dbrx": (2, 4, 2), "switch_transformers": (2, 4, 1),
+    "llama": (0, None, None), "t5": (0, None, None),
 }  # fmt: skip
 
 

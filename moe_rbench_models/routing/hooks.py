@@ -43,6 +43,9 @@ class RoutingHooks:
     def install(self) -> RoutingHooks:
         for layer in self.layers:
             change = self.plan.get(layer.key, LayerIntervention())
+            if change.disabled and change.mode == "drop" and layer.adapter is not None:
+                raise ValueError(f"disable_mode=drop needs the routing a gate hands to its experts; the adapter for "
+                                 f"{type(layer.router).__name__} only reads it. Use disable_mode=reroute.")  # fmt: skip
             if change.top_k is not None:
                 previous = set_top_k(layer, change.top_k)
                 self._restore.append(lambda layer=layer, k=previous: set_top_k(layer, k))
@@ -94,8 +97,7 @@ class RoutingHooks:
         logits = output if isinstance(output, torch.Tensor) else output[layer.logits_index]
         logits = logits.reshape(-1, layer.num_experts)
         if layer.reads_experts_call:
-            if self.keep_logits:
-                self._logits[layer.key] = logits
+            self._logits[layer.key] = logits  # for the experts call of this forward (a reference, no copy)
             return None
         return self._dense_scores(layer, change, output, logits)
 
@@ -113,17 +115,18 @@ class RoutingHooks:
 
     def _before_experts(self, layer: MoELayer, change: LayerIntervention, args, kwargs):
         hidden, index, weights = args[:3]
+        logits = self._logits.pop(layer.key, None)
         dropped = None
         if index.dim() == 3:  # a one-hot dispatch mask [N, 1, E] after capacity dropping (Switch)
             dropped = index.sum(dim=(-1, -2)) == 0
-            ids = index.argmax(dim=-1)
+            ids = logits.argmax(dim=-1, keepdim=True)  # the chosen expert, also for tokens dropped for capacity
         else:
             ids = index
         rewritten = None
         if change.disabled and change.mode == "drop":
             weights = drop_weights(ids, weights, change.disabled, change.renormalize)
             rewritten = ((hidden, index, weights, *args[3:]), kwargs)
-        self._check_and_store(layer, change, ids, weights, dropped, self._logits.pop(layer.key, None))
+        self._check_and_store(layer, change, ids, weights, dropped, logits)
         return rewritten
 
     def _check_and_store(self, layer, change, ids, weights, dropped, logits) -> None:

@@ -4,7 +4,8 @@ Layout of a routing directory:
 
     routing.json                 manifest: layers, interventions, shards, per-task routing summary
     routing-r00-00000.npz ...    shards (rank, sequence number), each holding
-        <side>.tokens            int32 [positions]        token of each stored position (see below)
+        <side>.tokens            int32 [positions]        input token of each stored position
+        <side>.targets           int32 [positions]        the token its output scores (-1 on an encoder)
         <layer>.ids              int16 [positions, k]     top-k expert ids of the positions of its side
         <layer>.weights          float16 [positions, k]
         <layer>.dropped          bool [positions]         capacity-dropped (layers that can drop only)
@@ -24,6 +25,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -61,9 +63,12 @@ class RecordWriter:
         self.rank, self.world_size = rank, world_size
         self.sides = {layer["key"]: layer["side"] for layer in layers}
         self.num_experts = {layer["key"]: layer["num_experts"] for layer in layers}
-        self._local_dir = self.out_dir if rank == 0 else Path(tempfile.mkdtemp(prefix=f"moe_rbench_routing_r{rank}_"))
         if rank == 0:
+            self._local_dir = self.out_dir
             _clear_previous_run(self.out_dir)
+        else:  # shards wait here until rank 0 gathers them
+            self._local_dir = Path(tempfile.mkdtemp(prefix=f"moe_rbench_routing_r{rank}_"))
+            self._cleanup = weakref.finalize(self, shutil.rmtree, self._local_dir, True)
         self._shard_index = 0
         self._written: list[str] = []  # this process's shards not yet gathered
         self.shards: list[str] = []  # every shard in out_dir (rank 0)
@@ -71,7 +76,7 @@ class RecordWriter:
         self._reset_buffer()
 
     def _reset_buffer(self) -> None:
-        self._spans: dict[str, list[tuple[np.ndarray, dict[str, LayerArrays]]]] = {}
+        self._spans: dict[str, list[tuple[np.ndarray, np.ndarray, dict[str, LayerArrays]]]] = {}
         self._positions = {side: 0 for side in set(self.sides.values())}
         self._records: list[dict] = []
         self._bytes = 0
@@ -80,10 +85,11 @@ class RecordWriter:
     def _shard_name(self) -> str:
         return f"routing-r{self.rank:02d}-{self._shard_index:05d}.npz"
 
-    def add_span(self, task: str | None, side: str, tokens: np.ndarray, layers: dict[str, LayerArrays]) -> list:
+    def add_span(self, task: str | None, side: str, tokens: np.ndarray, targets: np.ndarray,
+                 layers: dict[str, LayerArrays]) -> list:  # fmt: skip
         """Store the routing of `len(tokens)` positions of one side; returns the span reference."""
         start = self._positions[side]
-        self._spans.setdefault(side, []).append((tokens, layers))
+        self._spans.setdefault(side, []).append((tokens, targets, layers))
         self._positions[side] += len(tokens)
         self._bytes += sum(a.ids.nbytes + a.weights.nbytes + (0 if a.logits is None else a.logits.nbytes)
                            for a in layers.values())  # fmt: skip
@@ -113,9 +119,10 @@ class RecordWriter:
             return
         arrays: dict[str, np.ndarray] = {"records": np.array(json.dumps(self._records))}
         for side, spans in self._spans.items():
-            arrays[f"{side}.tokens"] = np.concatenate([tokens for tokens, _ in spans]).astype(np.int32)
+            arrays[f"{side}.tokens"] = np.concatenate([tokens for tokens, _, _ in spans]).astype(np.int32)
+            arrays[f"{side}.targets"] = np.concatenate([targets for _, targets, _ in spans]).astype(np.int32)
             for key in [key for key, key_side in self.sides.items() if key_side == side]:
-                parts = [layers[key] for _, layers in spans]
+                parts = [layers[key] for _, _, layers in spans]
                 arrays[f"{key}.ids"] = _stack_padded([p.ids for p in parts], fill=-1, dtype=np.int16)
                 arrays[f"{key}.weights"] = _stack_padded([p.weights for p in parts], fill=0, dtype=np.float16)
                 if any(p.dropped is not None for p in parts):
@@ -171,13 +178,16 @@ class RecordWriter:
         return {task: {key: _layer_summary(c) for key, c in layers.items()} for task, layers in counts.items()}
 
     def _write_manifest(self) -> None:
-        manifest = {**self.header, "layers": self.layers, "shards": sorted(set(self.shards)),
-                    "summary": self.summary()}  # fmt: skip
+        summary = self.summary()
+        dropping = {key for layers in summary.values() for key, s in layers.items() if s["capacity_drop_rate"] is not None}
+        layers = [{**layer, "capacity_dropping": layer["key"] in dropping} for layer in self.layers]
+        manifest = {**self.header, "layers": layers, "shards": sorted(set(self.shards)), "summary": summary}
         (self.out_dir / MANIFEST).write_text(json.dumps(manifest, indent=1))
 
     def close(self) -> None:
+        """Remove a non-main rank's temporary directory now (otherwise at exit)."""
         if self.rank != 0:
-            shutil.rmtree(self._local_dir, ignore_errors=True)
+            self._cleanup()
 
 
 def _clear_previous_run(out_dir: Path) -> None:
@@ -247,8 +257,9 @@ class RoutingRecord:
     doc_id: int | None
     request_index: int  # lm-eval's request index within the document (the choice, for multiple choice)
     repeat: int
-    context_tokens: np.ndarray
-    continuation_tokens: np.ndarray
+    context_tokens: np.ndarray  # input token of each context entry
+    continuation_tokens: np.ndarray  # the continuation (or generated) tokens, one per continuation entry
+    continuation_inputs: np.ndarray  # input token of each continuation entry
     layers: dict[str, LayerRouting]  # by layer key, e.g. "decoder.3"
     context_spans: tuple = field(default=(), repr=False)
     continuation_spans: tuple = field(default=(), repr=False)
@@ -266,49 +277,55 @@ def load_records(directory: str | Path) -> Iterator[RoutingRecord]:
     """One record per request captured in `directory`, in shard order."""
     directory = Path(directory)
     manifest = load_manifest(directory)
-    keys_by_side: dict[str, list[str]] = {}
-    for layer in manifest["layers"]:
-        keys_by_side.setdefault(layer["side"], []).append(layer["key"])
+    layer_meta = {layer["key"]: layer for layer in manifest["layers"]}
     shard = lru_cache(maxsize=8)(lambda name: dict(np.load(directory / name)))
     for name in manifest["shards"]:
         for entry in json.loads(str(shard(name)["records"])):
-            context = _gather(shard, entry["context"], keys_by_side)
-            continuation = _gather(shard, entry["continuation"], keys_by_side)
+            context = _gather(shard, entry["context"], layer_meta, manifest["logits"])
+            continuation = _gather(shard, entry["continuation"], layer_meta, manifest["logits"])
             layers = {
                 key: LayerRouting(
-                    context_ids=context[1][key]["ids"], context_weights=context[1][key]["weights"],
-                    continuation_ids=continuation[1][key]["ids"],
-                    continuation_weights=continuation[1][key]["weights"],
-                    context_dropped=context[1][key].get("dropped"),
-                    continuation_dropped=continuation[1][key].get("dropped"),
-                    context_logits=context[1][key].get("logits"),
-                    continuation_logits=continuation[1][key].get("logits"),
+                    context_ids=context[2][key]["ids"], context_weights=context[2][key]["weights"],
+                    continuation_ids=continuation[2][key]["ids"],
+                    continuation_weights=continuation[2][key]["weights"],
+                    context_dropped=context[2][key].get("dropped"),
+                    continuation_dropped=continuation[2][key].get("dropped"),
+                    context_logits=context[2][key].get("logits"),
+                    continuation_logits=continuation[2][key].get("logits"),
                 )  # fmt: skip
-                for key in context[1]
+                for key in context[2]
             }
             yield RoutingRecord(
                 request_type=entry["request_type"], task=entry["task"], doc_id=entry["doc_id"],
                 request_index=entry["request_index"], repeat=entry["repeat"],
-                context_tokens=context[0], continuation_tokens=continuation[0], layers=layers,
+                context_tokens=context[0], continuation_tokens=continuation[1], continuation_inputs=continuation[0],
+                layers=layers,
                 context_spans=tuple(map(tuple, entry["context"])),
                 continuation_spans=tuple(map(tuple, entry["continuation"])),
             )  # fmt: skip
 
 
-def _gather(shard, spans: list[list], keys_by_side: dict[str, list[str]]):
-    """Tokens and per-layer arrays of a list of spans (layers of the other side get empty arrays)."""
-    tokens, per_layer = [], {key: {} for keys in keys_by_side.values() for key in keys}
-    parts: dict[str, dict[str, list]] = {key: {} for key in per_layer}
+def _gather(shard, spans: list[list], layers: dict[str, dict], logits: bool):
+    """Input tokens, target tokens and per-layer arrays of a list of spans; a layer with no position here
+    (none stored, or a layer of the other side) gets empty arrays of the right shape."""
+    tokens, targets, per_layer = [], [], {}
+    parts: dict[str, dict[str, list]] = {key: {} for key in layers}
     for name, side, start, length in spans:
         arrays = shard(name)
         tokens.append(arrays[f"{side}.tokens"][start : start + length])
-        for key in keys_by_side[side]:
+        targets.append(arrays[f"{side}.targets"][start : start + length])
+        for key in (key for key, layer in layers.items() if layer["side"] == side):
             for field_name in ("ids", "weights", "dropped", "logits"):
                 if f"{key}.{field_name}" in arrays:
                     parts[key].setdefault(field_name, []).append(arrays[f"{key}.{field_name}"][start : start + length])
-    for key in per_layer:
-        for field_name, chunks in parts[key].items():
-            per_layer[key][field_name] = np.concatenate(chunks)
-        per_layer[key].setdefault("ids", np.zeros((0, 1), dtype=np.int16))
-        per_layer[key].setdefault("weights", np.zeros((0, 1), dtype=np.float16))
-    return (np.concatenate(tokens) if tokens else np.zeros(0, dtype=np.int32)), per_layer
+    for key, layer in layers.items():
+        k, experts = layer["top_k"] or 1, layer["num_experts"]
+        empty = {"ids": np.zeros((0, k), dtype=np.int16), "weights": np.zeros((0, k), dtype=np.float16),
+                 "dropped": np.zeros(0, dtype=bool) if layer.get("capacity_dropping") else None,
+                 "logits": np.zeros((0, experts), dtype=np.float32) if logits else None}  # fmt: skip
+        per_layer[key] = {name: np.concatenate(parts[key][name]) if name in parts[key] else value
+                          for name, value in empty.items()}  # fmt: skip
+    def joined(parts):
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+
+    return joined(tokens), joined(targets), per_layer

@@ -36,9 +36,11 @@ class _Expected:
 
 
 class RequestCapture:
-    def __init__(self, hooks: RoutingHooks, writer: RecordWriter, layers: list[MoELayer], seq2seq: bool,
-                 max_length: int) -> None:  # fmt: skip
-        self.hooks, self.writer, self.seq2seq, self.max_length = hooks, writer, seq2seq, max_length
+    def __init__(self, hooks: RoutingHooks, writer: RecordWriter, layers: list[MoELayer], max_length: int,
+                 decoder_start: int | None = None) -> None:  # fmt: skip
+        """`decoder_start`: the decoder start token of an encoder-decoder model (None: causal model)."""
+        self.hooks, self.writer, self.max_length = hooks, writer, max_length
+        self.seq2seq, self.decoder_start = decoder_start is not None, decoder_start
         self.keys = {side: [layer.key for layer in layers if layer.side == side] for side in ("encoder", "decoder")}
         self._waiting: dict[tuple, list[_Expected]] = {}
         self._contexts: dict[tuple, list] = {}  # a document's shared context span
@@ -120,18 +122,23 @@ class RequestCapture:
             encoder_tokens = batch["inputs"][r, :encoder_length]
             decoder_tokens = batch["labels"][r, :continuation_length]
             key = (tuple(encoder_tokens.tolist()), tuple(decoder_tokens.tolist()))
-            context = ("encoder", encoder_tokens, self._slice(batch, "encoder", r, 0, encoder_length))
+            context = ("encoder", encoder_tokens, _no_targets(encoder_tokens),
+                       self._slice(batch, "encoder", r, 0, encoder_length))  # fmt: skip
+            continuation = ("decoder", self._decoder_inputs(decoder_tokens), decoder_tokens,
+                            self._slice(batch, "decoder", r, 0, continuation_length))  # fmt: skip
             for expected in self._waiting.pop(key, []):
-                continuation = ("decoder", decoder_tokens, self._slice(batch, "decoder", r, 0, continuation_length))
                 self._emit(expected, context, continuation)
             return
         tokens = batch["inputs"][r, :input_length]
         for expected in self._waiting.pop(tuple(tokens.tolist()), []):
             split = input_length - len(expected.continuation)
-            context = ("decoder", tokens[:split], self._slice(batch, "decoder", r, 0, split))
-            continuation = ("decoder", np.asarray(expected.continuation),
+            context = ("decoder", tokens[:split], tokens[1 : split + 1], self._slice(batch, "decoder", r, 0, split))
+            continuation = ("decoder", tokens[split:], np.asarray(expected.continuation),
                             self._slice(batch, "decoder", r, split, input_length))  # fmt: skip
             self._emit(expected, context, continuation)
+
+    def _decoder_inputs(self, targets: np.ndarray) -> np.ndarray:
+        return np.concatenate([[self.decoder_start], targets[:-1]]).astype(targets.dtype)[: len(targets)]
 
     def end_generation(self, context: torch.Tensor, attention_mask: torch.Tensor, sequences: torch.Tensor,
                        eos_ids: set[int], pad_id: int | None) -> None:  # fmt: skip
@@ -156,12 +163,14 @@ class RequestCapture:
             expected = self._generation[prompt].pop(0)
             length = _generated_length(generated[r], eos_ids, pad_id)
             start = int(np.argmax(mask[r])) if mask[r].any() else mask.shape[1]
+            prompt_r, generated_r = prompt_tokens[r, start:], generated[r, :length]
             if self.seq2seq:
-                context_part = ("encoder", prompt_tokens[r, start:], _row(encoder, r, start, mask.shape[1]))
+                context_part = ("encoder", prompt_r, _no_targets(prompt_r), _row(encoder, r, start, mask.shape[1]))
+                inputs = self._decoder_inputs(generated_r)
             else:
-                context_part = ("decoder", prompt_tokens[r, start:-1], _row(prefill, r, start, mask.shape[1] - 1))
-            continuation_part = ("decoder", generated[r, :length], _row(decoder, r, 0, length))
-            self._emit(expected, context_part, continuation_part)
+                context_part = ("decoder", prompt_r[:-1], prompt_r[1:], _row(prefill, r, start, mask.shape[1] - 1))
+                inputs = np.concatenate([prompt_r[-1:], generated_r[:-1]]).astype(prompt_r.dtype)[:length]
+            self._emit(expected, context_part, ("decoder", inputs, generated_r, _row(decoder, r, 0, length)))
 
     # -- records ------------------------------------------------------------------------------------------
 
@@ -176,7 +185,7 @@ class RequestCapture:
                 self.writer.add_record(document.request_type, document.task, document.doc_id,
                                        document.request_index, document.repeat, [], document.spans)  # fmt: skip
             return
-        side, tokens, _ = context
+        side, tokens, _, _ = context
         context_key = (expected.task, expected.doc_id, expected.request_type, side, tuple(tokens.tolist()))
         if context_key not in self._contexts:
             self._contexts[context_key] = self.writer.add_span(expected.task, *context) if len(tokens) else None
@@ -194,6 +203,10 @@ class RequestCapture:
         if missing:
             raise RuntimeError(f"Routing capture lost {missing} request(s): no forward pass matched them. "
                                "Please report this with the model and task used.")  # fmt: skip
+
+
+def _no_targets(tokens: np.ndarray) -> np.ndarray:
+    return np.full(len(tokens), -1, dtype=np.int32)
 
 
 def _batched(forward: ForwardRouting, batch: int) -> LayerArrays:
