@@ -43,9 +43,6 @@ class RoutingHooks:
     def install(self) -> RoutingHooks:
         for layer in self.layers:
             change = self.plan.get(layer.key, LayerIntervention())
-            if change.disabled and change.mode == "drop" and layer.adapter is not None:
-                raise ValueError(f"disable_mode=drop needs the routing a gate hands to its experts; the adapter for "
-                                 f"{type(layer.router).__name__} only reads it. Use disable_mode=reroute.")  # fmt: skip
             if change.top_k is not None:
                 previous = set_top_k(layer, change.top_k)
                 self._restore.append(lambda layer=layer, k=previous: set_top_k(layer, k))

@@ -96,6 +96,9 @@ def plan_interventions(
         if layer.key not in new_k and layer.key not in disabled:
             continue
         off = frozenset(disabled.get(layer.key, ()))
+        if off and disable_mode == "drop" and layer.adapter is not None:
+            raise ValueError(f"disable_mode=drop needs the routing a gate hands to its experts; the adapter for "
+                             f"{type(layer.router).__name__} only reads it. Use disable_mode=reroute.")  # fmt: skip
         k = new_k.get(layer.key, layer.top_k)
         if disable_mode == "reroute" and off and k is not None and layer.num_experts - len(off) < k:
             raise ValueError(f"disable_experts: layer {layer.key} would keep {layer.num_experts - len(off)} experts "
@@ -133,14 +136,21 @@ class MaskedRouterLogits(TorchFunctionMode):
     def __init__(self, num_experts: int, disabled: frozenset[int]) -> None:
         super().__init__()
         self.num_experts = num_experts
-        self.mask = torch.zeros(num_experts, dtype=torch.bool)
-        self.mask[list(disabled)] = True
+        self.disabled = sorted(disabled)
+        self._masks: dict[torch.device, torch.Tensor] = {}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         output = func(*args, **(kwargs or {}))
         if func is F.linear and output.shape[-1] == self.num_experts:
-            output = output.masked_fill(self.mask.to(output.device), torch.finfo(output.dtype).min)
+            output = output.masked_fill(self._mask(output.device), torch.finfo(output.dtype).min)
         return output
+
+    def _mask(self, device: torch.device) -> torch.Tensor:
+        if device not in self._masks:
+            mask = torch.zeros(self.num_experts, dtype=torch.bool)
+            mask[self.disabled] = True
+            self._masks[device] = mask.to(device)
+        return self._masks[device]
 
 
 def selection_biases(layer: MoELayer) -> list[torch.Tensor]:
