@@ -6,21 +6,26 @@ caching and scores. It accepts every `hf` model argument, and:
 - `routing_out=DIR`: record the routing of every request (see moe_rbench_models/routing/records.py;
   read it with `moe_rbench_models.routing.load_records(DIR)`); `routing_logits=true` also keeps logits;
 - `top_k=K` or `top_k="LAYER:K;..."`: experts per token; `disable_experts="*:3,7"` or `"12:5;13:0"` with
-  `disable_mode=reroute|drop` and `drop_renormalize=true|false` (see routing/interventions.py).
+  `disable_mode=reroute|drop` and `drop_renormalize=true|false` (see routing/interventions.py);
+- `dola_layers=paper|high|low|"16,18,20"` and the other `dola_*` options: DoLa; `scmoe_beta=BETA` with
+  `scmoe_weak_k`, `scmoe_alpha`: MoE self-contrast (see decoding/options.py). Both change the scores
+  of loglikelihood requests and the tokens `generate_until` produces.
 
-Recording works through forward hooks and a few HFLM methods that see one request batch or one row of it
-(`_model_call`, `_select_cont_toks`, `tok_batch_encode`, `_model_generate`); results are unchanged.
+Everything works through forward hooks and a few HFLM methods that see one request batch or one row of it
+(`_model_call`, `_select_cont_toks`, `tok_batch_encode`, `_model_generate`).
 """
 
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from typing import Any
 
 from lm_eval import utils
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
+from moe_rbench_models.decoding import build_contrastive_decoding
 from moe_rbench_models.routing.discovery import describe_moe, find_moe_layers, require_moe
 from moe_rbench_models.routing.hooks import RoutingHooks
 from moe_rbench_models.routing.interventions import plan_interventions
@@ -40,6 +45,15 @@ class MoEHFLM(HFLM):
         disable_experts: str | None = None,
         disable_mode: str = "reroute",
         drop_renormalize: bool = False,
+        dola_layers: str | int | list | None = None,
+        dola_relative_top: float | None = None,
+        dola_post_softmax: bool | None = None,
+        dola_final_norm: bool | None = None,
+        dola_divergence: str | None = None,
+        dola_select: str | None = None,
+        scmoe_beta: float | None = None,
+        scmoe_weak_k: int | None = None,
+        scmoe_alpha: float | None = None,
         **kwargs: Any,
     ) -> None:
         """`data_dir`: directory of the benchmarks' original release files, read by the moe_rbench tasks
@@ -64,6 +78,11 @@ class MoEHFLM(HFLM):
                                        keep_logits=routing_logits).install()  # fmt: skip
         self._capture = self._request_capture(routing_out, routing_logits) if routing_out else None
         self._scoring_instances = None
+        dola = {"layers": dola_layers, "relative_top": dola_relative_top, "post_softmax": dola_post_softmax,
+                "final_norm": dola_final_norm, "divergence": dola_divergence, "select": dola_select}  # fmt: skip
+        scmoe = {"beta": scmoe_beta, "weak_k": scmoe_weak_k, "alpha": scmoe_alpha}
+        self._contrast = build_contrastive_decoding(self.model, self.backend, self.moe_layers, dola, scmoe, self._hooks)
+        self._row = 0  # the row of the last scoring batch that HFLM reads next
 
     def _request_capture(self, routing_out: str, routing_logits: bool) -> RequestCapture:
         layers = [{"key": layer.key, "name": layer.name, "side": layer.side, "layer": layer.layer,
@@ -83,6 +102,8 @@ class MoEHFLM(HFLM):
             moe["interventions"] = self._interventions
         if self._capture is not None:
             moe["routing"] = {"out": str(self._capture.writer.out_dir), "summary": self._capture.writer.summary()}
+        if self._contrast is not None:
+            moe["decoding"] = self._contrast.summary()
         return {**super().get_model_info(), "moe": moe}
 
     # -- loglikelihood and loglikelihood_rolling -----------------------------------------------------------
@@ -115,20 +136,30 @@ class MoEHFLM(HFLM):
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
         if self._capture is not None and self._scoring_instances is not None:
             self._capture.expect_scoring(self._scoring_instances, requests)
-        return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+        try:
+            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+        finally:
+            if self._contrast is not None:
+                self._contrast.release()
 
     def _model_call(self, inps, attn_mask=None, labels=None):
-        if self._capture is None:
-            return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
-        self._capture.begin_forward()
-        logits = super()._model_call(inps, attn_mask=attn_mask, labels=labels)
-        self._capture.end_forward(inps, attn_mask, labels)
+        self._row = 0
+        if self._capture is not None:
+            self._capture.begin_forward()
+        with self._contrasting("score"):
+            logits = super()._model_call(inps, attn_mask=attn_mask, labels=labels)
+        if self._capture is not None:
+            self._capture.end_forward(inps, attn_mask, labels)
         return logits
 
     def _select_cont_toks(self, logits, contlen=None, inplen=None):
+        row, self._row = self._row, self._row + 1
         if self._capture is not None:
-            self._capture.row(contlen, inplen)
-        return super()._select_cont_toks(logits, contlen=contlen, inplen=inplen)
+            self._capture.row(row, contlen, inplen)
+        selected = super()._select_cont_toks(logits, contlen=contlen, inplen=inplen)
+        if self._contrast is not None:  # lm-eval gathers the continuation's scores from what is returned here
+            selected = self._contrast.score_row(selected, row, inplen - contlen)
+        return selected
 
     # -- generate_until -----------------------------------------------------------------------------------------
 
@@ -155,12 +186,17 @@ class MoEHFLM(HFLM):
         return super().tok_batch_encode(strings, *args, **kwargs)
 
     def _model_generate(self, context, max_length, stop, **generation_kwargs):
+        if self._capture is not None:
+            self._capture.begin_forward()
+        with self._contrasting("generate"):
+            sequences = super()._model_generate(context, max_length, stop, **generation_kwargs)
         if self._capture is None:
-            return super()._model_generate(context, max_length, stop, **generation_kwargs)
-        self._capture.begin_forward()
-        sequences = super()._model_generate(context, max_length, stop, **generation_kwargs)
+            return sequences
         eos = generation_kwargs.get("eos_token_id", self.model.generation_config.eos_token_id)
         eos_ids = {eos} if isinstance(eos, int) else set(eos or [])
         self._capture.end_generation(context, generation_kwargs["attention_mask"], sequences,
                                      eos_ids | {self.tokenizer.eos_token_id}, self.tokenizer.pad_token_id)  # fmt: skip
         return sequences
+
+    def _contrasting(self, mode: str):
+        return self._contrast.active(mode) if self._contrast is not None else nullcontext()

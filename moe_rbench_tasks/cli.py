@@ -2,7 +2,8 @@
 
   moe-rbench run <lm_eval arguments>   lm-eval with `moe_hf` and the moe_rbench tasks registered explicitly
   moe-rbench data [--data_dir DIR]     every dataset: found where, or how to obtain it
-  moe-rbench tiny-model ARCH DIR       a tiny random-weight checkpoint of a real architecture (offline)
+  moe-rbench tiny-model ARCH DIR [--set KEY=VALUE ...]
+                                       a tiny random-weight checkpoint of a real architecture (offline)
   moe-rbench trace --routing DIR --id TASK --ood TASK [TASK ...] --out OUT
                                        routing shift between an ID task and OOD tasks (table and heatmap)
 """
@@ -49,10 +50,21 @@ def _tiny_architectures() -> list[str]:
     return list(ARCHITECTURES)
 
 
-def build_tiny(architecture: str, out_dir: str) -> int:
+def build_tiny(architecture: str, out_dir: str, settings: list[str]) -> int:
+    import ast
+
     from moe_rbench_models.tiny import build_tiny_model
 
-    print(build_tiny_model(architecture, out_dir))
+    overrides = {}
+    for setting in settings:
+        key, equals, value = setting.partition("=")
+        if not equals:
+            raise SystemExit(f"--set expects KEY=VALUE (e.g. num_hidden_layers=4), got {setting!r}")
+        try:
+            overrides[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            overrides[key] = value
+    print(build_tiny_model(architecture, out_dir, **overrides))
     return 0
 
 
@@ -79,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     tiny = commands.add_parser("tiny-model", help="write a tiny random-weight checkpoint (no download)")
     tiny.add_argument("architecture", help="one of: " + ", ".join(_tiny_architectures()))
     tiny.add_argument("out_dir")
+    tiny.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="config field to change, e.g. --set num_hidden_layers=4 --set initializer_range=0.3")  # fmt: skip
     tracing = commands.add_parser("trace", help="routing shift between an ID task and OOD tasks, per MoE layer")
     tracing.add_argument("--routing", required=True, help="a routing_out directory of moe_hf")
     tracing.add_argument("--id", required=True, dest="id_task", help="in-distribution task, e.g. moe_rbench_sst2")
@@ -89,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         return show_data(args.data_dir)
     if args.command == "trace":
         return trace(args.routing, args.id_task, args.ood, args.out)
-    return build_tiny(args.architecture, args.out_dir)
+    return build_tiny(args.architecture, args.out_dir, args.set)
 
 
 if __name__ == "__main__":

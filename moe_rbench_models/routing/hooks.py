@@ -8,6 +8,8 @@ token (N = batch x sequence, padding included), capacity-dropped tokens (Switch)
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -63,6 +65,15 @@ class RoutingHooks:
         """The calls recorded since the last take, per layer key."""
         calls, self.calls = self.calls, {layer.key: [] for layer in self.layers}
         return calls
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Forward passes run inside are not recorded (interventions still apply)."""
+        calls, self.calls = self.calls, {layer.key: [] for layer in self.layers}
+        try:
+            yield
+        finally:
+            self.calls = calls
 
     # -- reroute ---------------------------------------------------------------------------------------
 

@@ -109,14 +109,11 @@ class RequestCapture:
             "mask": None if attention_mask is None else attention_mask.cpu().numpy().astype(bool),
             "labels": None if labels is None else labels.cpu().numpy(),
             "layers": {key: _batched(forward[0], batch) for key, forward in calls.items()},
-            "next_row": 0,
         }
 
-    def row(self, continuation_length: int, input_length: int | None) -> None:
-        """HFLM takes row `next_row` of the last batch apart; route it to the requests waiting for it."""
+    def row(self, r: int, continuation_length: int, input_length: int | None) -> None:
+        """HFLM takes row `r` of the last batch apart; route it to the requests waiting for it."""
         batch = self._batch
-        r = batch["next_row"]
-        batch["next_row"] += 1
         if self.seq2seq:
             encoder_length = int(batch["mask"][r].sum())
             encoder_tokens = batch["inputs"][r, :encoder_length]

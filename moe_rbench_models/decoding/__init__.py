@@ -1,0 +1,50 @@
+"""Contrastive decoding in `moe_hf`: DoLa (early-exit contrast) and SCMoE (strong vs weak routing),
+for loglikelihood scoring and `generate_until`. Options: options.py; scores: contrast.py; hooks: runtime.py.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from moe_rbench_models.decoding.head import OutputHead, OutputHeadError, locate_output_head
+from moe_rbench_models.decoding.options import DolaOptions, SelfContrastOptions, candidate_layers, parse_options
+from moe_rbench_models.decoding.runtime import ContrastiveDecoding, DoLa, SelfContrast
+from moe_rbench_models.routing.discovery import MoELayer, require_moe
+from moe_rbench_models.routing.interventions import plan_interventions
+
+__all__ = [
+    "ContrastiveDecoding",
+    "DoLa",
+    "DolaOptions",
+    "OutputHead",
+    "OutputHeadError",
+    "SelfContrast",
+    "SelfContrastOptions",
+    "build_contrastive_decoding",
+    "candidate_layers",
+    "locate_output_head",
+    "parse_options",
+]
+
+
+def build_contrastive_decoding(model: nn.Module, backend: str, moe_layers: list[MoELayer], dola: dict, scmoe: dict,
+                               routing_hooks=None) -> ContrastiveDecoding | None:  # fmt: skip
+    """The method the `dola_*` / `scmoe_*` model arguments ask for (None: neither), installed on `model`."""
+    options = parse_options(dola, scmoe)
+    if options is None:
+        return None
+    method = "DoLa" if isinstance(options, DolaOptions) else "SCMoE"
+    if backend != "causal":
+        raise ValueError(f"{method} is implemented for decoder-only (causal) models; {type(model).__name__} is an "
+                         "encoder-decoder model.")  # fmt: skip
+    if isinstance(options, DolaOptions):
+        head = locate_output_head(model, options.final_norm, "DoLa")
+        tied = bool(getattr(model.config.get_text_config(), "tie_word_embeddings", False))
+        return DoLa(model, head, options, candidate_layers(options.layers, head.num_layers, tied))
+    require_moe(moe_layers, "scmoe_beta", model)
+    try:
+        plan_interventions(moe_layers, top_k=options.weak_k)  # the weak routing must be possible in every layer
+    except ValueError as error:
+        raise ValueError(f"SCMoE needs weak routing with scmoe_weak_k={options.weak_k} experts per token: {error}") from None
+    head = locate_output_head(model, False, "SCMoE")
+    return SelfContrast(model, head, options, moe_layers, routing_hooks)
