@@ -9,7 +9,9 @@ caching and scores. It accepts every `hf` model argument, and:
   `disable_mode=reroute|drop` and `drop_renormalize=true|false` (see routing/interventions.py);
 - `dola_layers=paper|high|low|"16,18,20"` and the other `dola_*` options: DoLa; `scmoe_beta=BETA` with
   `scmoe_weak_k`, `scmoe_alpha`: MoE self-contrast (see decoding/options.py). Both change the scores
-  of loglikelihood requests and the tokens `generate_until` produces.
+  of loglikelihood requests and the tokens `generate_until` produces;
+- `head=sequence_classification` with `label_map=...`: score multiple-choice tasks through a fine-tuned
+  classification head, the paper's protocol (see classifier.py).
 
 Everything works through forward hooks and a few HFLM methods that see one request batch or one row of it
 (`_model_call`, `_select_cont_toks`, `tok_batch_encode`, `_model_generate`).
@@ -21,10 +23,12 @@ import json
 from contextlib import nullcontext
 from typing import Any
 
+import transformers
 from lm_eval import utils
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
+from moe_rbench_models.classifier import HEADS, ClassifierScoring, refuse
 from moe_rbench_models.decoding import build_contrastive_decoding
 from moe_rbench_models.routing.discovery import describe_moe, find_moe_layers, require_moe
 from moe_rbench_models.routing.hooks import RoutingHooks
@@ -54,13 +58,25 @@ class MoEHFLM(HFLM):
         scmoe_beta: float | None = None,
         scmoe_weak_k: int | None = None,
         scmoe_alpha: float | None = None,
+        head: str = "causal_lm",
+        label_map: str | int | list | None = None,
         **kwargs: Any,
     ) -> None:
         """`data_dir`: directory of the benchmarks' original release files, read by the moe_rbench tasks
         (model arguments reach them as task metadata); taken here so that it does not reach
         `from_pretrained`. The routing options are described in the module docstring."""
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
+        if head != "sequence_classification" and label_map is not None:
+            raise ValueError("label_map applies to head=sequence_classification only")
+        if head == "sequence_classification":
+            self.AUTO_MODEL_CLASS = transformers.AutoModelForSequenceClassification
         super().__init__(pretrained=pretrained, **kwargs)
         self.data_dir = data_dir
+        self._classifier = ClassifierScoring(self, label_map) if head == "sequence_classification" else None
+        if self._classifier is not None and (routing_out or dola_layers is not None or scmoe_beta is not None):
+            raise ValueError("head=sequence_classification scores with class logits; routing_out, DoLa and SCMoE work "
+                             "with the causal LM head only")  # fmt: skip
         self.moe_layers = find_moe_layers(self.model)
         for option, value in [("routing_out", routing_out), ("top_k", top_k), ("disable_experts", disable_experts)]:
             if value is not None:
@@ -104,11 +120,15 @@ class MoEHFLM(HFLM):
             moe["routing"] = {"out": str(self._capture.writer.out_dir), "summary": self._capture.writer.summary()}
         if self._contrast is not None:
             moe["decoding"] = self._contrast.summary()
+        if self._classifier is not None:
+            moe["head"] = "sequence_classification"
         return {**super().get_model_info(), "moe": moe}
 
     # -- loglikelihood and loglikelihood_rolling -----------------------------------------------------------
 
     def loglikelihood(self, requests, disable_tqdm: bool = False):
+        if self._classifier is not None:
+            return self._classifier.loglikelihood(requests)
         if self._capture is None:
             return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
         self._scoring_instances = requests
@@ -120,6 +140,8 @@ class MoEHFLM(HFLM):
         return results
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        if self._classifier is not None:
+            refuse("loglikelihood_rolling")
         if self._capture is None:
             return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
         self._capture.expect_rolling(requests, [self._rolling_windows(request.args[0]) for request in requests])
@@ -164,6 +186,8 @@ class MoEHFLM(HFLM):
     # -- generate_until -----------------------------------------------------------------------------------------
 
     def generate_until(self, requests, disable_tqdm: bool = False):
+        if self._classifier is not None:
+            refuse("generate_until")
         if self._capture is None:
             return super().generate_until(requests, disable_tqdm=disable_tqdm)
         # one set of generation kwargs at a time (HFLM batches within such groups anyway), so that a

@@ -110,11 +110,17 @@ def tiny_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token=pad, bos_token=bos, eos_token=eos)
 
 
-def build_tiny_model(architecture: str, out_dir: str | Path, **config_overrides) -> Path:
+def build_tiny_model(architecture: str, out_dir: str | Path, head: str = "causal_lm", **config_overrides) -> Path:
     """Write a tiny random-weight checkpoint of `architecture` (a key of ARCHITECTURES) to `out_dir`;
-    `config_overrides` change config fields (e.g. `expert_capacity=2` for Switch)."""
+    `config_overrides` change config fields (e.g. `expert_capacity=2` for Switch); `head=
+    "sequence_classification"` gives a `*ForSequenceClassification` checkpoint (set `num_labels`)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForSeq2SeqLM,
+        AutoModelForSequenceClassification,
+    )
 
     if architecture not in ARCHITECTURES:
         raise ValueError(f"Unknown tiny architecture {architecture!r}; choose one of: {', '.join(ARCHITECTURES)}")
@@ -122,9 +128,14 @@ def build_tiny_model(architecture: str, out_dir: str | Path, **config_overrides)
     ids = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
     config = AutoConfig.for_model(architecture, **{**ARCHITECTURES[architecture], **ids, **config_overrides})
     auto_class = AutoModelForSeq2SeqLM if architecture in SEQ2SEQ else AutoModelForCausalLM
+    if head == "sequence_classification":
+        auto_class = AutoModelForSequenceClassification
+    elif head != "causal_lm":
+        raise ValueError(f"head must be causal_lm or sequence_classification, got {head!r}")
     torch.manual_seed(SEED)
     model = auto_class.from_config(config)
-    model.generation_config.update(**ids)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.update(**ids)
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

@@ -8,6 +8,7 @@ source (the benchmark's original release file inside a data directory laid out a
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from dataclasses import dataclass
@@ -34,10 +35,15 @@ class MalformedDataError(DataError, ValueError):
 class Source:
     name: str
     tasks: str  # which tasks read it
-    local_path: str  # relative to the data directory
-    hub: str  # canonical source, as `datasets.load_dataset` arguments
-    obtain: str  # where to get the local file
+    local_path: str  # relative to the data directory: the file, or the folder of the source's files
+    hub: str | None  # canonical source, as `datasets.load_dataset` arguments; None: no hub copy exists
+    obtain: str  # where to get the local files
     license: str
+    files: tuple[str, ...] = ()  # the files under `local_path` (none: `local_path` is the file)
+
+    @property
+    def paths(self) -> list[str]:
+        return [f"{self.local_path}/{name}" for name in self.files] or [self.local_path]
 
 
 SOURCES: dict[str, Source] = {
@@ -50,6 +56,48 @@ SOURCES: dict[str, Source] = {
             hub="AI-Secure/DecodingTrust, config ood, split style (ID documents: nyu-mll/glue, config sst2, split validation)",
             obtain="https://github.com/AI-secure/DecodingTrust/blob/main/data/ood/style.json",
             license="CC BY-SA 4.0",
+        ),
+        Source(
+            name="snli",
+            tasks="moe_rbench_snli (validation; few-shot: test), moe_rbench_snli_test (test; few-shot: validation), "
+                  "few-shot of moe_rbench_snli_hard (validation)",
+            local_path="snli/hf",
+            files=("validation.tsv", "test.tsv"),
+            hub="stanfordnlp/snli, splits validation and test (label -1 rows dropped)",
+            obtain="export the hub dataset stanfordnlp/snli to TSV (columns premise, hypothesis, label; label -1 rows "
+                   "removed), e.g. https://github.com/MJ-Jang/BECEL/tree/main/data/snli",
+            license="CC BY-SA 4.0",
+        ),
+        Source(
+            name="snli_hard",
+            tasks="moe_rbench_snli_hard",
+            local_path="snli/snli_1.0_test_hard.jsonl",
+            hub=None,
+            obtain="https://nlp.stanford.edu/projects/snli/snli_1.0_test_hard.jsonl (Gururangan et al. 2018, "
+                   "'Annotation Artifacts in Natural Language Inference Data')",
+            license="CC BY-SA 4.0",
+        ),
+        Source(
+            name="anli",
+            tasks="moe_rbench_anli_r1, moe_rbench_anli_r2, moe_rbench_anli_r3 (test; few-shot: dev of the round)",
+            local_path="anli",
+            files=tuple(f"R{r}/{split}.jsonl" for r in (1, 2, 3) for split in ("test", "dev")),
+            hub="facebook/anli, splits test_r1/2/3 and dev_r1/2/3",
+            obtain="https://dl.fbaipublicfiles.com/anli/anli_v1.0.zip (folders R1, R2, R3)",
+            license="CC BY-NC 4.0",
+        ),
+        Source(
+            name="boss",
+            tasks="moe_rbench_boss_* (test.tsv; few-shot: train.tsv of the suite's ID set)",
+            local_path="boss",
+            files=tuple(f"{name}/test.tsv" for name in ("amazon", "dynasent", "semeval", "sst5", "mnli", "anli",
+                        "contract_nli", "wanli", "civil_comments", "adv_civil", "implicit_hate", "toxigen")),  # fmt: skip
+            hub=None,
+            obtain="the BOSS benchmark bundle (Yuan et al., NeurIPS 2023 Datasets and Benchmarks, 'Revisiting "
+                   "Out-of-distribution Robustness in NLP'), whose download link its authors publish at "
+                   "https://github.com/lifan-yuan/OOD_NLP; unpack its SentimentAnalysis, NaturalLanguageInference and "
+                   "ToxicDetection folders so that each dataset is <data dir>/boss/<name>/{train,test}.tsv",
+            license="per dataset (see the BOSS README)",
         ),
     ]
 }
@@ -70,15 +118,56 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
     return path
 
 
-def local_file(source: Source, data_dir: Path) -> Path:
-    path = data_dir / source.local_path
+def local_file(source: Source, data_dir: Path, name: str | None = None) -> Path:
+    """`<data dir>/<local_path>` (or `.../<local_path>/<name>`), which must exist."""
+    relative = f"{source.local_path}/{name}" if name else source.local_path
+    path = data_dir / relative
     if not path.is_file():
-        raise MissingDataError(
-            f"{source.name}: expected {path}, which does not exist. Get it from {source.obtain} and place it at "
-            f"<data dir>/{source.local_path}, or unset the data directory to load {source.hub} from the "
-            f"Hugging Face hub."
-        )
+        fallback = (f"or unset the data directory to load {source.hub} from the Hugging Face hub" if source.hub
+                    else "(there is no copy on the Hugging Face hub)")  # fmt: skip
+        raise MissingDataError(f"{source.name}: expected {path}, which does not exist. Get it from {source.obtain} and "
+                               f"place it at <data dir>/{relative}, {fallback}.")  # fmt: skip
     return path
+
+
+def require_data_dir(source: Source, data_dir: Path | None) -> Path:
+    """The data directory, for sources that only exist as release files."""
+    if data_dir is None:
+        raise MissingDataError(
+            f"{source.name} has no copy on the Hugging Face hub, so it is read from a data directory only: get it from "
+            f"{source.obtain}, place it under <data dir>/{source.local_path} and set {DATA_DIR_ENV} (or data_dir=)."
+        )
+    return data_dir
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    with path.open(encoding="utf-8") as file:
+        for number, line in enumerate(file, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise MalformedDataError(f"{path}, line {number}: invalid JSON ({error.msg})") from None
+    return rows
+
+
+def read_tsv(path: Path) -> list[dict[str, str]]:
+    """Rows of a tab-separated file with a header (quoted fields as pandas writes them); every row must
+    have the header's number of fields."""
+    with path.open(encoding="utf-8", newline="") as file:
+        reader = csv.reader(file, delimiter="\t")
+        header = next(reader, None)
+        if not header:
+            raise MalformedDataError(f"{path}: empty file (expected a header line)")
+        rows = []
+        for row in reader:
+            if len(row) != len(header):
+                raise MalformedDataError(f"{path}, line {reader.line_num}: {len(row)} fields, the header has "
+                                         f"{len(header)} ({', '.join(header)})")  # fmt: skip
+            rows.append(dict(zip(header, row)))
+    return rows
 
 
 def read_json(path: Path) -> Any:
@@ -99,12 +188,14 @@ def data_status(data_dir: Path | None) -> list[dict[str, str]]:
     """One row per dataset: where it is found (or why not) and how to obtain it; for `moe-rbench data`."""
     rows = []
     for source in SOURCES.values():
+        missing = [path for path in source.paths if data_dir is None or not (data_dir / path).is_file()]
         if data_dir is None:
-            status = "hub (no data directory set)"
-        elif (data_dir / source.local_path).is_file():
+            status = "hub (no data directory set)" if source.hub else "MISSING: no data directory set (no hub copy)"
+        elif not missing:
             status = f"found: {data_dir / source.local_path}"
         else:
-            status = f"MISSING: {data_dir / source.local_path}"
-        rows.append({"dataset": source.name, "tasks": source.tasks, "status": status, "hub": source.hub,
-                     "obtain": source.obtain, "license": source.license})
+            status = "MISSING: " + ", ".join(str(data_dir / path) for path in missing)
+        rows.append({"dataset": source.name, "tasks": source.tasks, "status": status,
+                     "hub": source.hub or "none: release files only", "obtain": source.obtain,
+                     "license": source.license})  # fmt: skip
     return rows

@@ -1,9 +1,10 @@
 """Per-document metrics of the classification tasks.
 
 Each task reports `acc`, plus the same value under its role in the benchmark: `id_acc` for an
-in-distribution set, `ood_acc` for an out-of-distribution one. A group that aggregates `id_acc` and
-`ood_acc` (unweighted) thus reports the ID accuracy and the mean OOD accuracy side by side, which
-lm-eval's group aggregation (one metric name averaged over all subtasks) cannot do otherwise.
+in-distribution set, `ood_acc` for an out-of-distribution one, `sa_acc` (standard accuracy) and
+`ra_acc` (robust accuracy) in adversarial NLI. A group that aggregates `id_acc` and `ood_acc`
+(unweighted) thus reports the ID accuracy and the mean OOD accuracy side by side, which lm-eval's group
+aggregation (one metric name averaged over all subtasks) cannot do otherwise.
 """
 
 from __future__ import annotations
@@ -28,11 +29,21 @@ def ood_accuracy(doc: dict, results: list[tuple[float, bool]]) -> dict[str, floa
     return {"acc": accuracy, "ood_acc": accuracy}
 
 
+def standard_accuracy(doc: dict, results: list[tuple[float, bool]]) -> dict[str, float]:
+    accuracy = choice_accuracy(doc, results)
+    return {"acc": accuracy, "sa_acc": accuracy}
+
+
+def robust_accuracy(doc: dict, results: list[tuple[float, bool]]) -> dict[str, float]:
+    accuracy = choice_accuracy(doc, results)
+    return {"acc": accuracy, "ra_acc": accuracy}
+
+
 class _ExpectedRoleGaps(logging.Filter):
-    """lm-eval warns when a group metric is missing in some subtasks; for `id_acc`/`ood_acc` that is the
+    """lm-eval warns when a group metric is missing in some subtasks; for the role metrics that is the
     design (only ID sets have `id_acc`), so those warnings are dropped. Every other warning passes."""
 
-    _pattern = re.compile(r"metric '(id_acc|ood_acc),[^']*' is missing in")
+    _pattern = re.compile(r"metric '(id_acc|ood_acc|sa_acc|ra_acc),[^']*' is missing in")
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not self._pattern.search(record.getMessage())

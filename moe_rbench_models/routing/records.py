@@ -107,8 +107,8 @@ class RecordWriter:
         return [self._shard_name, side, start, len(tokens)]
 
     def add_record(self, request_type: str, task: str | None, doc_id: int | None, request_index: int, repeat: int,
-                   context: list[list], continuation: list[list]) -> None:  # fmt: skip
-        self._records.append({"request_type": request_type, "task": task, "doc_id": doc_id,
+                   context: list[list], continuation: list[list], doc_key: str | None = None) -> None:  # fmt: skip
+        self._records.append({"request_type": request_type, "task": task, "doc_id": doc_id, "doc_key": doc_key,
                               "request_index": request_index, "repeat": repeat,
                               "context": context, "continuation": continuation})  # fmt: skip
         if self._bytes >= SHARD_BYTES:
@@ -261,6 +261,7 @@ class RoutingRecord:
     continuation_tokens: np.ndarray  # the continuation (or generated) tokens, one per continuation entry
     continuation_inputs: np.ndarray  # input token of each continuation entry
     layers: dict[str, LayerRouting]  # by layer key, e.g. "decoder.3"
+    doc_key: str | None = None  # the document's `id` (DecodingTrust id, SNLI pair, ANLI uid): aligns sets
     context_spans: tuple = field(default=(), repr=False)
     continuation_spans: tuple = field(default=(), repr=False)
 
@@ -299,7 +300,7 @@ def load_records(directory: str | Path) -> Iterator[RoutingRecord]:
                 request_type=entry["request_type"], task=entry["task"], doc_id=entry["doc_id"],
                 request_index=entry["request_index"], repeat=entry["repeat"],
                 context_tokens=context[0], continuation_tokens=continuation[1], continuation_inputs=continuation[0],
-                layers=layers,
+                layers=layers, doc_key=entry.get("doc_key"),
                 context_spans=tuple(map(tuple, entry["context"])),
                 continuation_spans=tuple(map(tuple, entry["continuation"])),
             )  # fmt: skip

@@ -33,6 +33,7 @@ class _Expected:
     spans: list = field(default_factory=list)
     document: _Expected | None = None
     window: int = 0
+    doc_key: str | None = None  # the document's `id` field: aligns documents across tasks for tracing
 
 
 class RequestCapture:
@@ -58,8 +59,10 @@ class RequestCapture:
         for instance in instances:
             repeat = seen[id(instance)]
             seen[id(instance)] += 1
+            doc = instance.doc if isinstance(instance.doc, dict) else {}
+            key = None if doc.get("id") is None else str(doc["id"])
             expected.append(None if repeat >= (instance.repeats or 1) else _Expected(
-                request_type, instance.task_name, instance.doc_id, instance.idx, repeat))  # fmt: skip
+                request_type, instance.task_name, instance.doc_id, instance.idx, repeat, doc_key=key))  # fmt: skip
         return expected
 
     def _row_key(self, context: list[int], continuation: list[int]) -> tuple:
@@ -180,7 +183,8 @@ class RequestCapture:
             document.spans[expected.window] = self.writer.add_span(document.task, *continuation)
             if all(span is not None for span in document.spans):
                 self.writer.add_record(document.request_type, document.task, document.doc_id,
-                                       document.request_index, document.repeat, [], document.spans)  # fmt: skip
+                                       document.request_index, document.repeat, [], document.spans,
+                                       document.doc_key)  # fmt: skip
             return
         side, tokens, _, _ = context
         context_key = (expected.task, expected.doc_id, expected.request_type, side, tuple(tokens.tolist()))
@@ -190,7 +194,7 @@ class RequestCapture:
         continuation_span = self.writer.add_span(expected.task, *continuation) if len(continuation[1]) else None
         self.writer.add_record(expected.request_type, expected.task, expected.doc_id, expected.request_index,
                                expected.repeat, [context_span] if context_span else [],
-                               [continuation_span] if continuation_span else [])  # fmt: skip
+                               [continuation_span] if continuation_span else [], expected.doc_key)  # fmt: skip
 
     def finish_call(self) -> None:
         missing = sum(len(waiting) for waiting in self._waiting.values())

@@ -4,8 +4,9 @@ For each MoE layer and each OOD task, from the records of one `routing_out` dire
 
 - `distribution_l1`: L1 distance between the normalised expert-usage distributions of the ID task and
   the OOD task (all their tokens), in [0, 2] - MoE-RBench's router-tracing measure;
-- `mean_pair_l1`: mean over documents aligned by `doc_id` (an SST-2 sentence and its styled version) of
-  the L1 distance between the two documents' expert-usage distributions.
+- `mean_pair_l1`: mean over aligned documents (an SST-2 sentence and its styled version, an SNLI pair and
+  the same pair in SNLI-hard) of the L1 distance between the two documents' expert-usage distributions.
+  Documents align by their `id` field (the record's `doc_key`), or by `doc_id` where they have none.
 
 Every stored position counts once per document (a multiple-choice context shared by its choices once);
 tokens dropped for capacity (Switch) are not counted, as no expert processed them.
@@ -36,7 +37,7 @@ class TraceRow:
 @dataclass(frozen=True)
 class Usage:
     total: dict[str, np.ndarray]  # layer -> expert counts over the task
-    per_doc: dict[int, dict[str, np.ndarray]]  # doc_id -> layer -> expert counts
+    per_doc: dict[str | int, dict[str, np.ndarray]]  # doc_key (or doc_id) -> layer -> expert counts
 
 
 def expert_usage(directory: str | Path, tasks: set[str]) -> dict[str, Usage]:
@@ -49,7 +50,8 @@ def expert_usage(directory: str | Path, tasks: set[str]) -> dict[str, Usage]:
         if record.task not in usage:
             continue
         task_usage = usage[record.task]
-        doc = task_usage.per_doc.setdefault(record.doc_id, {key: np.zeros(n, dtype=np.int64) for key, n in experts.items()})
+        align = record.doc_key if record.doc_key is not None else record.doc_id
+        doc = task_usage.per_doc.setdefault(align, {key: np.zeros(n, dtype=np.int64) for key, n in experts.items()})
         for part, spans in (("context", record.context_spans), ("continuation", record.continuation_spans)):
             if not spans or (record.task, record.doc_id, spans) in seen:
                 continue

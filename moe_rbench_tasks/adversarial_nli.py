@@ -1,0 +1,105 @@
+"""Adversarial NLI: SNLI validation (standard accuracy), ANLI test rounds R1-R3 (robust accuracy) and
+SNLI-hard (the hard subset of SNLI test, Gururangan et al. 2018).
+
+Every task's `custom_dataset` is `load_docs(dataset=...)`, returning split `test` (the evaluated
+documents) and split `train` (few-shot demonstrations from a split that never overlaps `test`: SNLI
+test for SNLI validation, SNLI validation for SNLI-hard, the round's dev set for ANLI).
+Documents: `{"id", "premise", "hypothesis", "label"}` with label 0 entailment, 1 neutral, 2 contradiction.
+`id` aligns documents across sets for router tracing: for SNLI and SNLI-hard it is the pair's text
+(neither SNLI's hub copy nor its TSV export carries the pairID, and premise plus hypothesis identify a
+pair: all 3,261 hard pairs match a test row), for ANLI its `uid`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import datasets
+
+from moe_rbench_tasks.data import (
+    SOURCES,
+    MalformedDataError,
+    local_file,
+    read_jsonl,
+    read_tsv,
+    require_data_dir,
+    resolve_data_dir,
+)
+
+LABELS = ("entailment", "neutral", "contradiction")
+RELEASE_LABELS = {"e": 0, "n": 1, "c": 2}  # ANLI release files
+DATASETS = {  # dataset -> (test split, few-shot split)
+    "snli": ("validation", "test"),
+    "snli_test": ("test", "validation"),  # beyond the paper: the full test set SNLI-hard is a subset of
+    "snli_hard": ("test_hard", "validation"),
+    **{f"anli_r{r}": (f"test_r{r}", f"dev_r{r}") for r in (1, 2, 3)},
+}
+
+
+def load_docs(dataset: str, data_dir: str | None = None, **_metadata: Any) -> datasets.DatasetDict:
+    """`custom_dataset` of the adversarial NLI tasks; `data_dir` (or MOE_RBENCH_DATA_DIR) selects local files."""
+    if dataset not in DATASETS:
+        raise ValueError(f"Unknown adversarial NLI dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
+    root = resolve_data_dir(data_dir)
+    test_split, fewshot_split = DATASETS[dataset]
+    read = _from_release_files if root else _from_hub
+    return datasets.DatasetDict(test=datasets.Dataset.from_list(read(test_split, root)),
+                                train=datasets.Dataset.from_list(read(fewshot_split, root)))  # fmt: skip
+
+
+def _from_release_files(split: str, root) -> list[dict]:
+    if split == "test_hard":
+        path = local_file(SOURCES["snli_hard"], require_data_dir(SOURCES["snli_hard"], root))
+        rows = read_jsonl(path)
+        return [_doc(row.get("sentence1"), row.get("sentence2"), row.get("gold_label"), f"{path}[{i}]",
+                     pair_id=row.get("pairID")) for i, row in enumerate(rows)]  # fmt: skip
+    if split.startswith(("test_r", "dev_r")):
+        kind, round_number = split.split("_r")
+        path = local_file(SOURCES["anli"], root, f"R{round_number}/{kind}.jsonl")
+        return [_doc(row.get("context"), row.get("hypothesis"), row.get("label"), f"{path}[{i}]", uid=row.get("uid"))
+                for i, row in enumerate(read_jsonl(path))]  # fmt: skip
+    path = local_file(SOURCES["snli"], root, f"{split}.tsv")
+    return [_doc(row["premise"], row["hypothesis"], row["label"], f"{path}, row {i + 1}")
+            for i, row in enumerate(_rows_with(read_tsv(path), ("premise", "hypothesis", "label"), path))]  # fmt: skip
+
+
+def _from_hub(split: str, _root=None) -> list[dict]:
+    if split == "test_hard":
+        require_data_dir(SOURCES["snli_hard"], None)
+    if split.startswith(("test_r", "dev_r")):
+        rows = datasets.load_dataset("facebook/anli", split=split)
+        return [_doc(row["premise"], row["hypothesis"], row["label"], f"facebook/anli {split}[{i}]", uid=row["uid"])
+                for i, row in enumerate(rows)]  # fmt: skip
+    rows = datasets.load_dataset("stanfordnlp/snli", split=split).filter(lambda row: row["label"] != -1)
+    return [_doc(row["premise"], row["hypothesis"], row["label"], f"stanfordnlp/snli {split}[{i}]")
+            for i, row in enumerate(rows)]  # fmt: skip
+
+
+def _rows_with(rows: list[dict], columns: tuple[str, ...], path) -> list[dict]:
+    if rows and not set(columns) <= rows[0].keys():
+        raise MalformedDataError(f"{path}: expected columns {', '.join(columns)}; found {', '.join(rows[0])}")
+    return rows
+
+
+def _doc(premise: Any, hypothesis: Any, label: Any, where: str, pair_id: str | None = None,
+         uid: str | None = None) -> dict:  # fmt: skip
+    for name, text in (("premise", premise), ("hypothesis", hypothesis)):
+        if not isinstance(text, str) or not text.strip():
+            raise MalformedDataError(f"{where}: {name} must be a non-empty string, got {text!r}")
+    return {"id": uid or pair_key(premise, hypothesis), "premise": premise, "hypothesis": hypothesis,
+            "label": label_index(label, where), "pair_id": pair_id}  # fmt: skip
+
+
+def pair_key(premise: str, hypothesis: str) -> str:
+    """A short stable key of an SNLI pair, the same in every copy of SNLI."""
+    return hashlib.sha1(f"{premise.strip()}\t{hypothesis.strip()}".encode()).hexdigest()[:16]
+
+
+def label_index(label: Any, where: str) -> int:
+    """0/1/2 from an integer, a digit string, `e`/`n`/`c` or a label word."""
+    text = str(label).strip().lower()
+    index = {"0": 0, "1": 1, "2": 2, **RELEASE_LABELS, **{word: i for i, word in enumerate(LABELS)}}.get(text)
+    if index is None:
+        raise MalformedDataError(f"{where}: label must be 0/1/2, e/n/c or entailment/neutral/contradiction, got {label!r}")
+    return index
