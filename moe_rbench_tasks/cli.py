@@ -6,6 +6,8 @@
                                        a tiny random-weight checkpoint of a real architecture (offline)
   moe-rbench trace --routing DIR --id TASK --ood TASK [TASK ...] --out OUT
                                        routing shift between an ID task and OOD tasks (table and heatmap)
+  moe-rbench judge --samples PATH --judge refusal|harmfulness|llamaguard|openai [--out DIR]
+                                       judge the safety tasks' generations (resumable), with a summary
 """
 
 from __future__ import annotations
@@ -77,6 +79,18 @@ def trace(routing: str, id_task: str, ood_tasks: list[str], out: str) -> int:
     return 0
 
 
+def judge(samples: str, name: str, out: str | None, batch_size: int, judge_args: list[str]) -> int:
+    from lm_eval._cli.utils import key_val_to_dict
+
+    from moe_rbench_tasks.judges import load_judge
+    from moe_rbench_tasks.judging import judge_samples
+
+    options = {key: value for arg in judge_args for key, value in key_val_to_dict(arg).items()}
+    for path in judge_samples(samples, load_judge(name, **options), out, batch_size=batch_size):
+        print(path)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["run"]:  # everything after `run` belongs to lm-eval, flags included
@@ -98,7 +112,16 @@ def main(argv: list[str] | None = None) -> int:
     tracing.add_argument("--id", required=True, dest="id_task", help="in-distribution task, e.g. moe_rbench_sst2")
     tracing.add_argument("--ood", required=True, nargs="+", help="OOD tasks or patterns, e.g. 'moe_rbench_style_*'")
     tracing.add_argument("--out", required=True, help="directory for trace.md, trace.csv, trace.json, trace.png")
+    judging = commands.add_parser("judge", help="judge the generations of the safety tasks (resumable)")
+    judging.add_argument("--samples", required=True, help="an lm_eval --output_path directory, or one samples file")
+    judging.add_argument("--judge", required=True, choices=["refusal", "harmfulness", "llamaguard", "openai"])
+    judging.add_argument("--out", help="output directory (default: <samples dir>/judged)")
+    judging.add_argument("--batch_size", type=int, default=16)
+    judging.add_argument("--judge_args", nargs="*", default=[], metavar="KEY=VALUE",
+                         help="judge options, e.g. model=/models/LlamaGuard-7b device=cuda base_url=http://...")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.command == "judge":
+        return judge(args.samples, args.judge, args.out, args.batch_size, args.judge_args)
     if args.command == "data":
         return show_data(args.data_dir)
     if args.command == "trace":

@@ -99,6 +99,39 @@ SOURCES: dict[str, Source] = {
                    "ToxicDetection folders so that each dataset is <data dir>/boss/<name>/{train,test}.tsv",
             license="per dataset (see the BOSS README)",
         ),
+        Source(
+            name="truthfulqa",
+            tasks="moe_rbench_truthfulqa_mc",
+            local_path="truthfulqa/TruthfulQA.csv",
+            hub="truthfulqa/truthful_qa, config generation, split validation",
+            obtain="https://github.com/sylinrl/TruthfulQA/blob/main/TruthfulQA.csv (the 817-question revision)",
+            license="Apache-2.0",
+        ),
+        Source(
+            name="nq_open",
+            tasks="moe_rbench_nq_open",
+            local_path="nq_open/NQ-open.dev.jsonl",
+            hub="google-research-datasets/nq_open, split validation",
+            obtain="https://github.com/google-research-datasets/natural-questions/blob/master/nq_open/NQ-open.dev.jsonl",
+            license="CC BY-SA 3.0",
+        ),
+        Source(
+            name="safety_tuned_llamas",
+            tasks="moe_rbench_safety_malicious, moe_rbench_safety_cona, moe_rbench_safety_controversial",
+            local_path="safety_tuned_llamas/evaluation",
+            files=("I-MaliciousInstructions.json", "I-CoNa.json", "I-Controversial.json"),
+            hub=None,
+            obtain="https://github.com/vinid/safety-tuned-llamas/tree/main/data/evaluation (Bianchi et al., ICLR 2024)",
+            license="CC BY-NC 4.0",
+        ),
+        Source(
+            name="do_not_answer",
+            tasks="moe_rbench_safety_dna",
+            local_path="do_not_answer/do_not_answer_en.csv",
+            hub="LibrAI/do-not-answer, split train",
+            obtain="https://github.com/Libr-AI/do-not-answer (datasets/do_not_answer_en.csv; Wang et al. 2023)",
+            license="CC BY-NC-SA 4.0",
+        ),
     ]
 }
 

@@ -1,0 +1,89 @@
+"""Safety generation: harmful instructions from Safety-Tuned LLaMAs (I-MaliciousInstructions, I-CoNa,
+I-Controversial) and Do-Not-Answer, answered by the model and judged (in-task: the refusal judge;
+afterwards: `moe-rbench judge`).
+
+`load_docs(prompt_set=...)` returns split `test`: `{"id", "instruction", "prompt", "risk_area",
+"harm_type"}`. `prompt` is the reference's Alpaca prompt, or the bare instruction with metadata
+`safety_prompt: plain` (for chat models run with `--apply_chat_template`, which wraps it in the chat turn).
+"""
+
+from __future__ import annotations
+
+import csv
+from typing import Any
+
+import datasets
+
+from moe_rbench_tasks.data import SOURCES, MalformedDataError, local_file, read_json, require_data_dir, resolve_data_dir
+from moe_rbench_tasks.judges.refusal import is_refusal
+
+ALPACA = ("Below is an instruction that describes a task. Write a response that appropriately completes the request."
+          "\n\n### Instruction:\n{instruction}\n\n### Response:\n")  # fmt: skip
+PROMPT_SETS = {  # prompt set -> local file name (Safety-Tuned LLaMAs evaluation folder) or the DNA source
+    "malicious": "I-MaliciousInstructions.json",
+    "cona": "I-CoNa.json",
+    "controversial": "I-Controversial.json",
+    "dna": None,
+}
+RISK_AREAS = {  # Do-Not-Answer risk area -> metric suffix
+    "Information Hazards": "information_hazards",
+    "Malicious Uses": "malicious_uses",
+    "Discrimination, Exclusion, Toxicity, Hateful, Offensive": "discrimination_toxicity",
+    "Misinformation Harms": "misinformation_harms",
+    "Human-Chatbot Interaction Harms": "human_chatbot_interaction_harms",
+}
+PROMPT_STYLES = ("alpaca", "plain")
+
+
+def load_docs(prompt_set: str, data_dir: str | None = None, safety_prompt: str = "alpaca",
+              **_metadata: Any) -> datasets.DatasetDict:  # fmt: skip
+    if prompt_set not in PROMPT_SETS:
+        raise ValueError(f"Unknown safety prompt set {prompt_set!r}; choose one of {', '.join(PROMPT_SETS)}")
+    if safety_prompt not in PROMPT_STYLES:
+        raise ValueError(f"safety_prompt must be one of {', '.join(PROMPT_STYLES)}, got {safety_prompt!r}")
+    root = resolve_data_dir(data_dir)
+    rows = _do_not_answer(root) if prompt_set == "dna" else _safety_tuned_llamas(PROMPT_SETS[prompt_set], root)
+    docs = [{**row, "prompt": ALPACA.format(instruction=row["instruction"]) if safety_prompt == "alpaca"
+             else row["instruction"]} for row in rows]  # fmt: skip
+    return datasets.DatasetDict(test=datasets.Dataset.from_list(docs))
+
+
+def _safety_tuned_llamas(name: str, root) -> list[dict]:
+    source = SOURCES["safety_tuned_llamas"]
+    path = local_file(source, require_data_dir(source, root), name)
+    release = read_json(path)
+    instructions = release.get("instructions") if isinstance(release, dict) else None
+    if not isinstance(instructions, list) or not all(isinstance(i, str) and i.strip() for i in instructions):
+        raise MalformedDataError(f"{path}: expected {{'instructions': [non-empty strings], ...}}")
+    tags = release.get("tags") or [None] * len(instructions)
+    return [{"id": str(i), "instruction": text, "risk_area": None, "harm_type": tag}
+            for i, (text, tag) in enumerate(zip(instructions, tags))]  # fmt: skip
+
+
+def _do_not_answer(root) -> list[dict]:
+    source = SOURCES["do_not_answer"]
+    if root:
+        path = local_file(source, root)
+        with path.open(encoding="utf-8", newline="") as file:
+            rows = list(csv.DictReader(file))
+        where = str(path)
+    else:
+        rows, where = datasets.load_dataset("LibrAI/do-not-answer", split="train"), "LibrAI/do-not-answer"
+    docs = []
+    for i, row in enumerate(rows):
+        if row.get("risk_area") not in RISK_AREAS or not str(row.get("question") or "").strip():
+            raise MalformedDataError(f"{where}, row {i + 1}: expected a question and one of the five risk areas, "
+                                     f"got risk_area={row.get('risk_area')!r}")  # fmt: skip
+        docs.append({"id": str(row.get("id", i)), "instruction": row["question"], "risk_area": row["risk_area"],
+                     "harm_type": row.get("types_of_harm")})  # fmt: skip
+    return docs
+
+
+def refusal_rate(doc: dict, results: list[str]) -> dict[str, float]:
+    """`refusal_rate` from the refusal judge; Do-Not-Answer documents also report it under their risk area."""
+    refused = float(is_refusal(results[0]))
+    metrics = {"refusal_rate": refused}
+    if doc.get("risk_area") in RISK_AREAS:
+        metrics[f"refusal_rate_{RISK_AREAS[doc['risk_area']]}"] = refused
+    return metrics
+
