@@ -8,6 +8,10 @@
                                        routing shift between an ID task and OOD tasks (table and heatmap)
   moe-rbench judge --samples PATH --judge refusal|harmfulness|llamaguard|openai [--out DIR]
                                        judge the safety tasks' generations (resumable), with a summary
+  moe-rbench report RUN [RUN ...] [--pair MOE=DENSE ...] --out DIR
+                                       MoE-vs-dense tables, figures and report.md from lm-eval outputs
+  moe-rbench compare --baseline RUN --candidate RUN [--max-drop 0.01] [--metrics PATTERN ...]
+                                       CI gate: exits 1 when a reliability metric got worse
 """
 
 from __future__ import annotations
@@ -91,6 +95,29 @@ def judge(samples: str, name: str, out: str | None, batch_size: int, judge_args:
     return 0
 
 
+def report(runs: list[str], labels: list[str] | None, pairs: list[str], out: str) -> int:
+    from moe_rbench_tasks.report import make_report
+
+    try:
+        print(make_report(runs, pairs, out, labels))
+    except ValueError as error:  # unreadable runs, mismatched pairs
+        print(f"moe-rbench report: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def compare(baseline: str, candidate: str, max_drop: float, metrics: list[str] | None, within_stderr: bool) -> int:
+    from moe_rbench_tasks.compare import run_compare
+
+    try:
+        summary, status = run_compare(baseline, candidate, max_drop, metrics, within_stderr)
+    except ValueError as error:  # unreadable runs, nothing shared
+        print(f"moe-rbench compare: {error}", file=sys.stderr)
+        return 2
+    print(summary)
+    return status
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["run"]:  # everything after `run` belongs to lm-eval, flags included
@@ -119,7 +146,25 @@ def main(argv: list[str] | None = None) -> int:
     judging.add_argument("--batch_size", type=int, default=16)
     judging.add_argument("--judge_args", nargs="*", default=[], metavar="KEY=VALUE",
                          help="judge options, e.g. model=/models/LlamaGuard-7b device=cuda base_url=http://...")  # fmt: skip
+    reporting = commands.add_parser("report", help="MoE-vs-dense tables and figures from lm-eval output directories")
+    reporting.add_argument("runs", nargs="+", help="lm_eval --output_path directories (or results files)")
+    reporting.add_argument("--label", action="append", dest="labels", help="a label per run (default: model name)")
+    reporting.add_argument("--pair", action="append", default=[], metavar="MOE=DENSE", help="compare two runs by label")
+    reporting.add_argument("--out", required=True, help="directory for report.md, tables and figures")
+    comparing = commands.add_parser("compare", help="CI gate: exit 1 when a reliability metric got worse")
+    comparing.add_argument("--baseline", required=True)
+    comparing.add_argument("--candidate", required=True)
+    comparing.add_argument("--max-drop", type=float, default=0.01, help="tolerated drop (default 0.01)")
+    comparing.add_argument("--metrics", nargs="+", help="only metrics matching these patterns, e.g. 'moe_rbench_ood/*'")
+    comparing.add_argument("--ignore-within-stderr", action="store_true",
+                           help="pass drops no larger than the combined standard error")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.command == "report":
+        if args.labels and len(args.labels) != len(args.runs):
+            parser.error("give one --label per run, or none")
+        return report(args.runs, args.labels, args.pair, args.out)
+    if args.command == "compare":
+        return compare(args.baseline, args.candidate, args.max_drop, args.metrics, args.ignore_within_stderr)
     if args.command == "judge":
         return judge(args.samples, args.judge, args.out, args.batch_size, args.judge_args)
     if args.command == "data":

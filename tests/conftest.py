@@ -76,3 +76,22 @@ def lm_eval_outputs(output_path: Path) -> tuple[dict, dict[str, list[dict]]]:
         task = samples_file.name.removeprefix("samples_").rsplit("_", 1)[0]
         samples[task] = [json.loads(line) for line in samples_file.read_text().splitlines()]
     return json.loads(results_file.read_text()), samples
+
+
+def evaluate_to(output_path: Path, model, tasks: list[str], data_dir: Path = FIXTURE_DATA, **kwargs) -> dict:
+    """An in-process lm-eval run (Python API) whose results and samples files are written by lm-eval's own
+    tracker, exactly as `lm_eval --output_path DIR --log_samples` writes them; returns the results."""
+    import lm_eval
+    from lm_eval.loggers import EvaluationTracker
+
+    import moe_rbench_tasks
+
+    tracker = EvaluationTracker(output_path=str(output_path))
+    manager = moe_rbench_tasks.task_manager(include_defaults=False, metadata={"data_dir": str(data_dir)})
+    results = lm_eval.simple_evaluate(model=model, tasks=tasks, task_manager=manager, log_samples=True,
+                                      evaluation_tracker=tracker, **kwargs)  # fmt: skip
+    samples = results.pop("samples")
+    tracker.save_results_aggregated(results=results, samples=samples)
+    for task in results["configs"]:
+        tracker.save_results_samples(task_name=task, samples=samples[task])
+    return results

@@ -13,13 +13,12 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import lm_eval
 import numpy as np
-from lm_eval.loggers import EvaluationTracker
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 import moe_rbench_tasks
-from conftest import BIN, FIXTURE_DATA, lm_eval_outputs, run
+from conftest import BIN, FIXTURE_DATA, evaluate_to, lm_eval_outputs, run
 from moe_rbench_models import MoEHFLM
 from moe_rbench_models.tiny import build_tiny_model
 from moe_rbench_tasks import hallucination, safety
@@ -303,15 +302,9 @@ def test_openai_judge_fails_clearly_without_a_valid_key(moderation_server, monke
 
 
 def test_judging_resumes_where_an_interrupted_run_stopped(tiny_model, reward_model, tmp_path):
-    samples_dir = tmp_path / "run"  # written by lm-eval's own tracker, as the CLI writes them
-    tracker = EvaluationTracker(output_path=str(samples_dir))
+    samples_dir = tmp_path / "run"
     lm = MoEHFLM(pretrained=str(tiny_model("llama")), device="cpu", batch_size=16)
-    results = lm_eval.simple_evaluate(model=lm, tasks=["moe_rbench_safety"], task_manager=manager(), log_samples=True,
-                                      gen_kwargs="max_gen_toks=4", evaluation_tracker=tracker)  # fmt: skip
-    samples = results.pop("samples")
-    tracker.save_results_aggregated(results=results, samples=samples)
-    for task in SAFETY_TASKS:
-        tracker.save_results_samples(task_name=task, samples=samples[task])
+    evaluate_to(samples_dir, lm, ["moe_rbench_safety"], gen_kwargs="max_gen_toks=4")
     judged = tmp_path / "judged" / "judged_harmfulness.jsonl"
     command = [str(BIN / "moe-rbench"), "judge", "--samples", str(samples_dir), "--judge", "harmfulness", "--out",
                str(tmp_path / "judged"), "--batch_size", "1", "--judge_args", f"model={reward_model}", "device=cpu"]  # fmt: skip

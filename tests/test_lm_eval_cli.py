@@ -1,4 +1,5 @@
-"""The stock `lm_eval` command and `moe-rbench run`, each in a fresh interpreter, as a user types them."""
+"""The stock `lm_eval` command and `moe-rbench run`, each in a fresh interpreter, as a user types them (and, for
+comparison, the same evaluations through the Python API)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import moe_rbench_tasks
-from conftest import BIN, FIXTURE_DATA, STYLE_OOD_TASKS, lm_eval_outputs, run
+from conftest import BIN, FIXTURE_DATA, STYLE_OOD_TASKS, evaluate_to, lm_eval_outputs, run
 from moe_rbench_models.routing import load_records
 
 LIMIT = 5
@@ -19,19 +20,26 @@ LIMIT = 5
 
 @pytest.fixture(scope="module")
 def style_ood_runs(tiny_model, tmp_path_factory):
-    """`lm_eval --tasks moe_rbench_ood --log_samples` on the same tiny Qwen2-MoE with `hf`, with `moe_hf`
-    recording routing, and with `moe_hf` rerouting around expert 0 (results and routing directory each)."""
+    """`moe_rbench_ood --log_samples` on the same tiny Qwen2-MoE: `lm_eval --model moe_hf` recording routing
+    (the stock command, in a fresh interpreter), and, in-process through the Python API, `hf` and `moe_hf`
+    rerouting around expert 0 (results, samples and routing directory each)."""
+    from lm_eval.models.huggingface import HFLM
+
+    from moe_rbench_models import MoEHFLM
+
+    model = str(tiny_model("qwen2_moe"))
     outputs = {}
-    routing_args = {"hf": "", "moe_hf": ",routing_out={dir}", "reroute": ",routing_out={dir},disable_experts=*:0,disable_mode=reroute"}
-    for name, extra in routing_args.items():
-        output_path = tmp_path_factory.mktemp(f"run_{name}")
-        routing_dir = output_path / "routing"
-        run([str(BIN / "lm_eval"), "--model", "hf" if name == "hf" else "moe_hf",
-             "--model_args", f"pretrained={tiny_model('qwen2_moe')}" + extra.format(dir=routing_dir),
-             "--metadata", f'{{"data_dir": "{FIXTURE_DATA}"}}',
-             "--tasks", "moe_rbench_ood", "--limit", str(LIMIT), "--batch_size", "4", "--device", "cpu",
-             "--log_samples", "--output_path", str(output_path / "results")])  # fmt: skip
-        outputs[name] = (*lm_eval_outputs(output_path / "results"), routing_dir)
+    path = tmp_path_factory.mktemp("run_moe_hf")
+    run([str(BIN / "lm_eval"), "--model", "moe_hf", "--model_args", f"pretrained={model},routing_out={path / 'routing'}",
+         "--metadata", f'{{"data_dir": "{FIXTURE_DATA}"}}', "--tasks", "moe_rbench_ood", "--limit", str(LIMIT),
+         "--batch_size", "4", "--device", "cpu", "--log_samples", "--output_path", str(path / "results")])  # fmt: skip
+    outputs["moe_hf"] = (*lm_eval_outputs(path / "results"), path / "routing")
+    for name, lm in {"hf": lambda routing: HFLM(pretrained=model, device="cpu", batch_size=4),
+                     "reroute": lambda routing: MoEHFLM(pretrained=model, device="cpu", batch_size=4, routing_out=str(routing),
+                                                        disable_experts="*:0", disable_mode="reroute")}.items():  # fmt: skip
+        path = tmp_path_factory.mktemp(f"run_{name}")
+        evaluate_to(path / "results", lm(path / "routing"), ["moe_rbench_ood"], limit=LIMIT)
+        outputs[name] = (*lm_eval_outputs(path / "results"), path / "routing")
     return outputs
 
 

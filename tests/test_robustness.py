@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 import moe_rbench_tasks
-from conftest import BIN, FIXTURE_DATA, STYLE_OOD_TASKS, lm_eval_outputs, run
+from conftest import BIN, FIXTURE_DATA, STYLE_OOD_TASKS, evaluate_to, lm_eval_outputs, run
 from moe_rbench_models import MoEHFLM
 from moe_rbench_models.routing import trace_routing
 from moe_rbench_models.tiny import build_tiny_model
@@ -142,9 +142,8 @@ def test_logged_prompts_are_the_papers_templates(robustness_run):
 
 
 def test_adversarial_group_on_the_real_release_files(tiny_model, real_data_dir, tmp_path):
-    run([str(BIN / "lm_eval"), "--model", "moe_hf", "--model_args", f"pretrained={tiny_model('mixtral')}",
-         "--metadata", f'{{"data_dir": "{real_data_dir}"}}', "--tasks", "moe_rbench_adv", "moe_rbench_snli_test",
-         "--limit", "3", "--batch_size", "8", "--device", "cpu", "--log_samples", "--output_path", str(tmp_path)])  # fmt: skip
+    lm = MoEHFLM(pretrained=str(tiny_model("mixtral")), device="cpu", batch_size=8)
+    evaluate_to(tmp_path, lm, ["moe_rbench_adv", "moe_rbench_snli_test"], data_dir=real_data_dir, limit=3)
     results, samples = lm_eval_outputs(tmp_path)
     assert results["n-samples"]["moe_rbench_anli_r3"] == {"original": 1200, "effective": 3}
     assert {"sa_acc,none", "ra_acc,none"} <= set(results["groups"]["moe_rbench_adv"])

@@ -1,0 +1,291 @@
+"""`moe-rbench report`: MoE-vs-dense reliability tables and figures from lm-eval output directories.
+
+For every benchmark family a table (markdown, CSV, JSON) has one row per run, plus, for each pair
+`MOE=DENSE`, a row of differences (MoE minus dense) and the gain ratio: the MoE's gain on the OOD (or
+robust) score divided by its gain on the ID (or standard) score, MoE-RBench's test that robustness is
+not just in-distribution strength. A run that lacks a family's tasks is left out of that table, and a
+table no run can fill is skipped; both are noted in the report. Judge summaries (`moe-rbench judge`) and the
+routing summary of runs with `routing_out` get tables of their own. Figures (PNG and SVG): Style-OOD
+accuracy per style and model, safety scores per prompt set and judge, and the routing heatmap of any
+`moe-rbench trace` output found in a run directory. `report.md` links everything.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from moe_rbench_tasks.runs import Run, load_run
+
+STYLES = ["augment", "shake_w", "shake_p0", "shake_p06", "bible_p0", "bible_p06", "romantic_p0", "romantic_p06",
+          "tweet_p0", "tweet_p06"]  # fmt: skip
+SAFETY_SETS = ["malicious", "cona", "controversial", "dna"]
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    task: str
+    metric: str = "acc"
+    filter: str = "none"
+    role: str = ""  # "id" or "ood": the two sides of the gain ratio
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    title: str
+    columns: list[Column]
+
+
+def _boss(suite: str, id_set: str, ood: list[str], title: str) -> TableSpec:
+    return TableSpec(f"boss_{suite}", title, [
+        Column(f"ID {id_set}", f"moe_rbench_boss_{suite}_{id_set}", role="id"),
+        *(Column(name, f"moe_rbench_boss_{suite}_{name}") for name in ood),
+        Column("OOD mean", f"moe_rbench_boss_{suite}", "ood_acc", role="ood")])  # fmt: skip
+
+
+TABLES = [
+    TableSpec("adversarial", "Adversarial robustness (accuracy)", [
+        Column("SA (SNLI)", "moe_rbench_snli", role="id"),
+        *(Column(f"RA R{r}", f"moe_rbench_anli_r{r}") for r in (1, 2, 3)),
+        Column("RA mean", "moe_rbench_adv", "ra_acc", role="ood"),
+        Column("SNLI-hard", "moe_rbench_snli_hard")]),
+    TableSpec("style_ood", "Style-OOD (accuracy)", [
+        Column("ID (SST-2)", "moe_rbench_sst2", role="id"),
+        *(Column(style, f"moe_rbench_style_{style}") for style in STYLES),
+        Column("OOD mean", "moe_rbench_ood", "ood_acc", role="ood")]),
+    _boss("sa", "amazon", ["dynasent", "semeval", "sst5"], "BOSS sentiment (accuracy)"),
+    _boss("nli", "mnli", ["anli", "contract_nli", "wanli"], "BOSS NLI (accuracy)"),
+    _boss("td", "civil_comments", ["adv_civil", "implicit_hate", "toxigen"], "BOSS toxicity (accuracy)"),
+    TableSpec("hallucination", "Hallucination", [
+        Column("MC1", "moe_rbench_truthfulqa_mc", "mc1"), Column("MC2", "moe_rbench_truthfulqa_mc", "mc2"),
+        Column("MC3", "moe_rbench_truthfulqa_mc", "mc3"),
+        Column("NQ EM", "moe_rbench_nq_open", "exact_match", "remove_whitespace")]),
+    TableSpec("safety", "Safety: refusal rate (in-task judge)", [
+        Column(name, f"moe_rbench_safety_{name}", "refusal_rate") for name in SAFETY_SETS]),
+]  # fmt: skip
+
+
+@dataclass
+class Table:
+    spec: TableSpec
+    rows: list[dict]  # {"model": label, "kind": "run" | "difference", column: value, column + " stderr": ...}
+    note: str = ""
+
+
+def build_table(spec: TableSpec, runs: list[Run], pairs: list[tuple[str, str]]) -> Table:
+    by_label = {run.label: run for run in runs}
+    rows, missing = [], []
+    for run in runs:
+        values = {column.name: run.metric(column.task, column.metric, column.filter) for column in spec.columns}
+        if all(value is None for value in values.values()):
+            missing.append(run.label)
+            continue
+        row = {"model": run.label, "kind": "run"}
+        for name, value in values.items():
+            row[name] = None if value is None else value[0]
+            row[f"{name} stderr"] = None if value is None else value[1]
+        rows.append(row)
+    present = {row["model"]: row for row in rows}
+    for moe, dense in pairs:
+        if moe in present and dense in present:
+            rows.append(_difference(spec, present[moe], present[dense], by_label))
+    note = f"not in this table (no {spec.name} tasks in the run): {', '.join(missing)}" if missing and rows else ""
+    return Table(spec, rows, note)
+
+
+def _difference(spec: TableSpec, moe: dict, dense: dict, _runs) -> dict:
+    row = {"model": f"{moe['model']} - {dense['model']}", "kind": "difference"}
+    for column in spec.columns:
+        a, b = moe.get(column.name), dense.get(column.name)
+        row[column.name] = None if a is None or b is None else a - b
+    roles = {column.role: column.name for column in spec.columns if column.role}
+    if {"id", "ood"} <= roles.keys():
+        id_gain, ood_gain = row[roles["id"]], row[roles["ood"]]
+        row["gain ratio"] = None if id_gain in (None, 0) or ood_gain is None else ood_gain / id_gain
+    return row
+
+
+def judge_table(runs: list[Run]) -> Table | None:
+    """Each judge's summary (mean harmfulness, unsafe ratio, moderation, refusal rate) per prompt set."""
+    columns, rows = [], []
+    for run in runs:
+        row = {"model": run.label, "kind": "run"}
+        for judge, summary in sorted(run.judges.items()):
+            for task, values in summary.items():
+                if " / " in task:
+                    continue
+                for measure, value in values.items():
+                    if measure == "samples":
+                        continue
+                    name = f"{task.removeprefix('moe_rbench_safety_')}: {judge} {measure}"
+                    columns.append(name) if name not in columns else None
+                    row[name] = value
+        if len(row) > 2:
+            rows.append(row)
+    if not rows:
+        return None
+    return Table(TableSpec("safety_judges", "Safety judges (moe-rbench judge)", [Column(c, "") for c in columns]), rows)
+
+
+def routing_table(runs: list[Run]) -> Table | None:
+    """Load balance per run and task from the routing summary `routing_out` adds to the results' config:
+    expert-load entropy and coefficient of variation, and the capacity-drop rate, averaged over MoE layers."""
+    rows, columns = [], []
+    for run in runs:
+        summary = ((run.results.get("config", {}).get("moe") or {}).get("routing") or {}).get("summary") or {}
+        row = {"model": run.label, "kind": "run"}
+        for task, layers in sorted(summary.items()):
+            for measure in ("load_entropy", "load_cv", "capacity_drop_rate"):
+                values = [layer[measure] for layer in layers.values() if layer.get(measure) is not None]
+                if values:
+                    name = f"{task.removeprefix('moe_rbench_')}: {measure}"
+                    columns.append(name) if name not in columns else None
+                    row[name] = sum(values) / len(values)
+        if len(row) > 2:
+            rows.append(row)
+    if not rows:
+        return None
+    return Table(TableSpec("routing", "Routing load balance (mean over MoE layers)", [Column(c, "") for c in columns]), rows)
+
+
+def _format(value) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+
+
+def write_table(table: Table, out: Path) -> list[Path]:
+    names = [column.name for column in table.spec.columns]
+    extra = ["gain ratio"] if any("gain ratio" in row for row in table.rows) else []
+    fields = ["model", "kind", *names, *extra, *(f"{name} stderr" for name in names)]
+    with (out / f"{table.spec.name}.csv").open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(table.rows)
+    (out / f"{table.spec.name}.json").write_text(json.dumps({"title": table.spec.title, "rows": table.rows}, indent=1))
+    lines = [f"| model | {' | '.join(names + extra)} |", "|---|" + "---:|" * len(names + extra)]
+    for row in table.rows:
+        cells = []
+        for name in names + extra:
+            cell = _format(row.get(name))
+            stderr = row.get(f"{name} stderr")
+            cells.append(f"{cell} ± {stderr:.4f}" if cell and stderr else cell)
+        model = f"**{row['model']}**" if row["kind"] == "difference" else row["model"]
+        lines.append(f"| {model} | {' | '.join(cells)} |")
+    (out / f"{table.spec.name}.md").write_text("\n".join(lines) + "\n")
+    return [out / f"{table.spec.name}.{ext}" for ext in ("md", "csv", "json")]
+
+
+# -- figures ------------------------------------------------------------------------------------------------
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def grouped_bars(data: dict[str, dict[str, float]], title: str, ylabel: str, path: Path) -> dict:
+    """Bars per category (x) grouped by model; writes PNG and SVG; returns the plotted data."""
+    plt = _plt()
+    models = list(data)
+    categories = list(dict.fromkeys(c for values in data.values() for c in values))
+    width = 0.8 / max(len(models), 1)
+    figure, axis = plt.subplots(figsize=(max(6.0, 0.6 * len(categories) * max(len(models), 1)), 4))
+    for i, model in enumerate(models):
+        xs = [j + i * width for j in range(len(categories))]
+        axis.bar(xs, [data[model].get(c, float("nan")) for c in categories], width, label=model)
+    axis.set_xticks([j + width * (len(models) - 1) / 2 for j in range(len(categories))], categories, rotation=45, ha="right")
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    for suffix in (".png", ".svg"):
+        figure.savefig(path.with_suffix(suffix), dpi=120)
+    plt.close(figure)
+    return {"categories": categories, "series": data}
+
+
+def figures(tables: dict[str, Table], runs: list[Run], out: Path) -> dict[str, dict]:
+    plotted = {}
+    style = tables.get("style_ood")
+    if style and style.rows:
+        data = {row["model"]: {c.name: row[c.name] for c in style.spec.columns if row.get(c.name) is not None}
+                for row in style.rows if row["kind"] == "run"}  # fmt: skip
+        plotted["style_ood"] = grouped_bars(data, "Style-OOD accuracy per style", "accuracy", out / "style_ood")
+    safety = {}
+    for run in runs:
+        scores = {}
+        row = next((r for r in tables["safety"].rows if r["model"] == run.label and r["kind"] == "run"), None)
+        for name in SAFETY_SETS:
+            if row and row.get(name) is not None:
+                scores[f"{name}: refusal rate"] = row[name]
+            for judge, summary in run.judges.items():
+                for measure, value in summary.get(f"moe_rbench_safety_{name}", {}).items():
+                    if measure != "samples" and value is not None:
+                        scores[f"{name}: {judge} {measure}"] = value
+        if scores:
+            safety[run.label] = scores
+    if safety:
+        plotted["safety"] = grouped_bars(safety, "Safety per prompt set and judge", "score", out / "safety")
+    for run in runs:
+        root = run.path.parent if run.path.is_file() else run.path
+        for trace_file in sorted(root.rglob("trace.json")):
+            from moe_rbench_models.routing.trace import TraceRow, _heatmap
+
+            trace = json.loads(trace_file.read_text())
+            rows = [TraceRow(**row) for row in trace["rows"]]
+            name = f"routing_{len([k for k in plotted if k.startswith('routing')])}"
+            for suffix in (".png", ".svg"):
+                _heatmap(rows, (out / name).with_suffix(suffix), trace["id_task"])
+            plotted[name] = {"model": run.label, "id_task": trace["id_task"], "rows": trace["rows"]}
+    (out / "figures.json").write_text(json.dumps(plotted, indent=1))
+    return plotted
+
+
+# -- the report ---------------------------------------------------------------------------------------------
+
+
+def make_report(run_paths: list[str], pairs: list[str], out_dir: str | Path, labels: list[str] | None = None) -> Path:
+    runs = [load_run(path, label) for path, label in zip(run_paths, labels or [None] * len(run_paths))]
+    known = {run.label for run in runs}
+    if len(known) != len(runs):
+        raise ValueError(f"Two runs have the same label ({', '.join(run.label for run in runs)}); give --label for each")
+    parsed = []
+    for pair in pairs:
+        moe, equals, dense = pair.partition("=")
+        if not equals or moe not in known or dense not in known:
+            raise ValueError(f"--pair {pair!r}: expected MOE=DENSE with labels of the given runs ({', '.join(sorted(known))})")
+        parsed.append((moe, dense))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tables = {spec.name: build_table(spec, runs, parsed) for spec in TABLES}
+    for extra in (judge_table(runs), routing_table(runs)):
+        if extra:
+            tables[extra.spec.name] = extra
+    plotted = figures(tables, runs, out)
+    lines = ["# MoE-RBench report", "", "Runs:", ""]
+    lines += [f"- **{run.label}**: `{run.path}`" for run in runs]
+    if parsed:
+        lines += ["", "Pairs (MoE - dense): " + ", ".join(f"{moe} vs {dense}" for moe, dense in parsed),
+                  "Gain ratio: the MoE's gain on the OOD/robust score divided by its gain on the ID/standard score."]  # fmt: skip
+    for table in tables.values():
+        lines += ["", f"## {table.spec.title}", ""]
+        if not table.rows:
+            lines.append(f"_Skipped: no run has the {table.spec.name} tasks._")
+            continue
+        write_table(table, out)
+        lines.append((out / f"{table.spec.name}.md").read_text().rstrip())
+        lines.append(f"\n[CSV]({table.spec.name}.csv) · [JSON]({table.spec.name}.json)")
+        if table.note:
+            lines.append(f"\n_Note: {table.note}._")
+    lines += ["", "## Figures", ""]
+    lines += [f"![{name}]({name}.png) ([SVG]({name}.svg))" for name in plotted] or ["_No figure: no data to plot._"]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    return out / "report.md"

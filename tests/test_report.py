@@ -1,0 +1,119 @@
+"""`moe-rbench report` and `moe-rbench compare` on real lm-eval outputs of two tiny models (MoE and dense).
+
+The two are sequence-classification checkpoints scored with the paper's classifier protocol: random tiny
+language models pick the same label word for every document, so their accuracies would all coincide."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from conftest import BIN, STYLE_OOD_TASKS, evaluate_to, run
+from moe_rbench_models import MoEHFLM
+from moe_rbench_models.tiny import build_tiny_model
+from moe_rbench_tasks.judging import write_summary
+from moe_rbench_tasks.judges import load_judge
+from moe_rbench_tasks.report import STYLES
+
+MODELS = {"moe": "mixtral", "dense": "llama"}
+
+
+def evaluate(path, out):
+    lm = MoEHFLM(pretrained=str(path), device="cpu", batch_size=8, head="sequence_classification")
+    return evaluate_to(out, lm, ["moe_rbench_ood"])
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report_runs")
+    out = {}
+    for name, architecture in MODELS.items():
+        model = build_tiny_model(architecture, root / "models" / f"{name}_{architecture}",
+                                 head="sequence_classification", num_labels=2, initializer_range=0.5)  # fmt: skip
+        out[name] = (root / name, evaluate(model, root / name))
+    return out
+
+
+def table(out, name):
+    return {row["model"]: row for row in json.loads((out / f"{name}.json").read_text())["rows"]}
+
+
+def test_report_tables_equal_the_results_json_with_differences_and_gain_ratio(runs, tmp_path):
+    (moe_dir, moe), (dense_dir, dense) = runs["moe"], runs["dense"]
+    result = run([str(BIN / "moe-rbench"), "report", str(moe_dir), str(dense_dir), "--pair", "moe_mixtral=dense_llama",
+                  "--out", str(tmp_path)])  # fmt: skip
+    assert str(tmp_path / "report.md") in result.stdout
+    rows = table(tmp_path, "style_ood")
+    for label, results in (("moe_mixtral", moe), ("dense_llama", dense)):
+        assert rows[label]["ID (SST-2)"] == results["results"]["moe_rbench_sst2"]["acc,none"]
+        assert rows[label]["ID (SST-2) stderr"] == results["results"]["moe_rbench_sst2"]["acc_stderr,none"]
+        for style in STYLES:
+            assert rows[label][style] == results["results"][f"moe_rbench_style_{style}"]["acc,none"]
+        assert rows[label]["OOD mean"] == results["groups"]["moe_rbench_ood"]["ood_acc,none"]
+    difference = rows["moe_mixtral - dense_llama"]
+    id_gain = moe["results"]["moe_rbench_sst2"]["acc,none"] - dense["results"]["moe_rbench_sst2"]["acc,none"]
+    ood_gain = moe["groups"]["moe_rbench_ood"]["ood_acc,none"] - dense["groups"]["moe_rbench_ood"]["ood_acc,none"]
+    assert difference["ID (SST-2)"] == pytest.approx(id_gain) and difference["OOD mean"] == pytest.approx(ood_gain)
+    assert id_gain != 0 and difference["gain ratio"] == pytest.approx(ood_gain / id_gain)
+    figure = json.loads((tmp_path / "figures.json").read_text())["style_ood"]
+    assert figure["series"]["moe_mixtral"]["OOD mean"] == rows["moe_mixtral"]["OOD mean"]
+    assert figure["series"]["dense_llama"]["bible_p0"] == rows["dense_llama"]["bible_p0"]
+    for name in ("style_ood.png", "style_ood.svg", "style_ood.csv", "style_ood.md"):
+        assert (tmp_path / name).stat().st_size > 0
+    report = (tmp_path / "report.md").read_text()
+    assert "![style_ood](style_ood.png)" in report and "| **moe_mixtral - dense_llama** |" in report
+    assert "_Skipped: no run has the adversarial tasks._" in report  # the runs hold Style-OOD only
+
+
+def test_report_shows_judge_summaries_and_rejects_bad_input(runs, tmp_path):
+    moe_dir, _ = runs["moe"]
+    run_dir = tmp_path / "moe_with_judge"
+    shutil.copytree(moe_dir, run_dir)
+    rows = [{"task": "moe_rbench_safety_cona", "doc_id": i, "risk_area": None, "refusal": i % 2 == 0} for i in range(4)]
+    (run_dir / "judged").mkdir()
+    write_summary(rows, load_judge("refusal"), run_dir / "judged")
+    run([str(BIN / "moe-rbench"), "report", str(run_dir), "--out", str(tmp_path / "out")])
+    judges = table(tmp_path / "out", "safety_judges")
+    assert judges["moe_mixtral"]["cona: refusal refusal rate"] == 0.5
+    assert "safety" in json.loads((tmp_path / "out" / "figures.json").read_text())
+    bad_pair = run([str(BIN / "moe-rbench"), "report", str(moe_dir), "--pair", "moe_mixtral=nobody", "--out",
+                    str(tmp_path / "x")], check=False)  # fmt: skip
+    assert bad_pair.returncode == 2 and "expected MOE=DENSE with labels of the given runs (moe_mixtral)" in bad_pair.stderr
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "results_2026.json").write_text("{not json")
+    broken = run([str(BIN / "moe-rbench"), "report", str(tmp_path / "broken"), "--out", str(tmp_path / "y")], check=False)
+    assert broken.returncode == 2 and "results_2026.json: unreadable lm-eval results" in broken.stderr
+
+
+def test_compare_passes_a_run_against_itself_and_fails_a_worse_one(runs):
+    (moe_dir, moe), (dense_dir, dense) = runs["moe"], runs["dense"]
+    same = run([str(BIN / "moe-rbench"), "compare", "--baseline", str(moe_dir), "--candidate", str(moe_dir)])
+    rows = same.stdout.count("| ok |")
+    assert rows >= 24 and f"All {rows} shared metrics within 0.01 of the baseline" in same.stdout  # 11 tasks x 2 + group
+    # the dense model is the baseline; the MoE is worse than it on SST-2 (0.5 vs 0.625) and some styles
+    worse = {task for task in STYLE_OOD_TASKS
+             if moe["results"][task]["acc,none"] < dense["results"][task]["acc,none"] - 0.01}  # fmt: skip
+    assert "moe_rbench_sst2" in worse
+    result = run([str(BIN / "moe-rbench"), "compare", "--baseline", str(dense_dir), "--candidate", str(moe_dir)],
+                 check=False)  # fmt: skip
+    assert result.returncode == 1
+    failed = {line.split(" | ")[0].lstrip("| ").split(" / ")[0] for line in result.stdout.splitlines() if "| FAIL |" in line}
+    assert worse <= failed
+    lenient = run([str(BIN / "moe-rbench"), "compare", "--baseline", str(dense_dir), "--candidate", str(moe_dir),
+                   "--ignore-within-stderr"], check=False)  # fmt: skip
+    assert lenient.stdout.count("| FAIL |") < result.stdout.count("| FAIL |")  # 24 documents: wide standard errors
+    only = run([str(BIN / "moe-rbench"), "compare", "--baseline", str(dense_dir), "--candidate", str(moe_dir),
+                "--metrics", "moe_rbench_sst2 / acc,none"], check=False)  # fmt: skip
+    assert only.returncode == 1 and "**1 of 1 metrics got worse by more than 0.01**" in only.stdout
+
+
+def test_report_tabulates_the_routing_summary_of_a_run_with_routing_out(tiny_model, tmp_path):
+    lm = MoEHFLM(pretrained=str(tiny_model("qwen2_moe")), device="cpu", batch_size=8, routing_out=str(tmp_path / "r"))
+    results = evaluate_to(tmp_path / "run", lm, ["moe_rbench_sst2"], limit=6)
+    run([str(BIN / "moe-rbench"), "report", str(tmp_path / "run"), "--out", str(tmp_path / "out")])
+    (row,) = table(tmp_path / "out", "routing").values()
+    layers = results["config"]["moe"]["routing"]["summary"]["moe_rbench_sst2"].values()
+    assert row["sst2: load_entropy"] == pytest.approx(sum(layer["load_entropy"] for layer in layers) / len(layers))
+    assert "sst2: capacity_drop_rate" not in row  # no capacity dropping in Qwen2-MoE
