@@ -235,15 +235,14 @@ def figures(tables: dict[str, Table], runs: list[Run], out: Path) -> dict[str, d
     if safety:
         plotted["safety"] = grouped_bars(safety, "Safety per prompt set and judge", "score", out / "safety")
     for run in runs:
-        root = run.path.parent if run.path.is_file() else run.path
-        for trace_file in sorted(root.rglob("trace.json")):
-            from moe_rbench_models.routing.trace import TraceRow, _heatmap
+        for trace_file in sorted(run.root.rglob("trace.json")):
+            from moe_rbench_models.routing.trace import TraceRow, heatmap
 
             trace = json.loads(trace_file.read_text())
             rows = [TraceRow(**row) for row in trace["rows"]]
             name = f"routing_{len([k for k in plotted if k.startswith('routing')])}"
             for suffix in (".png", ".svg"):
-                _heatmap(rows, (out / name).with_suffix(suffix), trace["id_task"])
+                heatmap(rows, (out / name).with_suffix(suffix), trace["id_task"])
             plotted[name] = {"model": run.label, "id_task": trace["id_task"], "rows": trace["rows"]}
     (out / "figures.json").write_text(json.dumps(plotted, indent=1))
     return plotted

@@ -24,10 +24,11 @@ class RunError(ValueError):
 
 @dataclass
 class Run:
-    path: Path
+    path: Path  # the results file
     label: str
     results: dict
     judges: dict[str, dict] = field(default_factory=dict)  # judge -> task -> summary row
+    root: Path | None = None  # the directory given for the run: judge summaries and trace outputs are under it
 
     def metric(self, task: str, metric: str, filter_name: str = "none") -> tuple[float, float | None] | None:
         """(value, standard error or None) of a task's or group's metric, or None when the run lacks it."""
@@ -89,4 +90,4 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
             judges[summary["judge"]] = summary["summary"]
         except (OSError, json.JSONDecodeError, KeyError) as error:
             raise RunError(f"{summary_file}: unreadable judge summary ({error})") from None
-    return Run(results_file, label or model_label(results), results, judges)
+    return Run(results_file, label or model_label(results), results, judges, root)

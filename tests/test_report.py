@@ -109,11 +109,16 @@ def test_compare_passes_a_run_against_itself_and_fails_a_worse_one(runs):
     assert only.returncode == 1 and "**1 of 1 metrics got worse by more than 0.01**" in only.stdout
 
 
-def test_report_tabulates_the_routing_summary_of_a_run_with_routing_out(tiny_model, tmp_path):
+def test_report_shows_routing_summary_and_trace_heatmap_of_a_run_with_routing_out(tiny_model, tmp_path):
     lm = MoEHFLM(pretrained=str(tiny_model("qwen2_moe")), device="cpu", batch_size=8, routing_out=str(tmp_path / "r"))
-    results = evaluate_to(tmp_path / "run", lm, ["moe_rbench_sst2"], limit=6)
+    results = evaluate_to(tmp_path / "run", lm, ["moe_rbench_sst2", "moe_rbench_style_augment"], limit=6)
+    run([str(BIN / "moe-rbench"), "trace", "--routing", str(tmp_path / "r"), "--id", "moe_rbench_sst2", "--ood",
+         "moe_rbench_style_augment", "--out", str(tmp_path / "run" / "trace")])  # fmt: skip
     run([str(BIN / "moe-rbench"), "report", str(tmp_path / "run"), "--out", str(tmp_path / "out")])
     (row,) = table(tmp_path / "out", "routing").values()
     layers = results["config"]["moe"]["routing"]["summary"]["moe_rbench_sst2"].values()
     assert row["sst2: load_entropy"] == pytest.approx(sum(layer["load_entropy"] for layer in layers) / len(layers))
     assert "sst2: capacity_drop_rate" not in row  # no capacity dropping in Qwen2-MoE
+    figure = json.loads((tmp_path / "out" / "figures.json").read_text())["routing_0"]
+    assert figure["rows"] == json.loads((tmp_path / "run" / "trace" / "trace.json").read_text())["rows"]
+    assert (tmp_path / "out" / "routing_0.svg").stat().st_size > 0

@@ -116,11 +116,12 @@ def write_trace(rows: list[TraceRow], out_dir: str | Path, id_task: str) -> list
         pair = "" if row.mean_pair_l1 is None else f"{row.mean_pair_l1:.4f}"
         lines.append(f"| {row.ood_task} | {row.layer} | {row.distribution_l1:.4f} | {pair} | {row.pairs} |")
     (out / "trace.md").write_text("\n".join(lines) + "\n")
-    _heatmap(rows, out / "trace.png", id_task)
+    heatmap(rows, out / "trace.png", id_task)
     return [out / name for name in ("trace.md", "trace.csv", "trace.json", "trace.png")]
 
 
-def _heatmap(rows: list[TraceRow], path: Path, id_task: str) -> None:
+def heatmap(rows: list[TraceRow], path: Path, id_task: str) -> None:
+    """The routing-shift heatmap (layers by OOD task; distribution and aligned-document panels) at `path`."""
     import matplotlib
 
     matplotlib.use("Agg")
