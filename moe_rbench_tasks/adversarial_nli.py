@@ -43,9 +43,11 @@ def load_docs(dataset: str, data_dir: str | None = None, **_metadata: Any) -> da
         raise ValueError(f"Unknown adversarial NLI dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
     root = resolve_data_dir(data_dir)
     test_split, fewshot_split = DATASETS[dataset]
-    read = _from_release_files if root else _from_hub
-    return datasets.DatasetDict(test=datasets.Dataset.from_list(read(test_split, root)),
-                                train=datasets.Dataset.from_list(read(fewshot_split, root)))  # fmt: skip
+    def read(split: str) -> list[dict]:
+        return _from_release_files(split, root) if root else _from_hub(split)
+
+    return datasets.DatasetDict(test=datasets.Dataset.from_list(read(test_split)),
+                                train=datasets.Dataset.from_list(read(fewshot_split)))  # fmt: skip
 
 
 def _from_release_files(split: str, root) -> list[dict]:
@@ -64,7 +66,7 @@ def _from_release_files(split: str, root) -> list[dict]:
             for i, row in enumerate(_rows_with(read_tsv(path), ("premise", "hypothesis", "label"), path))]  # fmt: skip
 
 
-def _from_hub(split: str, _root=None) -> list[dict]:
+def _from_hub(split: str) -> list[dict]:
     if split == "test_hard":
         require_data_dir(SOURCES["snli_hard"], None)
     if split.startswith(("test_r", "dev_r")):

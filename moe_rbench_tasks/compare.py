@@ -32,20 +32,18 @@ def shared_metrics(baseline: Run, candidate: Run) -> list[tuple[str, float, floa
     metrics = []
     for table in ("results", "groups"):
         for task, entry in sorted(baseline.results.get(table, {}).items()):
-            other = candidate.results.get(table, {}).get(task)
-            if not task.startswith("moe_rbench") or other is None:
+            if not task.startswith("moe_rbench"):
                 continue
-            for key, value in entry.items():
+            for key in entry:
                 name, _, filter_name = key.partition(",")
-                if "_stderr" in name or not filter_name or not isinstance(value, (int, float)) or key not in other:
-                    continue
                 higher = baseline.higher_is_better(task, name)
-                if higher is None:
+                if "_stderr" in name or not filter_name or higher is None:
                     continue
-                errors = [run.results[table][task].get(f"{name}_stderr,{filter_name}") for run in (baseline, candidate)]
-                stderr = (math.sqrt(sum(e**2 for e in errors)) if all(isinstance(e, (int, float)) for e in errors)
-                          else None)  # fmt: skip
-                metrics.append((f"{task} / {key}", float(value), float(other[key]), bool(higher), stderr))
+                base, cand = baseline.metric(task, name, filter_name), candidate.metric(task, name, filter_name)
+                if base is None or cand is None:
+                    continue
+                stderr = math.hypot(base[1], cand[1]) if base[1] is not None and cand[1] is not None else None
+                metrics.append((f"{task} / {key}", base[0], cand[0], bool(higher), stderr))
     for judge, summary in sorted(baseline.judges.items()):
         for task, values in sorted(summary.items()):
             other = candidate.judges.get(judge, {}).get(task, {})

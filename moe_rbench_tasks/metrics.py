@@ -19,24 +19,21 @@ def choice_accuracy(doc: dict, results: list[tuple[float, bool]]) -> float:
     return float(loglikelihoods.index(max(loglikelihoods)) == doc["label"])
 
 
-def id_accuracy(doc: dict, results: list[tuple[float, bool]]) -> dict[str, float]:
-    accuracy = choice_accuracy(doc, results)
-    return {"acc": accuracy, "id_acc": accuracy}
+def role_accuracy(role: str):
+    """`process_results` reporting `acc` and the same value as `role` (e.g. `ood_acc`)."""
+
+    def process_results(doc: dict, results: list[tuple[float, bool]]) -> dict[str, float]:
+        accuracy = choice_accuracy(doc, results)
+        return {"acc": accuracy, role: accuracy}
+
+    return process_results
 
 
-def ood_accuracy(doc: dict, results: list[tuple[float, bool]]) -> dict[str, float]:
-    accuracy = choice_accuracy(doc, results)
-    return {"acc": accuracy, "ood_acc": accuracy}
-
-
-def standard_accuracy(doc: dict, results: list[tuple[float, bool]]) -> dict[str, float]:
-    accuracy = choice_accuracy(doc, results)
-    return {"acc": accuracy, "sa_acc": accuracy}
-
-
-def robust_accuracy(doc: dict, results: list[tuple[float, bool]]) -> dict[str, float]:
-    accuracy = choice_accuracy(doc, results)
-    return {"acc": accuracy, "ra_acc": accuracy}
+# the functions the task YAMLs name
+id_accuracy = role_accuracy("id_acc")
+ood_accuracy = role_accuracy("ood_acc")
+standard_accuracy = role_accuracy("sa_acc")
+robust_accuracy = role_accuracy("ra_acc")
 
 
 class _ExpectedRoleGaps(logging.Filter):

@@ -112,7 +112,8 @@ def _difference(spec: TableSpec, moe: dict, dense: dict, _runs) -> dict:
 
 def judge_table(runs: list[Run]) -> Table | None:
     """Each judge's summary (mean harmfulness, unsafe ratio, moderation, refusal rate) per prompt set."""
-    columns, rows = [], []
+    columns: dict[str, None] = {}  # ordered set of column names
+    rows = []
     for run in runs:
         row = {"model": run.label, "kind": "run"}
         for judge, summary in sorted(run.judges.items()):
@@ -123,7 +124,7 @@ def judge_table(runs: list[Run]) -> Table | None:
                     if measure == "samples":
                         continue
                     name = f"{task.removeprefix('moe_rbench_safety_')}: {judge} {measure}"
-                    columns.append(name) if name not in columns else None
+                    columns[name] = None
                     row[name] = value
         if len(row) > 2:
             rows.append(row)
@@ -135,7 +136,8 @@ def judge_table(runs: list[Run]) -> Table | None:
 def routing_table(runs: list[Run]) -> Table | None:
     """Load balance per run and task from the routing summary `routing_out` adds to the results' config:
     expert-load entropy and coefficient of variation, and the capacity-drop rate, averaged over MoE layers."""
-    rows, columns = [], []
+    columns: dict[str, None] = {}  # ordered set of column names
+    rows = []
     for run in runs:
         summary = ((run.results.get("config", {}).get("moe") or {}).get("routing") or {}).get("summary") or {}
         row = {"model": run.label, "kind": "run"}
@@ -144,7 +146,7 @@ def routing_table(runs: list[Run]) -> Table | None:
                 values = [layer[measure] for layer in layers.values() if layer.get(measure) is not None]
                 if values:
                     name = f"{task.removeprefix('moe_rbench_')}: {measure}"
-                    columns.append(name) if name not in columns else None
+                    columns[name] = None
                     row[name] = sum(values) / len(values)
         if len(row) > 2:
             rows.append(row)

@@ -34,8 +34,8 @@ class Run:
         """(value, standard error or None) of a task's or group's metric, or None when the run lacks it."""
         for table in ("results", "groups"):
             entry = self.results.get(table, {}).get(task)
-            if entry and f"{metric},{filter_name}" in entry:
-                value = entry[f"{metric},{filter_name}"]
+            value = (entry or {}).get(f"{metric},{filter_name}")
+            if isinstance(value, (int, float)):  # lm-eval writes "N/A" where it has no value
                 stderr = entry.get(f"{metric}_stderr,{filter_name}")
                 return float(value), (float(stderr) if isinstance(stderr, (int, float)) else None)
         return None

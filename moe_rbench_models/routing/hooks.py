@@ -69,7 +69,7 @@ class RoutingHooks:
     @contextmanager
     def paused(self) -> Iterator[None]:
         """Forward passes run inside are not recorded (interventions still apply)."""
-        calls, self.calls = self.calls, {layer.key: [] for layer in self.layers}
+        calls = self.take()
         try:
             yield
         finally:
