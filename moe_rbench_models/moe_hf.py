@@ -30,6 +30,7 @@ from lm_eval.models.huggingface import HFLM
 
 from moe_rbench_models.classifier import HEADS, ClassifierScoring, refuse
 from moe_rbench_models.decoding import build_contrastive_decoding
+from moe_rbench_models.internals import InternalsChanged, check_hflm
 from moe_rbench_models.routing.discovery import describe_moe, find_moe_layers, require_moe
 from moe_rbench_models.routing.hooks import RoutingHooks
 from moe_rbench_models.routing.interventions import plan_interventions
@@ -65,6 +66,7 @@ class MoEHFLM(HFLM):
         """`data_dir`: directory of the benchmarks' original release files, read by the moe_rbench tasks
         (model arguments reach them as task metadata); taken here so that it does not reach
         `from_pretrained`. The routing options are described in the module docstring."""
+        check_hflm(HFLM)
         if head not in HEADS:
             raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
         if head != "sequence_classification" and label_map is not None:
@@ -99,13 +101,30 @@ class MoEHFLM(HFLM):
         scmoe = {"beta": scmoe_beta, "weak_k": scmoe_weak_k, "alpha": scmoe_alpha}
         self._contrast = build_contrastive_decoding(self.model, self.backend, self.moe_layers, dola, scmoe, self._hooks)
         self._row = 0  # the row of the last scoring batch that HFLM reads next
+        self._batch_rows = 0  # rows of the last scoring batch
+        options = {"routing_out": routing_out, "top_k": top_k, "disable_experts": disable_experts,
+                   "dola_layers": dola_layers, "scmoe_beta": scmoe_beta,
+                   "head": head if head != "causal_lm" else None}  # fmt: skip
+        self.moe_options = {name: value for name, value in options.items() if value is not None}
+
+    def set_cache_hook(self, cache_hook) -> None:
+        """lm-eval's `--use_cache` keys answers by request only, not by model arguments: answers cached by a run
+        with other MoE options (or none) would be returned as this configuration's, so the two do not mix."""
+        if getattr(cache_hook, "dbdict", None) is not None and self.moe_options:
+            options = ", ".join(f"{name}={value}" for name, value in self.moe_options.items())
+            raise ValueError(
+                f"--use_cache cannot be combined with moe_hf's MoE options ({options}): lm-eval's cache is keyed by "
+                "the request alone, so it would return answers computed under another configuration (and routing "
+                "capture would record nothing for cached requests). Run without --use_cache."
+            )
+        super().set_cache_hook(cache_hook)
 
     def _request_capture(self, routing_out: str, routing_logits: bool) -> RequestCapture:
         layers = [{"key": layer.key, "name": layer.name, "side": layer.side, "layer": layer.layer,
                    "num_experts": layer.num_experts,
                    "top_k": self.routing_plan[layer.key].top_k or layer.top_k if layer.key in self.routing_plan
                    else layer.top_k} for layer in self.moe_layers]  # fmt: skip
-        header = {"version": 1, "model": describe_moe(self.model, self.moe_layers),
+        header = {"model": describe_moe(self.model, self.moe_layers),
                   "interventions": self._interventions if self.routing_plan else None, "logits": routing_logits}  # fmt: skip
         writer = RecordWriter(routing_out, layers, json.loads(json.dumps(header, default=str)), self.rank,
                               self.world_size)  # fmt: skip
@@ -165,7 +184,10 @@ class MoEHFLM(HFLM):
                 self._contrast.release()
 
     def _model_call(self, inps, attn_mask=None, labels=None):
-        self._row = 0
+        if self._row not in (0, self._batch_rows):  # a forward with no rows read is HFLM's batch-size probe
+            raise InternalsChanged("lm_eval", f"HFLM read {self._row} of the {self._batch_rows} rows of a scoring "
+                                   "batch before the next forward pass")  # fmt: skip
+        self._row, self._batch_rows = 0, inps.shape[0]
         if self._capture is not None:
             self._capture.begin_forward()
         with self._contrasting("score"):
@@ -176,6 +198,8 @@ class MoEHFLM(HFLM):
 
     def _select_cont_toks(self, logits, contlen=None, inplen=None):
         row, self._row = self._row, self._row + 1
+        if row >= self._batch_rows:
+            raise InternalsChanged("lm_eval", f"HFLM read row {row} of a scoring batch of {self._batch_rows} rows")
         if self._capture is not None:
             self._capture.row(row, contlen, inplen)
         selected = super()._select_cont_toks(logits, contlen=contlen, inplen=inplen)
@@ -216,6 +240,8 @@ class MoEHFLM(HFLM):
             sequences = super()._model_generate(context, max_length, stop, **generation_kwargs)
         if self._capture is None:
             return sequences
+        if "attention_mask" not in generation_kwargs:
+            raise InternalsChanged("lm_eval", "HFLM._model_generate was called without the prompts' attention_mask")
         eos = generation_kwargs.get("eos_token_id", self.model.generation_config.eos_token_id)
         eos_ids = {eos} if isinstance(eos, int) else set(eos or [])
         self._capture.end_generation(context, generation_kwargs["attention_mask"], sequences,

@@ -156,6 +156,7 @@ def load_reference(path, **config):
 # -- DoLa ---------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.equivalence
 @pytest.mark.parametrize("architecture", ["mixtral", "olmoe", "qwen3_moe", "llama"])
 @pytest.mark.parametrize("options", DOLA_OPTIONS, ids=["truthfulqa_mc", "other_choices"])
 def test_dola_scoring_matches_the_reference_at_batch_sizes_1_and_8(model_path, architecture, options):
@@ -175,6 +176,7 @@ def test_dola_scoring_matches_the_reference_at_batch_sizes_1_and_8(model_path, a
         assert max(score for score, _ in expected) > 0
 
 
+@pytest.mark.equivalence
 @pytest.mark.parametrize("architecture", ["mixtral", "olmoe", "qwen3_moe", "llama"])
 @pytest.mark.parametrize("options", DOLA_OPTIONS, ids=["truthfulqa_mc", "other_choices"])
 def test_dola_generation_matches_the_reference_at_batch_sizes_1_and_8(model_path, architecture, options):
@@ -194,6 +196,7 @@ def test_dola_generation_matches_the_reference_at_batch_sizes_1_and_8(model_path
     assert texts != plain.generate_until(generation_requests(repetition_penalty=penalty), disable_tqdm=True)
 
 
+@pytest.mark.equivalence
 def test_dola_select_batch_takes_one_layer_per_step_for_the_whole_batch(model_path):
     """Old transformers' rule: the candidate whose divergence, averaged over the batch, is largest."""
     path = model_path("mixtral")
@@ -262,6 +265,7 @@ def self_contrast_next(strong, weak, beta, alpha):
     return next_scores
 
 
+@pytest.mark.equivalence
 @pytest.mark.parametrize("architecture", ["mixtral", "olmoe", "qwen3_moe"])
 def test_scmoe_matches_a_reference_running_both_routings_separately(model_path, architecture):
     path = model_path(architecture)
@@ -316,11 +320,18 @@ def test_scmoe_weak_pass_is_invisible_to_routing_capture(model_path, tmp_path):
         ("mixtral", {"dola_layers": "paper", "dola_divergence": "kl"}, "dola_divergence"),
         ("llama", {"scmoe_beta": 0.5}, "Mixture-of-Experts"),
         ("mixtral", {"scmoe_beta": 0.5, "scmoe_weak_k": 9}, "between 1 and 4"),
+        ("mixtral", {"scmoe_beta": 0.5, "scmoe_weak_k": 2}, r"scmoe_weak_k=2 is not weaker than the model's own routing"),
+        ("mixtral", {"scmoe_beta": 0.5, "scmoe_weak_k": 1, "top_k": 1}, r"top-k \[1\] in layers decoder.0"),
     ],
 )
 def test_invalid_decoding_options_fail_clearly(model_path, architecture, options, message):
     with pytest.raises(ValueError, match=message):
         MoEHFLM(pretrained=str(model_path(architecture)), device="cpu", **options)
+
+
+def test_scmoe_weak_routing_below_an_intervened_top_k_is_accepted(model_path):
+    lm = MoEHFLM(pretrained=str(model_path("mixtral")), device="cpu", scmoe_beta=0.5, scmoe_weak_k=2, top_k=3)
+    assert lm._contrast.options.weak_k == 2
 
 
 def test_unsupported_models_fail_clearly(tiny_model):

@@ -33,6 +33,7 @@ def answers(lm) -> dict[str, list]:
     return {kind: getattr(lm, kind)(requests) for kind, requests in REQUESTS.items()}
 
 
+@pytest.mark.equivalence
 @pytest.mark.parametrize("architecture", ["mixtral", "llama", "switch_transformers"])
 @pytest.mark.parametrize("batch_size", [1, 3])
 def test_moe_hf_equals_hf_without_moe_options(tiny_model, architecture, batch_size):
@@ -89,3 +90,21 @@ def test_few_shot_demonstrations_come_from_decodingtrust_train_demo(tiny_model):
         assert context.count("Given the sentences: ") == 4  # three demonstrations, then the document
         assert sum(demo in context for demo in demos) == 3
         assert context.endswith(f"Given the sentences: {sample['doc']['sentence']}\n what is the sentiment of this sentence ? ")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"top_k": 1}, {"disable_experts": "*:0"}, {"routing_out": "ROUTING"}, {"dola_layers": "1"}, {"scmoe_beta": 0.5}],
+)  # fmt: skip
+def test_use_cache_with_an_moe_option_is_refused(tiny_model, tmp_path, options):
+    """lm-eval keys its cache by request only: a cached plain run's answers would come back as this configuration's."""
+    path = str(tiny_model("mixtral"))
+    options = {key: str(tmp_path / "r") if value == "ROUTING" else value for key, value in options.items()}
+    manager = moe_rbench_tasks.task_manager(include_defaults=False, metadata={"data_dir": str(FIXTURE_DATA)})
+    cache = str(tmp_path / "cache" / "lm")
+    plain = lm_eval.simple_evaluate(model=MoEHFLM(pretrained=path, device="cpu"), tasks=["moe_rbench_sst2"],
+                                    task_manager=manager, limit=4, use_cache=cache)  # fmt: skip
+    assert plain["results"]["moe_rbench_sst2"]["acc,none"] is not None  # plain moe_hf (= hf) may use the cache
+    with pytest.raises(ValueError, match=r"--use_cache cannot be combined with moe_hf's MoE options \(" + next(iter(options))):
+        lm_eval.simple_evaluate(model=MoEHFLM(pretrained=path, device="cpu", **options), tasks=["moe_rbench_sst2"],
+                                task_manager=manager, limit=4, use_cache=cache)  # fmt: skip

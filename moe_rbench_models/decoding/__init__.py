@@ -46,5 +46,11 @@ def build_contrastive_decoding(model: nn.Module, backend: str, moe_layers: list[
         plan_interventions(moe_layers, top_k=options.weak_k)  # the weak routing must be possible in every layer
     except ValueError as error:
         raise ValueError(f"SCMoE needs weak routing with scmoe_weak_k={options.weak_k} experts per token: {error}") from None
+    strong_k = {layer.key: getattr(layer.top_k_owner, layer.top_k_attribute) for layer in moe_layers}
+    not_weaker = {key: k for key, k in strong_k.items() if options.weak_k >= k}
+    if not_weaker:
+        raise ValueError(f"scmoe_weak_k={options.weak_k} is not weaker than the model's own routing (top-k "
+                         f"{sorted(set(not_weaker.values()))} in layers {', '.join(not_weaker)}): the two passes would "
+                         "be the same and SCMoE would return the plain scores. Choose scmoe_weak_k below the top-k.")  # fmt: skip
     head = locate_output_head(model, False, "SCMoE")
     return SelfContrast(model, head, options, moe_layers, routing_hooks)

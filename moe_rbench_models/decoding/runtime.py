@@ -31,6 +31,7 @@ from moe_rbench_models.decoding.contrast import (
 )
 from moe_rbench_models.decoding.head import OutputHead
 from moe_rbench_models.decoding.options import DolaOptions, SelfContrastOptions
+from moe_rbench_models.internals import InternalsChanged, cache_length, find_cache, with_cache
 from moe_rbench_models.routing.discovery import MoELayer
 from moe_rbench_models.routing.interventions import set_top_k
 
@@ -139,7 +140,11 @@ class DoLa(ContrastiveDecoding):
         return {"output_hidden_states": list(self.layers)}
 
     def branches(self, module, args, kwargs, output) -> list[torch.Tensor]:
-        return [output.hidden_states[layer] for layer in self.layers]
+        hidden = output.hidden_states
+        if hidden is None or len(hidden) != self.head.num_layers + 1 or any(hidden[i] is None for i in self.layers):
+            raise InternalsChanged("transformers", f"output_hidden_states={list(self.layers)} did not return the "
+                                   f"hidden states of those layers among {self.head.num_layers + 1} entries")  # fmt: skip
+        return [hidden[layer] for layer in self.layers]
 
     @property
     def one_choice_per_step(self) -> bool:
@@ -188,16 +193,32 @@ class SelfContrast(ContrastiveDecoding):
         weak = {**kwargs, "output_hidden_states": [self.head.num_layers]}
         if self._keeps_logits:
             weak["logits_to_keep"] = 1
-        if self.mode == "generate" and kwargs.get("past_key_values") is not None:
-            weak["past_key_values"] = self._weak_cache
+        where, strong = find_cache(args, kwargs)
+        if strong is not None:  # generation: the weak pass reads and extends its own cache, never generate's
+            args, weak = with_cache(args, weak, where, self._weak_cache)
+            length = cache_length(strong)
         with self.weak_routing():
-            return [module(*args, **weak).hidden_states[self.head.num_layers]]
+            hidden = module(*args, **weak).hidden_states[self.head.num_layers]
+        if strong is not None and not cache_length(strong) == cache_length(self._weak_cache) == length:
+            raise InternalsChanged("transformers", "the weak SCMoE pass did not keep its KV cache apart from "
+                                   "generate's (cache lengths differ after the pass)")  # fmt: skip
+        return [hidden]
 
     def _before(self, module, args, kwargs):
         # the weak pass keeps a KV cache of its own beside generate's: a fresh one for each new generation
-        cache = kwargs.get("past_key_values")
-        if self.mode == "generate" and not self._inner and cache is not None and cache is not self._strong_cache:
-            self._strong_cache, self._weak_cache = cache, copy.deepcopy(cache)  # still empty: generation starts
+        if self.mode is None or self._inner:
+            return None
+        where, cache = find_cache(args, kwargs)
+        if self.mode == "score" and cache is not None:
+            raise InternalsChanged("lm_eval", "a scoring forward pass got a KV cache; SCMoE's weak pass would share it")
+        if self.mode == "generate":
+            if cache is None:
+                raise InternalsChanged("transformers", "generate called the model without a KV cache object; SCMoE "
+                                       "cannot keep its weak pass's cache apart")  # fmt: skip
+            if cache is not self._strong_cache:  # a new generation
+                if cache_length(cache) != 0:
+                    raise InternalsChanged("transformers", "generate started from a non-empty KV cache")
+                self._strong_cache, self._weak_cache = cache, copy.deepcopy(cache)
         return super()._before(module, args, kwargs)
 
     def end(self) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from moe_rbench_models.internals import InternalsChanged
 from moe_rbench_models.routing.discovery import MoELayer
 from moe_rbench_models.routing.interventions import (
     LayerIntervention,
@@ -103,6 +104,9 @@ class RoutingHooks:
             self._check_and_store(layer, change, ids, weights, None, logits)
             return None
         logits = output if isinstance(output, torch.Tensor) else output[layer.logits_index]
+        if not isinstance(logits, torch.Tensor) or logits.shape[-1] != layer.num_experts:
+            raise InternalsChanged("transformers", f"{type(layer.router).__name__} output {layer.logits_index} is no "
+                                   f"longer the router logits [tokens, {layer.num_experts}]")  # fmt: skip
         logits = logits.reshape(-1, layer.num_experts)
         if layer.reads_experts_call:
             self._logits[layer.key] = logits  # for the experts call of this forward (a reference, no copy)
@@ -122,6 +126,9 @@ class RoutingHooks:
         return output if change.disabled and change.mode == "drop" else None
 
     def _before_experts(self, layer: MoELayer, change: LayerIntervention, args, kwargs):
+        if len(args) < 3 or args[1].is_floating_point() or not args[2].is_floating_point():
+            raise InternalsChanged("transformers", f"the experts of {type(layer.block).__name__} are no longer called "
+                                   "as experts(hidden_states, top_k_index, top_k_weights)")  # fmt: skip
         hidden, index, weights = args[:3]
         logits = self._logits.pop(layer.key, None)
         dropped = None

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from moe_rbench_models.internals import InternalsChanged
 from moe_rbench_models.routing.discovery import MoELayer
 from moe_rbench_models.routing.hooks import ForwardRouting, RoutingHooks
 from moe_rbench_models.routing.records import LayerArrays, RecordWriter
@@ -71,6 +72,9 @@ class RequestCapture:
         return tuple((context + continuation)[-(self.max_length + 1) :][:-1])
 
     def expect_scoring(self, instances, token_requests) -> None:
+        if len(instances) != len(token_requests):
+            raise InternalsChanged("lm_eval", f"HFLM.loglikelihood turned {len(instances)} requests into "
+                                   f"{len(token_requests)} token requests")  # fmt: skip
         for expected, (_, context, continuation) in zip(self._expected(instances, "loglikelihood"), token_requests):
             if expected is not None:
                 expected.continuation = list(continuation)
@@ -159,6 +163,9 @@ class RequestCapture:
                 steps.insert(0, _take_positions(prefill[key], slice(-1, None)))
             decoder[key] = _concat_positions(steps)
         generated = sequences[:, 1:] if self.seq2seq else sequences[:, context.shape[1] :]
+        if self.batch_contexts is None or len(self.batch_contexts) != batch:
+            raise InternalsChanged("lm_eval", "HFLM.generate_until did not encode the batch it generates with "
+                                   "tok_batch_encode")  # fmt: skip
         for r, prompt in enumerate(self.batch_contexts):
             expected = self._generation[prompt].pop(0)
             length = _generated_length(generated[r], eos_ids, pad_id)
