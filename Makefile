@@ -1,25 +1,25 @@
 # Set-up that works on a fresh machine: a virtual environment, torch (the CPU build where there is no
-# NVIDIA GPU, so that no CUDA packages are downloaded), then this package with its test extras.
+# NVIDIA GPU, so that no CUDA packages are downloaded), then this package with its test extras, every
+# package at the exact version of the lock (constraints.txt) that CI tests.
 PYTHON ?= python3.11
 VENV ?= .venv
-TORCH_VERSION ?= 2.13.0
+LOCK := constraints.txt
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+# the torch release `make lock` pins: the newest with a CPU build on the CI machines (newer ones are CUDA builds
+# of several GB there; the drift check tests the newest torch as well)
+TORCH_LOCK ?= 2.13.0
 BIN := $(VENV)/bin
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
-.PHONY: setup demo test
+.PHONY: setup demo test drift-check lock
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	if command -v nvidia-smi >/dev/null 2>&1; then \
-		$(BIN)/pip install --quiet "torch==$(TORCH_VERSION)"; \
-	else \
-		$(BIN)/pip install --quiet --retries 1 "torch==$(TORCH_VERSION)" --extra-index-url $(TORCH_CPU_INDEX); \
-	fi
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(call install_torch,$(BIN)/pip,-c $(LOCK) torch)
+	$(BIN)/pip install --quiet -c $(LOCK) -e ".[test]"
 	touch $@
 
 # A tiny random-weight Mixtral on the sample slice of DecodingTrust in tests/fixtures/data: offline, ~1 minute.
@@ -30,3 +30,27 @@ demo: setup
 
 test: setup
 	$(BIN)/pytest
+
+# The equivalence tests against the newest releases of every dependency (README, "Tested with").
+drift-check:
+	PYTHON=$(PYTHON) .ci/drift-check
+
+# Rewrite the lock with the newest releases that pyproject.toml admits (then run `make test` and commit it).
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet --upgrade pip
+	$(call install_torch,.venv-lock/bin/pip,torch==$(TORCH_LOCK))
+	.venv-lock/bin/pip install --quiet -e ".[test]"
+	{ echo "# The exact versions CI tests (make setup installs them). Regenerate with \`make lock\`."; \
+	  .venv-lock/bin/pip freeze --exclude-editable | sed 's/+cpu$$//'; } > $(LOCK)
+	rm -rf .venv-lock
+
+# $(call install_torch,PIP,REQUIREMENT): torch, the CPU build unless the machine has an NVIDIA GPU
+define install_torch
+	if command -v nvidia-smi >/dev/null 2>&1; then \
+		$(1) install --quiet $(2); \
+	else \
+		$(1) install --quiet --retries 1 $(2) --extra-index-url $(TORCH_CPU_INDEX); \
+	fi
+endef

@@ -66,6 +66,7 @@ def processed_tokens(record) -> list[int]:
 # -- discovery ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.equivalence
 def test_discovery_reads_transformers_declarations(tiny_model):
     dbrx = find_moe_layers(AutoModelForCausalLM.from_pretrained(tiny_model("dbrx")))
     assert all(layer.top_k_owner is layer.block and layer.top_k == 2 for layer in dbrx)  # DBRX's k is on the block
@@ -141,6 +142,7 @@ def test_routing_options_on_a_dense_model_fail_clearly(tiny_model, tmp_path):
 # -- capture ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.equivalence
 @pytest.mark.parametrize("architecture", CAUSAL_MOE)
 def test_captured_logits_equal_output_router_logits(tiny_model, tmp_path, architecture):
     path = tiny_model(architecture)
@@ -156,6 +158,7 @@ def test_captured_logits_equal_output_router_logits(tiny_model, tmp_path, archit
             np.testing.assert_allclose(captured, layer_logits.float().numpy(), rtol=0, atol=2e-5, err_msg=f"{key} {layer}")
 
 
+@pytest.mark.equivalence
 @pytest.mark.parametrize("architecture", ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe"])
 def test_softmax_routers_ids_and_weights_are_top_k_of_softmax_of_logits(tiny_model, tmp_path, architecture):
     path = tiny_model(architecture)
