@@ -10,8 +10,9 @@
                                        judge the safety tasks' generations (resumable), with a summary
   moe-rbench report RUN [RUN ...] [--pair MOE=DENSE ...] --out DIR
                                        MoE-vs-dense tables, figures and report.md from lm-eval outputs
-  moe-rbench compare --baseline RUN --candidate RUN [--max-drop 0.01] [--metrics PATTERN ...]
-                                       CI gate: exits 1 when a reliability metric got worse
+  moe-rbench compare --baseline RUN --candidate RUN [--max-drop 0.01] [--paired] [--allow-missing]
+                                       CI gate: exits 1 when a reliability metric got worse, was lost or is
+                                       invalid, 2 when the runs are not comparable
 """
 
 from __future__ import annotations
@@ -75,9 +76,11 @@ def build_tiny(architecture: str, out_dir: str, settings: list[str]) -> int:
 
 
 def trace(routing: str, id_task: str, ood_tasks: list[str], out: str) -> int:
-    from moe_rbench_models.routing.trace import trace_routing, write_trace
+    from moe_rbench_models.routing.trace import pairing_notes, trace_routing, write_trace
 
     rows = trace_routing(routing, id_task, ood_tasks)
+    for note in pairing_notes(rows, id_task):
+        print(f"note: {note}", file=sys.stderr)
     for path in write_trace(rows, out, id_task):
         print(path)
     return 0
@@ -106,12 +109,13 @@ def report(runs: list[str], labels: list[str] | None, pairs: list[str], out: str
     return 0
 
 
-def compare(baseline: str, candidate: str, max_drop: float, metrics: list[str] | None, within_stderr: bool) -> int:
+def compare(args: argparse.Namespace) -> int:
     from moe_rbench_tasks.compare import run_compare
 
     try:
-        summary, status = run_compare(baseline, candidate, max_drop, metrics, within_stderr)
-    except ValueError as error:  # unreadable runs, nothing shared
+        summary, status = run_compare(args.baseline, args.candidate, args.max_drop, args.metrics,
+                                      args.ignore_within_stderr, args.allow_missing, args.paired, args.alpha)  # fmt: skip
+    except ValueError as error:  # unreadable or incomparable runs, nothing to compare
         print(f"moe-rbench compare: {error}", file=sys.stderr)
         return 2
     print(summary)
@@ -151,20 +155,27 @@ def main(argv: list[str] | None = None) -> int:
     reporting.add_argument("--label", action="append", dest="labels", help="a label per run (default: model name)")
     reporting.add_argument("--pair", action="append", default=[], metavar="MOE=DENSE", help="compare two runs by label")
     reporting.add_argument("--out", required=True, help="directory for report.md, tables and figures")
-    comparing = commands.add_parser("compare", help="CI gate: exit 1 when a reliability metric got worse")
+    comparing = commands.add_parser(
+        "compare", help="CI gate: exit 1 when a reliability metric got worse, was lost or is invalid; 2 when the runs "
+        "are not comparable")  # fmt: skip
     comparing.add_argument("--baseline", required=True)
     comparing.add_argument("--candidate", required=True)
     comparing.add_argument("--max-drop", type=float, default=0.01, help="tolerated drop (default 0.01)")
     comparing.add_argument("--metrics", nargs="+", help="only metrics matching these patterns, e.g. 'moe_rbench_ood/*'")
     comparing.add_argument("--ignore-within-stderr", action="store_true",
-                           help="pass drops no larger than the combined standard error")  # fmt: skip
+                           help="unpaired rule: pass drops no larger than the combined standard error")  # fmt: skip
+    comparing.add_argument("--allow-missing", action="store_true",
+                           help="list metrics the candidate lacks instead of failing on them")  # fmt: skip
+    comparing.add_argument("--paired", action="store_true",
+                           help="decide drops with a paired test on the documents both runs logged (--log_samples)")  # fmt: skip
+    comparing.add_argument("--alpha", type=float, default=0.05, help="significance level of --paired (default 0.05)")
     args = parser.parse_args(argv)
     if args.command == "report":
         if args.labels and len(args.labels) != len(args.runs):
             parser.error("give one --label per run, or none")
         return report(args.runs, args.labels, args.pair, args.out)
     if args.command == "compare":
-        return compare(args.baseline, args.candidate, args.max_drop, args.metrics, args.ignore_within_stderr)
+        return compare(args)
     if args.command == "judge":
         return judge(args.samples, args.judge, args.out, args.batch_size, args.judge_args)
     if args.command == "data":

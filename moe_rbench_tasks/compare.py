@@ -1,89 +1,334 @@
-"""`moe-rbench compare`: a CI gate. Every reliability metric two runs share, as a markdown table; the exit
-status says whether any got worse by more than the tolerance.
+"""`moe-rbench compare`: a strict CI gate. Every reliability metric of the baseline run, checked in the candidate.
 
 Metrics are those of the `moe_rbench_*` tasks and groups in lm-eval's results (direction from its
 `higher_is_better`) and the judge summaries of `moe-rbench judge` (harmfulness, unsafe ratio and moderation
 scores: lower is better; refusal rate: higher is better). A drop is `baseline - candidate` for a
-higher-is-better metric and the reverse otherwise; with `ignore_within_stderr`, a drop no larger than the
-combined standard error `sqrt(se_b^2 + se_c^2)` passes.
+higher-is-better metric and the reverse otherwise.
+
+A metric fails when
+- the candidate lacks it (a lost task or metric; `allow_missing` lists it instead);
+- either value is not a finite number (NaN, infinite, null);
+- it dropped by more than `max_drop` and the drop is real: with `paired` and samples logged by both runs,
+  a paired test on the same documents rejects "no change" at `alpha` (exact McNemar for 0/1 per-document
+  scores of one task, a stratified paired bootstrap otherwise, e.g. for group means); without samples, the
+  unpaired rule (any drop beyond `max_drop`; with `ignore_within_stderr`, beyond the combined standard error).
+
+Runs that are not comparable stop the gate (`Incomparable`, exit 2): a task evaluated on a different number
+of documents (`--limit`), with a different `num_fewshot`, task version, or dataset/prompt hash.
+Exit status of the command: 0 all within tolerance, 1 a failed metric, 2 incomparable or unreadable runs.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
-from moe_rbench_tasks.runs import JUDGE_METRICS, Run, load_run
+import numpy as np
+from scipy.stats import binomtest
+
+from moe_rbench_tasks.runs import JUDGE_METRICS, Run, RunError, load_run
+
+BOOTSTRAP_RESAMPLES = 4000
+BOOTSTRAP_SEED = 1234
+CHUNK = 200  # bootstrap resamples drawn at once (memory: CHUNK x documents)
+
+
+MISSING = object()  # the candidate has no such metric
+
+
+class Incomparable(ValueError):
+    """The two runs did not evaluate the same thing; comparing their numbers would mislead."""
 
 
 @dataclass(frozen=True)
 class Comparison:
     name: str  # "task / metric,filter" or "judge / task / measure"
-    baseline: float
-    candidate: float
+    baseline: float | None
+    candidate: float | None
     higher_is_better: bool
     stderr: float | None
-    drop: float
-    failed: bool
+    status: str  # ok, FAIL, missing, missing (allowed), invalid
+    p_value: float | None = None
+    test: str = "unpaired"  # McNemar, paired bootstrap, unpaired
+
+    @property
+    def failed(self) -> bool:
+        return self.status in ("FAIL", "missing", "invalid")
+
+    @property
+    def change(self) -> float | None:
+        return None if self.status in ("missing", "missing (allowed)", "invalid") else self.candidate - self.baseline
 
 
-def shared_metrics(baseline: Run, candidate: Run) -> list[tuple[str, float, float, bool, float | None]]:
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    task: str | None  # None for judge measures
+    key: str  # "metric,filter" or the judge measure
+    higher_is_better: bool
+    baseline: object
+    candidate: object  # MISSING where the candidate lacks the metric
+    stderr: float | None = None
+
+
+def _task_metrics(baseline: Run, task: str, entry: dict, other: dict) -> list[Metric]:
     metrics = []
-    for table in ("results", "groups"):
-        for task, entry in sorted(baseline.results.get(table, {}).items()):
-            if not task.startswith("moe_rbench"):
-                continue
-            for key in entry:
-                name, _, filter_name = key.partition(",")
-                higher = baseline.higher_is_better(task, name)
-                if "_stderr" in name or not filter_name or higher is None:
-                    continue
-                base, cand = baseline.metric(task, name, filter_name), candidate.metric(task, name, filter_name)
-                if base is None or cand is None:
-                    continue
-                stderr = math.hypot(base[1], cand[1]) if base[1] is not None and cand[1] is not None else None
-                metrics.append((f"{task} / {key}", base[0], cand[0], bool(higher), stderr))
+    for key, value in entry.items():
+        name, _, filter_name = key.partition(",")
+        higher = baseline.higher_is_better(task, name)
+        if not filter_name or name.endswith("_stderr") or higher is None:
+            continue
+        stderrs = [run_entry.get(f"{name}_stderr,{filter_name}") for run_entry in (entry, other)]
+        stderr = math.hypot(*stderrs) if all(_finite(s) for s in stderrs) else None
+        metrics.append(Metric(f"{task} / {key}", task, key, bool(higher), value, other.get(key, MISSING), stderr))
+    return metrics
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _entry(run: Run, task: str) -> dict | None:
+    return run.results.get("results", {}).get(task) or run.results.get("groups", {}).get(task)
+
+
+def baseline_metrics(baseline: Run, candidate: Run) -> list[Metric]:
+    """Every metric the baseline reports, with the candidate's value (None where it lacks it)."""
+    metrics = []
+    entries = {**baseline.results.get("groups", {}), **baseline.results.get("results", {})}  # lm-eval lists groups in both
+    for task, entry in sorted(entries.items()):
+        if task.startswith("moe_rbench"):
+            metrics += _task_metrics(baseline, task, entry, _entry(candidate, task) or {})
     for judge, summary in sorted(baseline.judges.items()):
         for task, values in sorted(summary.items()):
             other = candidate.judges.get(judge, {}).get(task, {})
             for measure, higher in JUDGE_METRICS.items():
-                if values.get(measure) is not None and other.get(measure) is not None:
-                    metrics.append((f"{judge} / {task} / {measure}", values[measure], other[measure], higher, None))
+                if measure in values:
+                    metrics.append(Metric(f"{judge} / {task} / {measure}", None, measure, higher, values[measure],
+                                          other.get(measure, MISSING)))  # fmt: skip
     return metrics
 
 
-def compare(baseline: Run, candidate: Run, max_drop: float = 0.01, patterns: list[str] | None = None,
-            ignore_within_stderr: bool = False) -> list[Comparison]:  # fmt: skip
-    rows = []
-    for name, base, cand, higher, stderr in shared_metrics(baseline, candidate):
-        if patterns and not any(fnmatch.fnmatch(name, pattern) for pattern in patterns):
+# -- comparability ------------------------------------------------------------------------------------------
+
+
+def check_comparable(baseline: Run, candidate: Run, tasks: set[str]) -> None:
+    """Raise Incomparable, naming the field, where a task present in both runs was evaluated differently."""
+    checks = [("n-samples", "number of evaluated documents (--limit)", lambda v: (v or {}).get("effective")),
+              ("n-shot", "num_fewshot", lambda v: v), ("versions", "task version", lambda v: v),
+              ("task_hashes", "dataset/prompt hash", lambda v: v)]  # fmt: skip
+    problems = []
+    for task in sorted(tasks):
+        if _entry(candidate, task) is None:
             continue
-        drop = (base - cand) if higher else (cand - base)
-        failed = drop > max_drop and not (ignore_within_stderr and stderr is not None and drop <= stderr)
-        rows.append(Comparison(name, base, cand, higher, stderr, drop, failed))
-    return rows
+        for field, meaning, read in checks:
+            values = [read(run.results.get(field, {}).get(task)) for run in (baseline, candidate)]
+            if field == "task_hashes" and None in values:  # recorded only when samples were logged
+                continue
+            if values[0] != values[1]:
+                problems.append(f"{task}: {field} ({meaning}) {values[0]!r} in the baseline, {values[1]!r} in the "
+                                "candidate")  # fmt: skip
+    if problems:
+        raise Incomparable("the runs are not comparable:\n  " + "\n  ".join(problems))
 
 
-def markdown(rows: list[Comparison], baseline: Run, candidate: Run, max_drop: float) -> str:
-    failed = [row for row in rows if row.failed]
-    verdict = (f"**{len(failed)} of {len(rows)} metrics got worse by more than {max_drop}**" if failed
-               else f"All {len(rows)} shared metrics within {max_drop} of the baseline")  # fmt: skip
-    lines = [f"### moe-rbench compare: {candidate.label} vs baseline {baseline.label}", "", verdict, "",
-             "| metric | better | baseline | candidate | change | stderr | |", "|---|---|---:|---:|---:|---:|---|"]  # fmt: skip
-    for row in rows:
+# -- paired tests -------------------------------------------------------------------------------------------
+
+
+def logged_samples(run: Run) -> dict[str, list[dict]] | None:
+    """The samples lm-eval logged beside the run's results file (same timestamp), per task; None if none."""
+    stamp = run.path.stem.removeprefix("results_")
+    files = sorted(run.path.parent.glob(f"samples_*_{stamp}.jsonl"))
+    if not files:
+        return None
+    samples = {}
+    for path in files:
+        task = path.name.removeprefix("samples_").removesuffix(f"_{stamp}.jsonl")
+        rows = []
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise RunError(f"{path}, line {number}: unreadable sample ({error.msg})") from None
+        samples[task] = rows
+    return samples
+
+
+def _leaf_tasks(run: Run, task: str) -> list[str]:
+    subtasks = run.results.get("group_subtasks", {})
+    if task not in subtasks:
+        return [task]
+    return [leaf for sub in subtasks[task] for leaf in _leaf_tasks(run, sub)]
+
+
+def _per_document(samples: dict[str, list[dict]], tasks: list[str], key: str) -> dict[str, dict[int, float]]:
+    """Per task, the per-document values of `metric,filter` (tasks without that metric are left out)."""
+    metric, _, filter_name = key.partition(",")
+    strata = {}
+    for task in tasks:
+        values = {row["doc_id"]: row[metric] for row in samples.get(task, [])
+                  if row.get("filter", "none") == filter_name and metric in row}  # fmt: skip
+        if values:
+            strata[task] = values
+    return strata
+
+
+def _aggregate(means: np.ndarray, sizes: np.ndarray, pooled: bool) -> np.ndarray:
+    """Group value from per-task means (last axis): the mean of tasks, or of documents when `pooled`."""
+    return (means * sizes).sum(-1) / sizes.sum() if pooled else means.mean(-1)
+
+
+def _mcnemar(baseline: np.ndarray, candidate: np.ndarray) -> float:
+    """Exact two-sided McNemar test: a binomial test on the discordant pairs."""
+    worse = int(((baseline == 1) & (candidate == 0)).sum())
+    better = int(((baseline == 0) & (candidate == 1)).sum())
+    if worse + better == 0:
+        return 1.0
+    return float(binomtest(worse, worse + better, 0.5).pvalue)
+
+
+def _paired_bootstrap(differences: list[np.ndarray], pooled: bool) -> float:
+    """Two-sided p-value of "no change" for the aggregate of per-task mean differences, resampling documents
+    within each task."""
+    sizes = np.array([len(d) for d in differences], dtype=float)
+    observed = float(_aggregate(np.array([d.mean() for d in differences]), sizes, pooled))
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    extreme = 0
+    for start in range(0, BOOTSTRAP_RESAMPLES, CHUNK):
+        draws = min(CHUNK, BOOTSTRAP_RESAMPLES - start)
+        means = np.stack([d[rng.integers(0, len(d), size=(draws, len(d)))].mean(1) for d in differences], axis=-1)
+        extreme += int((np.abs(_aggregate(means, sizes, pooled) - observed) >= abs(observed) - 1e-12).sum())
+    return (extreme + 1) / (BOOTSTRAP_RESAMPLES + 1)
+
+
+def paired_test(metric: Metric, baseline: Run, candidate: Run, samples: tuple[dict, dict]) -> tuple[float, str] | None:
+    """(p-value, test name) of a task or group metric on the documents both runs scored; None when the
+    samples cannot reproduce the reported values (the unpaired rule is used then)."""
+    tasks = _leaf_tasks(baseline, metric.task)
+    strata = [_per_document(run_samples, tasks, metric.key) for run_samples in samples]
+    if not strata[0] or strata[0].keys() != strata[1].keys():
+        return None
+    base, cand = [], []
+    for task in strata[0]:
+        if strata[0][task].keys() != strata[1][task].keys():
+            raise Incomparable(f"{task}: the two runs' samples hold different documents (doc_id)")
+        ids = sorted(strata[0][task])
+        base.append(np.array([strata[0][task][i] for i in ids], dtype=float))
+        cand.append(np.array([strata[1][task][i] for i in ids], dtype=float))
+    pooled = _reproduces(base, metric.baseline) and _reproduces(cand, metric.candidate)
+    unweighted = _reproduces(base, metric.baseline, pooled=False) and _reproduces(cand, metric.candidate, pooled=False)
+    if not (pooled or unweighted):
+        return None
+    binary = all(set(np.unique(values)) <= {0.0, 1.0} for values in base + cand)
+    if len(base) == 1 and binary:
+        return _mcnemar(base[0], cand[0]), "McNemar"
+    return _paired_bootstrap([c - b for b, c in zip(base, cand)], pooled=not unweighted), "paired bootstrap"
+
+
+def _reproduces(values: list[np.ndarray], reported: float, pooled: bool = True) -> bool:
+    sizes = np.array([len(v) for v in values], dtype=float)
+    aggregate = float(_aggregate(np.array([v.mean() for v in values]), sizes, pooled))
+    return math.isclose(aggregate, reported, rel_tol=1e-6, abs_tol=1e-9)
+
+
+# -- the gate -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Gate:
+    rows: list[Comparison]
+    paired: bool  # paired tests were asked for
+    samples: bool  # both runs logged samples
+
+    @property
+    def failed(self) -> bool:
+        return any(row.failed for row in self.rows)
+
+
+def compare(
+    baseline: Run,
+    candidate: Run,
+    max_drop: float = 0.01,
+    patterns: list[str] | None = None,
+    ignore_within_stderr: bool = False,
+    allow_missing: bool = False,
+    paired: bool = False,
+    alpha: float = 0.05,
+) -> Gate:
+    metrics = [m for m in baseline_metrics(baseline, candidate)
+               if not patterns or any(fnmatch.fnmatch(m.name, pattern) for pattern in patterns)]  # fmt: skip
+    check_comparable(baseline, candidate, {m.task for m in metrics if m.task})
+    samples = (logged_samples(baseline), logged_samples(candidate)) if paired else (None, None)
+    have_samples = all(s is not None for s in samples)
+    rows = []
+    for metric in metrics:
+        row = dict(name=metric.name, higher_is_better=metric.higher_is_better, stderr=metric.stderr)
+        if metric.candidate is MISSING:
+            rows.append(Comparison(**row, baseline=_number(metric.baseline), candidate=None,
+                                   status="missing (allowed)" if allow_missing else "missing"))  # fmt: skip
+            continue
+        if not (_finite(metric.baseline) and _finite(metric.candidate)):
+            rows.append(Comparison(**row, baseline=_number(metric.baseline), candidate=_number(metric.candidate),
+                                   status="invalid"))  # fmt: skip
+            continue
+        drop = (metric.baseline - metric.candidate) * (1 if metric.higher_is_better else -1)
+        test = paired_test(metric, baseline, candidate, samples) if have_samples and metric.task else None
+        if test is not None:
+            p_value, name = test
+            failed = drop > max_drop and p_value < alpha
+        else:
+            p_value, name = None, "unpaired"
+            within = ignore_within_stderr and metric.stderr is not None and drop <= metric.stderr
+            failed = drop > max_drop and not within
+        rows.append(Comparison(**row, baseline=float(metric.baseline), candidate=float(metric.candidate),
+                               status="FAIL" if failed else "ok", p_value=p_value, test=name))  # fmt: skip
+    return Gate(rows, paired, have_samples)
+
+
+def _number(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _cell(value: float | None, signed: bool = False) -> str:
+    if value is None:
+        return "null"
+    return f"{value:+.4f}" if signed else f"{value:.4f}"
+
+
+def markdown(gate: Gate, baseline: Run, candidate: Run, max_drop: float, alpha: float) -> str:
+    failed = [row for row in gate.rows if row.failed]
+    if failed:
+        verdict = f"**{len(failed)} of {len(gate.rows)} metrics failed** (worse by more than {max_drop}, missing or invalid)"
+    else:
+        verdict = f"All {len(gate.rows)} baseline metrics within {max_drop} of the baseline"
+    if not gate.paired:
+        rule = "Unpaired rule: a drop beyond the tolerance fails."
+    elif gate.samples:
+        rule = (f"Paired tests on the same documents (--paired): a drop beyond the tolerance fails when p < {alpha}; "
+                "metrics marked `unpaired` could not be reproduced from the samples and use the unpaired rule.")  # fmt: skip
+    else:
+        rule = "--paired asked for, but not both runs logged samples (--log_samples): the unpaired rule was used."
+    lines = [f"### moe-rbench compare: {candidate.label} vs baseline {baseline.label}", "", verdict, "", rule, "",
+             "| metric | better | baseline | candidate | change | stderr | p | test | |",
+             "|---|---|---:|---:|---:|---:|---:|---|---|"]  # fmt: skip
+    for row in gate.rows:
         stderr = "" if row.stderr is None else f"{row.stderr:.4f}"
-        lines.append(f"| {row.name} | {'higher' if row.higher_is_better else 'lower'} | {row.baseline:.4f} | "
-                     f"{row.candidate:.4f} | {row.candidate - row.baseline:+.4f} | {stderr} | "
-                     f"{'FAIL' if row.failed else 'ok'} |")  # fmt: skip
+        p_value = "" if row.p_value is None else f"{row.p_value:.4g}"
+        change = "" if row.change is None else _cell(row.change, signed=True)
+        lines.append(f"| {row.name} | {'higher' if row.higher_is_better else 'lower'} | {_cell(row.baseline)} | "
+                     f"{_cell(row.candidate)} | {change} | {stderr} | {p_value} | {row.test} | {row.status} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
-def run_compare(baseline: str, candidate: str, max_drop: float, patterns: list[str] | None,
-                ignore_within_stderr: bool) -> tuple[str, int]:  # fmt: skip
+def run_compare(baseline: str | Path, candidate: str | Path, max_drop: float = 0.01, patterns: list[str] | None = None,
+                ignore_within_stderr: bool = False, allow_missing: bool = False, paired: bool = False,
+                alpha: float = 0.05) -> tuple[str, int]:  # fmt: skip
+    """The markdown table and the exit status (0 or 1); raises Incomparable / RunError (exit 2)."""
     base, cand = load_run(baseline), load_run(candidate)
-    rows = compare(base, cand, max_drop, patterns, ignore_within_stderr)
-    if not rows:
-        raise ValueError(f"{baseline} and {candidate} share no moe_rbench metric" +
-                         (f" matching {', '.join(patterns)}" if patterns else ""))  # fmt: skip
-    return markdown(rows, base, cand, max_drop), int(any(row.failed for row in rows))
+    gate = compare(base, cand, max_drop, patterns, ignore_within_stderr, allow_missing, paired, alpha)
+    if not gate.rows:
+        raise ValueError(f"{baseline} has no moe_rbench metric" + (f" matching {', '.join(patterns)}" if patterns else ""))
+    return markdown(gate, base, cand, max_drop, alpha), int(gate.failed)

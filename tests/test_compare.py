@@ -1,0 +1,182 @@
+"""`moe-rbench compare` as a strict CI gate, on real lm-eval output files of a tiny classifier.
+
+Candidates are the baseline's own files with a planted change (a lost task, a NaN, documents that turned
+wrong), so that the expected verdict is known exactly; the p-values are checked against formulas written here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+
+from conftest import BIN, STYLE_OOD_TASKS, evaluate_to, run
+from moe_rbench_models import MoEHFLM
+from moe_rbench_models.tiny import build_tiny_model
+
+ROLES = {"moe_rbench_sst2": "id_acc", **{task: "ood_acc" for task in STYLE_OOD_TASKS[1:]}}
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare_model")
+    return build_tiny_model("mixtral", root / "mixtral", head="sequence_classification", num_labels=2,
+                            initializer_range=0.5)  # fmt: skip
+
+
+def evaluate(model, out, **kwargs):
+    lm = MoEHFLM(pretrained=str(model), device="cpu", batch_size=8, head="sequence_classification")
+    return evaluate_to(out, lm, ["moe_rbench_ood"], **kwargs)
+
+
+@pytest.fixture(scope="module")
+def baseline(model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare_runs") / "baseline"
+    evaluate(model, out)
+    return out
+
+
+def compare(baseline, candidate, *flags):
+    return run([str(BIN / "moe-rbench"), "compare", "--baseline", str(baseline), "--candidate", str(candidate), *flags],
+               check=False)  # fmt: skip
+
+
+def results_file(run_dir):
+    (path,) = run_dir.rglob("results_*.json")
+    return path
+
+
+def edit_results(run_dir, change):
+    path = results_file(run_dir)
+    results = json.loads(path.read_text())
+    change(results)
+    path.write_text(json.dumps(results))
+
+
+def status_of(output: str, metric: str) -> str:
+    (line,) = [line for line in output.splitlines() if line.startswith(f"| {metric} |")]
+    return line.rstrip(" |").rsplit("| ", 1)[1]
+
+
+def row(output: str, metric: str) -> list[str]:
+    (line,) = [line for line in output.splitlines() if line.startswith(f"| {metric} |")]
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def with_wrong_documents(baseline, out, wrong: dict[str, int]) -> dict[str, list[int]]:
+    """A copy of the baseline run in which `wrong[task]` documents it got right are wrong; its results are
+    recomputed from the samples as lm-eval aggregates them (task: mean; group: unweighted mean of tasks)."""
+    shutil.copytree(baseline, out)
+    results_path = results_file(out)
+    results = json.loads(results_path.read_text())
+    flipped = {}
+    for task, role in ROLES.items():
+        (samples_path,) = out.rglob(f"samples_{task}_*.jsonl")
+        samples = [json.loads(line) for line in samples_path.read_text().splitlines()]
+        right = [sample["doc_id"] for sample in samples if sample["acc"] == 1.0][: wrong.get(task, 0)]
+        assert len(right) == wrong.get(task, 0), f"{task}: too few correct documents to plant a change"
+        for sample in samples:
+            if sample["doc_id"] in right:
+                sample["acc"] = sample[role] = 0.0
+        samples_path.write_text("".join(json.dumps(sample) + "\n" for sample in samples))
+        accuracy = sum(sample["acc"] for sample in samples) / len(samples)
+        results["results"][task].update({"acc,none": accuracy, f"{role},none": accuracy})
+        flipped[task] = right
+    for group in (results["groups"]["moe_rbench_ood"], results["results"]["moe_rbench_ood"]):  # lm-eval writes both
+        group["id_acc,none"] = results["results"]["moe_rbench_sst2"]["acc,none"]
+        group["ood_acc,none"] = sum(results["results"][task]["acc,none"] for task in STYLE_OOD_TASKS[1:]) / 10
+    results_path.write_text(json.dumps(results))
+    return flipped
+
+
+def test_a_run_compared_with_itself_passes_paired_and_unpaired(baseline):
+    for flags in ([], ["--paired"]):
+        same = compare(baseline, baseline, *flags)
+        assert same.returncode == 0, same.stdout + same.stderr
+        assert "FAIL" not in same.stdout and "| ok |" in same.stdout
+    assert "Paired tests on the same documents" in same.stdout
+    assert row(same.stdout, "moe_rbench_sst2 / acc,none")[6:8] == ["1", "McNemar"]
+    assert row(same.stdout, "moe_rbench_ood / ood_acc,none")[7] == "paired bootstrap"
+
+
+def test_a_lost_task_fails_unless_allowed_and_is_listed(baseline, tmp_path):
+    candidate = tmp_path / "candidate"
+    shutil.copytree(baseline, candidate)
+    edit_results(candidate, lambda results: results["results"].pop("moe_rbench_style_augment"))
+    lost = compare(baseline, candidate)
+    assert lost.returncode == 1
+    assert status_of(lost.stdout, "moe_rbench_style_augment / acc,none") == "missing"
+    assert status_of(lost.stdout, "moe_rbench_style_augment / ood_acc,none") == "missing"
+    allowed = compare(baseline, candidate, "--allow-missing")
+    assert allowed.returncode == 0
+    assert status_of(allowed.stdout, "moe_rbench_style_augment / acc,none") == "missing (allowed)"
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), None], ids=["nan", "inf", "null"])
+def test_a_non_finite_or_null_value_fails(baseline, tmp_path, value):
+    candidate = tmp_path / "candidate"
+    shutil.copytree(baseline, candidate)
+    edit_results(candidate, lambda results: results["results"]["moe_rbench_sst2"].update({"acc,none": value}))
+    result = compare(baseline, candidate)
+    assert result.returncode == 1
+    assert status_of(result.stdout, "moe_rbench_sst2 / acc,none") == "invalid"
+    assert status_of(result.stdout, "moe_rbench_sst2 / id_acc,none") == "ok"
+    backwards = compare(candidate, baseline)  # an invalid baseline cannot vouch for anything either
+    assert backwards.returncode == 1 and status_of(backwards.stdout, "moe_rbench_sst2 / acc,none") == "invalid"
+
+
+def test_runs_with_different_limits_or_versions_are_not_comparable(model, baseline, tmp_path):
+    evaluate(model, tmp_path / "limited", limit=10)
+    limited = compare(baseline, tmp_path / "limited")
+    assert limited.returncode == 2 and limited.stdout == ""
+    assert "moe_rbench_sst2: n-samples (number of evaluated documents (--limit)) 24 in the baseline, 10" in limited.stderr
+    candidate = tmp_path / "candidate"
+    shutil.copytree(baseline, candidate)
+    edit_results(candidate, lambda results: results["versions"].update({"moe_rbench_style_tweet_p0": 2.0}))
+    versions = compare(baseline, candidate)
+    assert versions.returncode == 2 and "moe_rbench_style_tweet_p0: versions (task version) 1.0" in versions.stderr
+    edit_results(candidate, lambda results: results["task_hashes"].update({"moe_rbench_sst2": "0" * 64}))
+    hashes = compare(baseline, candidate)
+    assert hashes.returncode == 2 and "moe_rbench_sst2: task_hashes (dataset/prompt hash)" in hashes.stderr
+
+
+def exact_mcnemar(worse: int, better: int) -> float:
+    n = worse + better
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(min(worse, better) + 1)) / 2**n)
+
+
+def test_paired_tests_decide_where_the_unpaired_rule_would_not(baseline, tmp_path):
+    # three SST-2 documents turned wrong: a drop of 3/24 fails the unpaired rule, but three discordant pairs
+    # are no evidence (McNemar p = 0.25); two wrong documents in each of the ten styles are, for the group
+    wrong = {"moe_rbench_sst2": 3, **{task: 2 for task in STYLE_OOD_TASKS[1:]}}
+    candidate = tmp_path / "candidate"
+    with_wrong_documents(baseline, candidate, wrong)
+    unpaired = compare(baseline, candidate)
+    assert unpaired.returncode == 1
+    assert status_of(unpaired.stdout, "moe_rbench_sst2 / acc,none") == "FAIL"
+    paired = compare(baseline, candidate, "--paired")
+    assert paired.returncode == 1
+    sst2 = row(paired.stdout, "moe_rbench_sst2 / acc,none")
+    assert sst2[7:] == ["McNemar", "ok"] and float(sst2[6]) == pytest.approx(exact_mcnemar(3, 0), rel=1e-3)
+    assert float(sst2[6]) == pytest.approx(0.25)
+    for task in STYLE_OOD_TASKS[1:]:
+        style = row(paired.stdout, f"{task} / acc,none")
+        assert style[7:] == ["McNemar", "ok"] and float(style[6]) == pytest.approx(exact_mcnemar(2, 0))
+    group = row(paired.stdout, "moe_rbench_ood / ood_acc,none")
+    assert group[7:] == ["paired bootstrap", "FAIL"] and float(group[6]) < 0.01
+    assert status_of(paired.stdout, "moe_rbench_ood / id_acc,none") == "ok"  # SST-2's three documents again
+    lenient = compare(baseline, candidate, "--paired", "--alpha", "0.3")
+    assert status_of(lenient.stdout, "moe_rbench_sst2 / acc,none") == "FAIL"
+
+
+def test_paired_without_samples_says_it_used_the_unpaired_rule(baseline, tmp_path):
+    candidate = tmp_path / "candidate"
+    shutil.copytree(baseline, candidate)
+    for samples in candidate.rglob("samples_*.jsonl"):
+        samples.unlink()
+    result = compare(baseline, candidate, "--paired")
+    assert result.returncode == 0
+    assert "not both runs logged samples (--log_samples): the unpaired rule was used" in result.stdout
+    assert row(result.stdout, "moe_rbench_sst2 / acc,none")[7] == "unpaired"
