@@ -109,10 +109,12 @@ SOURCES: dict[str, Source] = {
         ),
         Source(
             name="nq_open",
-            tasks="moe_rbench_nq_open",
-            local_path="nq_open/NQ-open.dev.jsonl",
-            hub="google-research-datasets/nq_open, split validation",
-            obtain="https://github.com/google-research-datasets/natural-questions/blob/master/nq_open/NQ-open.dev.jsonl",
+            tasks="moe_rbench_nq_open (NQ-open.dev.jsonl; few-shot: the EfficientQA dev questions, disjoint from it)",
+            local_path="nq_open",
+            files=("NQ-open.dev.jsonl", "NQ-open.efficientqa.dev.1.1.jsonl"),
+            hub="google-research-datasets/nq_open, split validation (few-shot: split train)",
+            obtain="https://github.com/google-research-datasets/natural-questions/tree/master/nq_open (NQ-open.dev.jsonl "
+                   "and NQ-open.efficientqa.dev.1.1.jsonl)",
             license="CC BY-SA 3.0",
         ),
         Source(

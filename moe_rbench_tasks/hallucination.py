@@ -88,15 +88,26 @@ def _logsumexp(values: list[float]) -> float:
 
 
 def load_nq_open(data_dir: str | None = None, **_metadata: Any) -> datasets.DatasetDict:
-    """`custom_dataset` of moe_rbench_nq_open: NQ-open validation (= `NQ-open.dev.jsonl`, 3,610 questions)."""
+    """`custom_dataset` of moe_rbench_nq_open: split `validation` (NQ-open validation = `NQ-open.dev.jsonl`,
+    3,610 questions) and split `train`, the few-shot demonstrations: NQ-open train from the hub, or with a data
+    directory the 1,800 EfficientQA dev questions (`NQ-open.efficientqa.dev.1.1.jsonl`, none of which is an
+    NQ-open validation question)."""
     root = resolve_data_dir(data_dir)
     if not root:
-        rows = datasets.load_dataset("google-research-datasets/nq_open", split="validation")
-        return datasets.DatasetDict(validation=rows)
-    path = local_file(SOURCES["nq_open"], root)
+        return datasets.DatasetDict(
+            validation=datasets.load_dataset("google-research-datasets/nq_open", split="validation"),
+            train=datasets.load_dataset("google-research-datasets/nq_open", split="train"),
+        )
+    source = SOURCES["nq_open"]
+    splits = {"validation": "NQ-open.dev.jsonl", "train": "NQ-open.efficientqa.dev.1.1.jsonl"}
+    return datasets.DatasetDict({split: datasets.Dataset.from_list(_nq_questions(local_file(source, root, name)))
+                                 for split, name in splits.items()})  # fmt: skip
+
+
+def _nq_questions(path) -> list[dict]:
     docs = []
     for i, row in enumerate(read_jsonl(path)):
         if not isinstance(row.get("question"), str) or not isinstance(row.get("answer"), list) or not row["answer"]:
             raise MalformedDataError(f"{path}, line {i + 1}: expected {{'question': str, 'answer': [str, ...]}}")
         docs.append({"question": row["question"], "answer": row["answer"]})
-    return datasets.DatasetDict(validation=datasets.Dataset.from_list(docs))
+    return docs
