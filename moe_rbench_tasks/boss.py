@@ -5,7 +5,8 @@
 the few-shot demonstrations: the `train.tsv` of the suite's in-distribution set (BOSS evaluates
 in-context learning with ID demonstrations), never a test file. Without that file the split is empty
 (zero-shot runs need only `test.tsv`) and a warning names the file few-shot runs would need.
-Documents: `{"id", "text", "label"}` (sa, td) or `{"id", "premise", "hypothesis", "label"}` (nli).
+Documents: `{"id", "text", "label"}` (sa, td) or `{"id", "premise", "hypothesis", "label"}` (nli); `id` is
+`<set>/<split>/<row>`: BOSS's sets hold different documents, so no two tasks share an id (router tracing pairs none).
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ def _docs(suite: str, path) -> list[dict]:
         for name, text in texts.items():
             if not text.strip():
                 raise MalformedDataError(f"{where}: {name} is empty")
-        docs.append({"id": str(number), **texts, "label": _label(row["Label"], words, where)})
+        label = _label(row["Label"], words, where)
+        docs.append({"id": f"{path.parent.name}/{path.stem}/{number}", **texts, "label": label})
     return docs
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import lm_eval
 import pytest
@@ -192,6 +193,21 @@ def test_snli_and_snli_hard_records_pair_by_pair(tiny_model, tmp_path):
     rows = trace_routing(tmp_path, "moe_rbench_snli_test", ["moe_rbench_snli_hard"])
     assert {row.pairs for row in rows} == {12}  # the 12 hard pairs of the fixture, each also in its test slice
     assert all(0 <= row.mean_pair_l1 <= 2 for row in rows)
+
+
+def test_boss_id_and_ood_documents_are_not_paired(tiny_model, tmp_path):
+    """BOSS's ID and OOD sets hold different documents: tracing compares their distributions only, and says so."""
+    manager = moe_rbench_tasks.task_manager(include_defaults=False, metadata={"data_dir": str(FIXTURE_DATA)})
+    lm = MoEHFLM(pretrained=str(tiny_model("qwen2_moe")), device="cpu", batch_size=8, routing_out=str(tmp_path / "r"))
+    lm_eval.simple_evaluate(model=lm, tasks=["moe_rbench_boss_sa_amazon", "moe_rbench_boss_sa_dynasent"],
+                            task_manager=manager)  # fmt: skip
+    result = run([str(BIN / "moe-rbench"), "trace", "--routing", str(tmp_path / "r"), "--id", "moe_rbench_boss_sa_amazon",
+                  "--ood", "moe_rbench_boss_sa_dynasent", "--out", str(tmp_path / "trace")])  # fmt: skip
+    rows = json.loads((tmp_path / "trace" / "trace.json").read_text())["rows"]
+    assert rows and all(row["pairs"] == 0 and row["mean_pair_l1"] is None for row in rows)
+    assert all(row["distribution_l1"] >= 0 for row in rows)
+    assert "note: moe_rbench_boss_sa_dynasent: no document aligns with one of moe_rbench_boss_sa_amazon" in result.stderr
+    assert "no document aligns" in (tmp_path / "trace" / "trace.md").read_text()
 
 
 # -- the paper's classifier protocol ------------------------------------------------------------------------

@@ -24,7 +24,7 @@ def write_documents(writer: RecordWriter, task: str, doc_ids, expert: int, token
         arrays = {"decoder.0": LayerArrays(ids=ids, weights=np.full((tokens_per_doc, 2), 0.5, dtype=np.float16))}
         tokens = np.arange(tokens_per_doc, dtype=np.int32) + doc_id
         span = writer.add_span(task, "decoder", tokens, tokens + 1, arrays)
-        writer.add_record("loglikelihood", task, doc_id, 0, 0, [span], [])
+        writer.add_record("loglikelihood", task, doc_id, 0, 0, [span], [], doc_key=f"document {doc_id}")
 
 
 def _rank_process(rank: int, world_size: int, port: int, out: str) -> None:

@@ -35,6 +35,9 @@ from typing import Any
 import numpy as np
 
 MANIFEST = "routing.json"
+# 2: a record's `doc_key` is set only from a document `id` that its family aligns across tasks (BOSS ids were
+# row numbers in version 1)
+VERSION = 2
 SHARD_BYTES = 32 * 2**20
 
 
@@ -181,7 +184,8 @@ class RecordWriter:
         summary = self.summary()
         dropping = {key for layers in summary.values() for key, s in layers.items() if s["capacity_drop_rate"] is not None}
         layers = [{**layer, "capacity_dropping": layer["key"] in dropping} for layer in self.layers]
-        manifest = {**self.header, "layers": layers, "shards": sorted(set(self.shards)), "summary": summary}
+        manifest = {**self.header, "version": VERSION, "layers": layers, "shards": sorted(set(self.shards)),
+                    "summary": summary}  # fmt: skip
         (self.out_dir / MANIFEST).write_text(json.dumps(manifest, indent=1))
 
     def close(self) -> None:

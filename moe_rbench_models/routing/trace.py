@@ -6,7 +6,11 @@ For each MoE layer and each OOD task, from the records of one `routing_out` dire
   the OOD task (all their tokens), in [0, 2] - MoE-RBench's router-tracing measure;
 - `mean_pair_l1`: mean over aligned documents (an SST-2 sentence and its styled version, an SNLI pair and
   the same pair in SNLI-hard) of the L1 distance between the two documents' expert-usage distributions.
-  Documents align by their `id` field (the record's `doc_key`), or by `doc_id` where they have none.
+  Documents align by their `id` field (the record's `doc_key`), which a task family sets only where its
+  documents correspond across tasks: DecodingTrust ids across the Style-OOD tasks, the pair text across
+  SNLI test and SNLI-hard. Elsewhere ids are unique (ANLI uids, BOSS `<set>/<split>/<row>`), so unrelated tasks get no
+  pairs (`pairs` 0, a note) rather than pairs of unrelated documents; lm-eval's `doc_id` (a row number) is
+  never used to pair.
 
 Every stored position counts once per document (a multiple-choice context shared by its choices once);
 tokens dropped for capacity (Switch) are not counted, as no expert processed them.
@@ -22,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from moe_rbench_models.routing.records import load_manifest, load_records
+from moe_rbench_models.routing.records import VERSION, load_manifest, load_records
 
 
 @dataclass(frozen=True)
@@ -37,7 +41,7 @@ class TraceRow:
 @dataclass(frozen=True)
 class Usage:
     total: dict[str, np.ndarray]  # layer -> expert counts over the task
-    per_doc: dict[str | int, dict[str, np.ndarray]]  # doc_key (or doc_id) -> layer -> expert counts
+    per_doc: dict[str, dict[str, np.ndarray]]  # doc_key -> layer -> expert counts (documents with a key)
 
 
 def expert_usage(directory: str | Path, tasks: set[str]) -> dict[str, Usage]:
@@ -45,13 +49,15 @@ def expert_usage(directory: str | Path, tasks: set[str]) -> dict[str, Usage]:
     manifest = load_manifest(directory)
     experts = {layer["key"]: layer["num_experts"] for layer in manifest["layers"]}
     usage = {task: Usage({key: np.zeros(n, dtype=np.int64) for key, n in experts.items()}, {}) for task in tasks}
+    keys_align = manifest.get("version", 1) >= VERSION  # version 1 gave BOSS documents row numbers as ids
     seen: set[tuple] = set()
     for record in load_records(directory):
         if record.task not in usage:
             continue
         task_usage = usage[record.task]
-        align = record.doc_key if record.doc_key is not None else record.doc_id
-        doc = task_usage.per_doc.setdefault(align, {key: np.zeros(n, dtype=np.int64) for key, n in experts.items()})
+        doc = {key: np.zeros(n, dtype=np.int64) for key, n in experts.items()}
+        if keys_align and record.doc_key is not None:
+            doc = task_usage.per_doc.setdefault(record.doc_key, doc)
         for part, spans in (("context", record.context_spans), ("continuation", record.continuation_spans)):
             if not spans or (record.task, record.doc_id, spans) in seen:
                 continue
@@ -96,6 +102,13 @@ def trace_routing(directory: str | Path, id_task: str, ood_tasks: list[str]) -> 
     return rows
 
 
+def pairing_notes(rows: list[TraceRow], id_task: str) -> list[str]:
+    """A note for every OOD task none of whose documents aligns with one of the ID task."""
+    unpaired = list(dict.fromkeys(row.ood_task for row in rows if row.pairs == 0))
+    return [f"{task}: no document aligns with one of {id_task} (their ids differ, or their family does not align "
+            "documents across tasks), so only the distribution L1 is given" for task in unpaired]
+
+
 def _recorded_tasks(directory: str | Path) -> set[str]:
     return {task for task in load_manifest(directory)["summary"] if task != "None"}
 
@@ -109,12 +122,15 @@ def write_trace(rows: list[TraceRow], out_dir: str | Path, id_task: str) -> list
         writer = csv.DictWriter(file, fieldnames=fields)
         writer.writeheader()
         writer.writerows(asdict(row) for row in rows)
-    (out / "trace.json").write_text(json.dumps({"id_task": id_task, "rows": [asdict(row) for row in rows]}, indent=1))
+    notes = pairing_notes(rows, id_task)
+    (out / "trace.json").write_text(json.dumps({"id_task": id_task, "rows": [asdict(row) for row in rows],
+                                                "notes": notes}, indent=1))  # fmt: skip
     lines = [f"Routing shift from `{id_task}` (L1 distance of expert-usage distributions, 0-2)", "",
              "| OOD task | layer | distribution L1 | mean pair L1 | pairs |", "|---|---|---:|---:|---:|"]  # fmt: skip
     for row in rows:
         pair = "" if row.mean_pair_l1 is None else f"{row.mean_pair_l1:.4f}"
         lines.append(f"| {row.ood_task} | {row.layer} | {row.distribution_l1:.4f} | {pair} | {row.pairs} |")
+    lines += [""] + [f"Note: {note}." for note in notes] if notes else []
     (out / "trace.md").write_text("\n".join(lines) + "\n")
     heatmap(rows, out / "trace.png", id_task)
     return [out / name for name in ("trace.md", "trace.csv", "trace.json", "trace.png")]
