@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from lm_eval.api.instance import Instance
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, DynamicCache
 
 import moe_rbench_tasks
 from conftest import BIN, FIXTURE_DATA, STYLE_OOD_TASKS, lm_eval_outputs, run
@@ -290,6 +290,33 @@ def test_scmoe_matches_a_reference_running_both_routings_separately(model_path, 
         scores = [answer[0] for answer in lm.loglikelihood(scoring_requests(), disable_tqdm=True)]
         assert scores == pytest.approx(expected_scores, abs=1e-4, rel=1e-6)
         assert lm.generate_until(generation_requests(), disable_tqdm=True) == texts
+
+
+@pytest.mark.equivalence
+@pytest.mark.parametrize("passing", ["cache", "past_key_values", "position"])
+def test_scmoe_keeps_its_weak_cache_apart_however_the_cache_is_passed(model_path, passing):
+    """transformers 5.24 renamed generate's cache argument (past_key_values -> cache): drive the model as a
+    generate loop does, handing the cache over by the new name, the old name and by position."""
+    path = model_path("mixtral")
+    strong, weak = load_reference(path), load_reference(path, num_experts_per_tok=1)
+    lm = MoEHFLM(pretrained=str(path), device="cpu", scmoe_beta=0.5)
+    prompt = lm.tok_encode(PROMPTS[1])
+    reference = self_contrast_next(strong, weak, 0.5, 0.1)
+    expected = []
+    with torch.no_grad():
+        for _ in range(MAX_NEW):
+            expected.append(int(reference(prompt + expected)[0].argmax()))
+    cache, inputs, generated = DynamicCache(config=lm.model.config), torch.tensor([prompt]), []
+    with torch.no_grad(), lm._contrast.active("generate"):
+        for _ in range(MAX_NEW):
+            if passing == "position":  # forward(input_ids, attention_mask, position_ids, cache, ...)
+                output = lm.model(inputs, None, None, cache)
+            else:
+                output = lm.model(inputs, **{passing: cache})
+            generated.append(int(output.logits[0, -1].argmax()))
+            inputs = torch.tensor([generated[-1:]])
+    assert generated == expected
+    assert cache.get_seq_length() == len(prompt) + MAX_NEW - 1  # the weak pass never wrote into it
 
 
 def test_scmoe_weak_pass_is_invisible_to_routing_capture(model_path, tmp_path):
