@@ -36,21 +36,29 @@ STYLE_SETS = ("augment", "shake_w", "bible_p0", "romantic_p06", "tweet_p0")
 # -- in the child process ------------------------------------------------------------------------------------
 
 
+def task_requests(tasks: list[str], data: Path) -> list:
+    import moe_rbench_tasks
+
+    manager = moe_rbench_tasks.task_manager(include_defaults=False, metadata={"data_dir": str(data)})
+    requests = []
+    for task in manager.load(tasks)["tasks"].values():
+        task.build_all_requests(limit=None, rank=0, world_size=1)
+        requests += task.instances
+    return requests
+
+
 def workload_requests(workload: str) -> list:
     """loglikelihood: SST-2 and five style sets of the sample data (144 documents, 288 requests);
+    snli: the full SNLI validation task from the data directory in MOE_RBENCH_DATA_DIR (29,526 requests);
     generate_until: 32 prompts, 32 new tokens each, greedy."""
-    import moe_rbench_tasks
     from lm_eval.api.instance import Instance
     from moe_rbench_tasks.style_ood import load_docs
 
     data = ROOT / "tests" / "fixtures" / "data"
     if workload == "loglikelihood":
-        manager = moe_rbench_tasks.task_manager(include_defaults=False, metadata={"data_dir": str(data)})
-        requests = []
-        for task in manager.load(["moe_rbench_sst2", *(f"moe_rbench_style_{s}" for s in STYLE_SETS)])["tasks"].values():
-            task.build_all_requests(limit=None, rank=0, world_size=1)
-            requests += task.instances
-        return requests
+        return task_requests(["moe_rbench_sst2", *(f"moe_rbench_style_{s}" for s in STYLE_SETS)], data)
+    if workload == "snli":
+        return task_requests(["moe_rbench_snli"], Path(os.environ["MOE_RBENCH_DATA_DIR"]))
     sentences = [doc["sentence"] for style in ("base", "tweet_p0") for doc in load_docs(style=style, data_dir=data)["test"]]
     gen = {"until": ["\n\n"], "max_gen_toks": 32, "do_sample": False}
     return [Instance("generate_until", {}, ("Q: " + s + "\nA:", dict(gen)), 0, metadata=("bench", i, 1))
@@ -65,13 +73,13 @@ def child(spec: dict, control: str, ack: str) -> dict:
 
     torch.set_num_threads(spec["threads"])
     device = spec["device"]
-    kwargs = dict(device=device, batch_size=16 if spec["workload"] == "loglikelihood" else 8, **spec["kwargs"])
+    kwargs = dict(device=device, batch_size=8 if spec["workload"] == "generate_until" else 16, **spec["kwargs"])
     lm = HFLM(**kwargs) if spec["model"] == "hf" else MoEHFLM(**kwargs)
     if spec.get("patch"):
         module, function = spec["patch"].split(":")
         getattr(importlib.import_module(module), function)(lm)
     requests = workload_requests(spec["workload"])
-    run = getattr(lm, spec["workload"])
+    run = getattr(lm, "loglikelihood" if spec["workload"] == "snli" else spec["workload"])
     run(requests[:8], disable_tqdm=True)  # warm-up, not measured
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -93,6 +101,8 @@ def child(spec: dict, control: str, ack: str) -> dict:
         ctl.write("disable\n")
         ctl.flush()
         acknowledge.readline()
+    if hasattr(lm, "close"):  # publish the routing records
+        lm.close()
     if device.startswith("cuda"):
         peak = torch.cuda.max_memory_allocated()
     else:

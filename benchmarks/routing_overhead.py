@@ -41,7 +41,8 @@ def main() -> None:
         base = {"kwargs": {"pretrained": str(model_dir)}, "workload": workload, "device": args.device, "threads": args.threads}
         specs = {"hf": {**base, "model": "hf"}, "moe_hf_off": {**base, "model": "moe_hf"},
                  "moe_hf_capture": {**base, "model": "moe_hf",
-                                    "kwargs": {**base["kwargs"], "routing_out": str(routing_dir)}}}  # fmt: skip
+                                    "kwargs": {**base["kwargs"], "routing_out": str(routing_dir),
+                                               "routing_overwrite": True}}}  # fmt: skip
         report(workload, interleaved(specs, args.rounds, use_perf, work), "hf", use_perf)
         print(f"  records: {record_bytes_per_token_layer(routing_dir):.1f} bytes per token per MoE layer")
     shutil.rmtree(work, ignore_errors=True)

@@ -16,6 +16,8 @@ from importlib.metadata import version
 
 from transformers.cache_utils import Cache
 
+from moe_rbench_models.errors import MoERBenchError
+
 # HFLM methods `moe_hf` overrides or calls, with the parameters it relies on (lm-eval 0.4.13)
 HFLM_METHODS = {
     "_model_call": ("self", "inps", "attn_mask", "labels"),
@@ -30,7 +32,7 @@ HFLM_METHODS = {
 }
 
 
-class InternalsChanged(RuntimeError):
+class InternalsChanged(MoERBenchError, RuntimeError):
     """A library no longer works the way `moe_hf` relies on; continuing would give wrong numbers."""
 
     def __init__(self, library: str, what: str) -> None:

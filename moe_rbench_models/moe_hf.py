@@ -5,6 +5,7 @@ caching and scores. It accepts every `hf` model argument, and:
 
 - `routing_out=DIR`: record the routing of every request (see moe_rbench_models/routing/records.py;
   read it with `moe_rbench_models.routing.load_records(DIR)`); `routing_logits=true` also keeps logits;
+  `routing_overwrite=true` lets a run replace the records an earlier run left in DIR (routing/writer.py);
 - `top_k=K` or `top_k="LAYER:K;..."`: experts per token; `disable_experts="*:3,7"` or `"12:5;13:0"` with
   `disable_mode=reroute|drop` and `drop_renormalize=true|false` (see routing/interventions.py);
 - `dola_layers=paper|high|low|"16,18,20"` and the other `dola_*` options: DoLa; `scmoe_beta=BETA` with
@@ -14,7 +15,9 @@ caching and scores. It accepts every `hf` model argument, and:
   classification head, the paper's protocol (see classifier.py).
 
 Everything works through forward hooks and a few HFLM methods that see one request batch or one row of it
-(`_model_call`, `_select_cont_toks`, `tok_batch_encode`, `_model_generate`).
+(`_model_call`, `_select_cont_toks`, `tok_batch_encode`, `_model_generate`). `close()` (or leaving a `with`
+block) publishes the routing records and removes every hook, restoring the model; lm-eval's `simple_evaluate`
+publishes them when it asks for the model's info, after the evaluation.
 """
 
 from __future__ import annotations
@@ -34,8 +37,8 @@ from moe_rbench_models.internals import InternalsChanged, check_hflm
 from moe_rbench_models.routing.discovery import describe_moe, find_moe_layers, require_moe
 from moe_rbench_models.routing.hooks import RoutingHooks
 from moe_rbench_models.routing.interventions import plan_interventions
-from moe_rbench_models.routing.records import RecordWriter
 from moe_rbench_models.routing.requests import RequestCapture
+from moe_rbench_models.routing.writer import RecordWriter, new_run_id
 
 
 @register_model("moe_hf")
@@ -46,6 +49,7 @@ class MoEHFLM(HFLM):
         data_dir: str | None = None,
         routing_out: str | None = None,
         routing_logits: bool = False,
+        routing_overwrite: bool = False,
         top_k: int | str | None = None,
         disable_experts: str | None = None,
         disable_mode: str = "reroute",
@@ -94,7 +98,7 @@ class MoEHFLM(HFLM):
         if self.routing_plan or routing_out:
             self._hooks = RoutingHooks(self.moe_layers, self.routing_plan, record=bool(routing_out),
                                        keep_logits=routing_logits).install()  # fmt: skip
-        self._capture = self._request_capture(routing_out, routing_logits) if routing_out else None
+        self._capture = self._request_capture(routing_out, routing_logits, routing_overwrite) if routing_out else None
         self._scoring_instances = None
         dola = {"layers": dola_layers, "relative_top": dola_relative_top, "post_softmax": dola_post_softmax,
                 "final_norm": dola_final_norm, "divergence": dola_divergence, "select": dola_select}  # fmt: skip
@@ -119,7 +123,7 @@ class MoEHFLM(HFLM):
             )
         super().set_cache_hook(cache_hook)
 
-    def _request_capture(self, routing_out: str, routing_logits: bool) -> RequestCapture:
+    def _request_capture(self, routing_out: str, routing_logits: bool, overwrite: bool) -> RequestCapture:
         layers = [{"key": layer.key, "name": layer.name, "side": layer.side, "layer": layer.layer,
                    "num_experts": layer.num_experts,
                    "top_k": self.routing_plan[layer.key].top_k or layer.top_k if layer.key in self.routing_plan
@@ -127,16 +131,28 @@ class MoEHFLM(HFLM):
         header = {"model": describe_moe(self.model, self.moe_layers),
                   "interventions": self._interventions if self.routing_plan else None, "logits": routing_logits}  # fmt: skip
         writer = RecordWriter(routing_out, layers, json.loads(json.dumps(header, default=str)), self.rank,
-                              self.world_size)  # fmt: skip
+                              self.world_size, overwrite, self._shared_run_id())  # fmt: skip
         decoder_start = self.model.config.decoder_start_token_id if self.backend == "seq2seq" else None
-        return RequestCapture(self._hooks, writer, self.moe_layers, self.max_length, decoder_start)
+        return RequestCapture(self._hooks, writer, self.moe_layers, self.max_length, decoder_start, self.tok_decode)
+
+    def _shared_run_id(self) -> str:
+        """One run id for every process: the main process's (all processes build the model, so this collective
+        cannot be skipped)."""
+        run_id = [new_run_id()]
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.broadcast_object_list(run_id, src=0)
+        return run_id[0]
 
     def get_model_info(self) -> dict[str, Any]:
         moe = describe_moe(self.model, self.moe_layers)
         if self.routing_plan:
             moe["interventions"] = self._interventions
-        if self._capture is not None:
-            moe["routing"] = {"out": str(self._capture.writer.out_dir), "summary": self._capture.writer.summary()}
+        if self._capture is not None:  # lm-eval asks once the evaluation has finished: publish the records
+            self._capture.writer.commit()
+            moe["routing"] = {"out": str(self._capture.writer.out_dir), "run": self._capture.writer.run_id,
+                              "summary": self._capture.writer.summary()}  # fmt: skip
         if self._contrast is not None:
             moe["decoding"] = self._contrast.summary()
         if self._classifier is not None:
@@ -152,21 +168,19 @@ class MoEHFLM(HFLM):
             return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
         self._scoring_instances = requests
         try:
-            results = super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+            with self._capture.call():
+                return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
         finally:
             self._scoring_instances = None
-        self._capture.finish_call()
-        return results
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
         if self._classifier is not None:
             refuse("loglikelihood_rolling")
         if self._capture is None:
             return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
-        self._capture.expect_rolling(requests, [self._rolling_windows(request.args[0]) for request in requests])
-        results = super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
-        self._capture.finish_call()
-        return results
+        with self._capture.call():
+            self._capture.expect_rolling(requests, self._rolling_windows)
+            return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
 
     def _rolling_windows(self, text: str) -> list[tuple[list[int], list[int]]]:
         """The windows HFLM.loglikelihood_rolling scores, made with the same lm-eval functions."""
@@ -220,12 +234,12 @@ class MoEHFLM(HFLM):
         for index, request in enumerate(requests):
             groups.setdefault(json.dumps(request.args[1], sort_keys=True, default=str), []).append(index)
         results: list[str | None] = [None] * len(requests)
-        for indices in groups.values():
-            group = [requests[index] for index in indices]
-            self._capture.expect_generation(group)
-            for index, text in zip(indices, super().generate_until(group, disable_tqdm=disable_tqdm)):
-                results[index] = text
-        self._capture.finish_call()
+        with self._capture.call():
+            for indices in groups.values():
+                group = [requests[index] for index in indices]
+                self._capture.expect_generation(group)
+                for index, text in zip(indices, super().generate_until(group, disable_tqdm=disable_tqdm)):
+                    results[index] = text
         return results
 
     def tok_batch_encode(self, strings, *args, **kwargs):
@@ -247,6 +261,24 @@ class MoEHFLM(HFLM):
         self._capture.end_generation(context, generation_kwargs["attention_mask"], sequences,
                                      eos_ids | {self.tokenizer.eos_token_id}, self.tokenizer.pad_token_id)  # fmt: skip
         return sequences
+
+    def close(self) -> None:
+        """Publish the routing records (main process) and remove every hook, restoring the model's routers."""
+        if self._capture is not None:
+            self._capture.writer.commit()
+            self._capture = None
+        for part in (self._hooks, self._contrast):
+            if part is not None:
+                part.remove()
+        self._hooks = self._contrast = None
+
+    def __enter__(self) -> MoEHFLM:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if error is not None and self._capture is not None:
+            self._capture = None  # a failed evaluation publishes nothing: the earlier records stay
+        self.close()
 
     def _contrasting(self, mode: str):
         return self._contrast.active(mode) if self._contrast is not None else nullcontext()

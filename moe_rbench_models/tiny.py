@@ -10,6 +10,8 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+from moe_rbench_models.errors import OptionError
+
 VOCAB_SIZE = 512
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")  # ids 0, 1, 2
 SEED = 0
@@ -123,7 +125,7 @@ def build_tiny_model(architecture: str, out_dir: str | Path, head: str = "causal
     )
 
     if architecture not in ARCHITECTURES:
-        raise ValueError(f"Unknown tiny architecture {architecture!r}; choose one of: {', '.join(ARCHITECTURES)}")
+        raise OptionError(f"Unknown tiny architecture {architecture!r}; choose one of: {', '.join(ARCHITECTURES)}")
     tokenizer = tiny_tokenizer()
     ids = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
     config = AutoConfig.for_model(architecture, **{**ARCHITECTURES[architecture], **ids, **config_overrides})
@@ -131,7 +133,7 @@ def build_tiny_model(architecture: str, out_dir: str | Path, head: str = "causal
     if head == "sequence_classification":
         auto_class = AutoModelForSequenceClassification
     elif head != "causal_lm":
-        raise ValueError(f"head must be causal_lm or sequence_classification, got {head!r}")
+        raise OptionError(f"head must be causal_lm or sequence_classification, got {head!r}")
     torch.manual_seed(SEED)
     model = auto_class.from_config(config)
     if getattr(model, "generation_config", None) is not None:

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import lm_eval
 import numpy as np
 import pytest
 import torch
+from conftest import FIXTURE_DATA
 from lm_eval.api.instance import Instance
+from lm_eval.models.huggingface import HFLM
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 import moe_rbench_tasks
-from conftest import FIXTURE_DATA
 from moe_rbench_models import MoEHFLM
+from moe_rbench_models.internals import InternalsChanged
 from moe_rbench_models.routing import RouterAdapter, find_moe_layers, load_records, register_router
 from moe_rbench_models.routing.hooks import RoutingHooks
 from moe_rbench_models.routing.interventions import plan_interventions
+from moe_rbench_models.routing.records import RoutingDirectoryError
 from moe_rbench_models.tiny import build_tiny_model
+from moe_rbench_tasks.data import MissingDataError
 
 CAUSAL_MOE = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3", "gpt_oss", "phimoe", "granitemoe",
               "jamba", "llama4_text", "dbrx"]  # fmt: skip
@@ -48,6 +54,7 @@ def run_requests(path, out, **lm_kwargs):
     answers = {"loglikelihood": lm.loglikelihood(scoring_requests()),
                "generate_until": lm.generate_until(generation_requests()),
                "loglikelihood_rolling": lm.loglikelihood_rolling(rolling_requests())}  # fmt: skip
+    lm.close()
     records = {(r.request_type, r.task, r.doc_id, r.request_index): r for r in load_records(out)}
     return lm, answers, records
 
@@ -107,10 +114,16 @@ class ToyMoE(nn.Module):
 
 
 def test_a_registered_adapter_makes_a_custom_gate_recordable_and_steerable():
-    register_router(RouterAdapter(
+    adapter = RouterAdapter(
         router_class=ToyGate, read=lambda gate, inputs, output: (output["ids"], output["weights"]),
         logits=lambda gate, inputs, output: output["logits"], num_experts=lambda gate: gate.proj.out_features,
-        top_k=lambda gate: gate.k, top_k_attribute="k"))  # fmt: skip
+        top_k=lambda gate: gate.k, top_k_attribute="k")  # fmt: skip
+    with register_router(adapter):
+        recordable_and_steerable()
+    assert find_moe_layers(ToyMoE()) == []  # the registration is gone with the block
+
+
+def recordable_and_steerable():
     torch.manual_seed(0)
     model, hidden = ToyMoE(), torch.randn(16, 8)
     layers = find_moe_layers(model)
@@ -188,6 +201,7 @@ def test_records_do_not_depend_on_batch_size(tiny_model, tmp_path, architecture)
         if lm.backend == "causal":  # lm-eval's seq2seq generation length depends on the batch's padded width
             lm.generate_until(generation_requests())
         lm.loglikelihood_rolling(rolling_requests())
+        lm.close()  # simple_evaluate published the records; publish those of the calls made since
         runs.append({(r.request_type, r.task, r.doc_id, r.request_index): r for r in load_records(out)})
     one, eight = runs
     assert one.keys() == eight.keys() and len(one) == 2 * 16 + (3 if architecture != "switch_transformers" else 0) + 1
@@ -353,9 +367,11 @@ def test_beam_search_with_capture_is_refused(tiny_model, tmp_path):
 
 
 def test_drop_is_refused_for_an_adapter_that_only_reads_its_gate():
-    register_router(RouterAdapter(router_class=ToyGate, read=lambda gate, inputs, output: (output["ids"], output["weights"]),
-                                  num_experts=4, top_k=2))  # fmt: skip
+    registration = register_router(RouterAdapter(
+        router_class=ToyGate, read=lambda gate, inputs, output: (output["ids"], output["weights"]), num_experts=4,
+        top_k=2))  # fmt: skip
     layers = find_moe_layers(ToyMoE())
+    registration.remove()
     with pytest.raises(ValueError, match=r"disable_mode=drop needs the routing a gate hands to its experts; the adapter for ToyGate"):
         plan_interventions(layers, disable_experts="*:0", disable_mode="drop")
 
@@ -366,3 +382,67 @@ def test_expert_lists_pass_through_lm_eval_model_args_when_quoted(tiny_model):
     args = key_val_to_dict(f'pretrained={tiny_model("mixtral")},disable_experts="*:1,3",disable_mode=drop')
     lm = MoEHFLM(device="cpu", **args)
     assert {key: set(change.disabled) for key, change in lm.routing_plan.items()} == {"decoder.0": {1, 3}, "decoder.1": {1, 3}}
+
+
+# -- the routing directory and the capture's state ------------------------------------------------------------
+
+
+def test_a_failed_second_run_leaves_the_first_runs_records(tiny_model, tmp_path):
+    path, routing = str(tiny_model("qwen2_moe")), tmp_path / "routing"
+    manager = moe_rbench_tasks.task_manager(include_defaults=False, metadata={"data_dir": str(FIXTURE_DATA)})
+    lm_eval.simple_evaluate(model=MoEHFLM(pretrained=path, device="cpu", routing_out=str(routing)),
+                            tasks=["moe_rbench_sst2"], task_manager=manager, limit=4)  # fmt: skip
+    first = sorted((r.task, r.doc_id, r.request_index) for r in load_records(routing))
+    assert len(first) == 8
+    with pytest.raises(RoutingDirectoryError, match="holds the routing records of an earlier run"):
+        MoEHFLM(pretrained=path, device="cpu", routing_out=str(routing))
+    broken = moe_rbench_tasks.task_manager(include_defaults=False, metadata={"data_dir": str(tmp_path / "nowhere")})
+    with pytest.raises(MissingDataError):
+        lm_eval.simple_evaluate(model=MoEHFLM(pretrained=path, device="cpu", routing_out=str(routing),
+                                              routing_overwrite=True),
+                                tasks=["moe_rbench_sst2"], task_manager=broken, limit=4)  # fmt: skip
+    assert sorted((r.task, r.doc_id, r.request_index) for r in load_records(routing)) == first
+    lm = MoEHFLM(pretrained=path, device="cpu", routing_out=str(routing), routing_overwrite=True)
+    lm_eval.simple_evaluate(model=lm, tasks=["moe_rbench_style_augment"], task_manager=manager, limit=2)
+    assert {r.task for r in load_records(routing)} == {"moe_rbench_style_augment"}
+
+
+def test_a_row_that_matches_no_request_stops_the_call_at_once_naming_the_document(tiny_model, tmp_path):
+    lm = MoEHFLM(pretrained=str(tiny_model("mixtral")), device="cpu", routing_out=str(tmp_path))
+    lm._max_length = 6  # HFLM now cuts rows where the capture does not expect it
+    with pytest.raises(InternalsChanged, match=r"a scoring row \(6 tokens: .*matches no request; it looks like task mc, "
+                                               r"document 0, request [01]"):  # fmt: skip
+        lm.loglikelihood(scoring_requests())
+    assert lm._capture.pending_requests() == 0  # nothing of the failed call stays behind
+    lm._max_length = None
+    lm.generate_until(generation_requests())  # the next call works
+    lm.close()
+    assert {r.request_type for r in load_records(tmp_path)} == {"generate_until"}
+
+
+def test_pending_capture_state_does_not_grow_with_request_length(tiny_model, tmp_path):
+    """What the capture keeps per waiting request, measured: a digest and a few numbers, not the tokens."""
+    lm = MoEHFLM(pretrained=str(tiny_model("mixtral")), device="cpu", routing_out=str(tmp_path))
+    per_request = {}
+    for length in (50, 2000):
+        instances = [Instance("loglikelihood", {}, ("x " * length, " y"), 0, metadata=("t", i, 1)) for i in range(500)]
+        token_requests = [(None, list(range(length)), [7]) for _ in instances]  # lm-eval's own lists
+        tracemalloc.start()
+        before = tracemalloc.take_snapshot()
+        lm._capture.expect_scoring(instances, token_requests)
+        grown = sum(stat.size_diff for stat in tracemalloc.take_snapshot().compare_to(before, "filename"))
+        tracemalloc.stop()
+        per_request[length] = grown / len(instances)
+        lm._capture._reset()
+    assert per_request[2000] < 1.2 * per_request[50] + 64 and per_request[2000] < 1024, per_request
+
+
+def test_close_removes_every_hook_and_restores_the_routers(tiny_model, tmp_path):
+    path = str(tiny_model("olmoe"))
+    plain = HFLM(pretrained=path, device="cpu").loglikelihood(scoring_requests())
+    lm = MoEHFLM(pretrained=path, device="cpu", top_k=1, disable_experts="*:0", routing_out=str(tmp_path))
+    assert lm.loglikelihood(scoring_requests()) != plain
+    lm.close()
+    assert {layer.router.top_k for layer in lm.moe_layers} == {2}
+    assert not any(module._forward_hooks or module._forward_pre_hooks for module in lm.model.modules())
+    assert lm.loglikelihood(scoring_requests()) == plain

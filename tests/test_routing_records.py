@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
+import resource
+import signal
 import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch.multiprocessing as mp
 
 from moe_rbench_models.routing import load_manifest, load_records, trace_routing, write_trace
-from moe_rbench_models.routing import records as records_module
-from moe_rbench_models.routing.records import LayerArrays, RecordWriter
+from moe_rbench_models.routing import writer as writer_module
+from moe_rbench_models.routing.records import LayerArrays, RoutingDirectoryError
+from moe_rbench_models.routing.writer import RecordWriter, new_run_id
 
 LAYERS = [{"key": "decoder.0", "name": "model.layers.0.mlp.gate", "side": "decoder", "layer": 0, "num_experts": 4,
            "top_k": 2}]  # fmt: skip
@@ -27,18 +33,19 @@ def write_documents(writer: RecordWriter, task: str, doc_ids, expert: int, token
         writer.add_record("loglikelihood", task, doc_id, 0, 0, [span], [], doc_key=f"document {doc_id}")
 
 
-def _rank_process(rank: int, world_size: int, port: int, out: str) -> None:
+def _rank_process(rank: int, world_size: int, port: int, out: str, run_id: str) -> None:
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
-    records_module.SHARD_BYTES = 1  # a shard per record: many shards, and more on rank 1 than on rank 0
-    writer = RecordWriter(out, LAYERS, HEADER, rank=rank, world_size=world_size)
-    for call, task in enumerate(["first_call", "second_call"]):
+    writer_module.SHARD_BYTES = 1  # a shard per record: many shards, and more on rank 1 than on rank 0
+    writer = RecordWriter(out, LAYERS, HEADER, rank=rank, world_size=world_size, run_id=run_id)
+    # rank 1 has no requests of the second type: lm-eval skips that call there, so nothing may wait for it
+    for call, task in enumerate(["first_call", "second_call"][: 2 - rank]):
         docs = range(rank, 10 + 4 * rank, world_size)  # rank 0: 0,2,..,8; rank 1: 1,3,..,13
         write_documents(writer, task, docs, expert=rank + 2 * call)
         writer.finish_call()
-    writer.close()
-    assert rank == 0 or not writer._local_dir.exists()  # a non-main rank's temporary shards are gone
+    dist.barrier()  # lm-eval's own gather after every request call, before the main process reports
+    writer.commit()
     dist.destroy_process_group()
 
 
@@ -48,30 +55,157 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_records_of_every_rank_reach_the_main_process_once(tmp_path):
+def test_records_of_every_rank_reach_the_main_process_once_even_from_an_idle_rank(tmp_path):
     out = tmp_path / "routing"
-    mp.spawn(_rank_process, args=(2, free_port(), str(out)), nprocs=2, join=True)
+    context = mp.get_context("spawn")
+    port, run_id = free_port(), new_run_id()
+    processes = [context.Process(target=_rank_process, args=(rank, 2, port, str(out), run_id)) for rank in (0, 1)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=120)
+    assert [process.exitcode for process in processes] == [0, 0], "a process hung or failed"
     records = list(load_records(out))
     keys = [(record.task, record.doc_id) for record in records]
-    expected = {(task, doc) for task in ("first_call", "second_call")
-                for rank in (0, 1) for doc in range(rank, 10 + 4 * rank, 2)}  # fmt: skip
+    expected = {("first_call", doc) for rank in (0, 1) for doc in range(rank, 10 + 4 * rank, 2)}
+    expected |= {("second_call", doc) for doc in range(0, 10, 2)}
     assert len(keys) == len(set(keys)) == len(expected) and set(keys) == expected
     for record in records:  # each record's arrays arrived intact: the expert its rank wrote
         rank = record.doc_id % 2
         call = 0 if record.task == "first_call" else 1
         assert record.layers["decoder.0"].context_ids[:, 0].tolist() == [rank + 2 * call] * 3
         assert record.context_tokens.tolist() == [record.doc_id, record.doc_id + 1, record.doc_id + 2]
-    summary = load_manifest(out)["summary"]
-    assert summary["first_call"]["decoder.0"]["tokens"] == 3 * len([k for k in expected if k[0] == "first_call"])
+    manifest = load_manifest(out)
+    assert manifest["processes"] == 2 and manifest["run"] == run_id
+    assert manifest["summary"]["first_call"]["decoder.0"]["tokens"] == 3 * len([k for k in expected if k[0] == "first_call"])
 
 
-def test_a_new_run_replaces_the_previous_one(tmp_path):
-    for run, docs in enumerate([range(5), range(2)]):
-        writer = RecordWriter(tmp_path, LAYERS, HEADER)
-        write_documents(writer, f"run{run}", docs, expert=run)
-        writer.finish_call()
+def commit_run(directory, task, docs, expert, overwrite=False) -> RecordWriter:
+    writer = RecordWriter(directory, LAYERS, HEADER, overwrite=overwrite)
+    write_documents(writer, task, docs, expert=expert)
+    writer.finish_call()
+    writer.commit()
+    return writer
+
+
+def test_a_new_run_replaces_the_previous_one_only_when_allowed_and_only_once_complete(tmp_path):
+    commit_run(tmp_path, "run0", range(5), expert=0)
+    with pytest.raises(RoutingDirectoryError, match=r"holds the routing records of an earlier run .* routing_overwrite=true"):
+        RecordWriter(tmp_path, LAYERS, HEADER)
+    second = RecordWriter(tmp_path, LAYERS, HEADER, overwrite=True)
+    write_documents(second, "run1", range(2), expert=1)
+    second.finish_call()
+    assert [(r.task, r.doc_id) for r in load_records(tmp_path)] == [("run0", i) for i in range(5)]  # not yet
+    second.commit()
     assert [(r.task, r.doc_id) for r in load_records(tmp_path)] == [("run1", 0), ("run1", 1)]
-    assert len(list(tmp_path.glob("*.npz"))) == 1
+    assert sorted(path.name for path in tmp_path.glob("*.npz")) == load_manifest(tmp_path)["shards"]
+
+
+def test_a_run_that_never_completes_leaves_the_earlier_records_and_is_cleaned_up_later(tmp_path):
+    commit_run(tmp_path, "run0", range(3), expert=0)
+    failed = RecordWriter(tmp_path, LAYERS, HEADER, overwrite=True)
+    write_documents(failed, "failed", range(4), expert=2)
+    failed.finish_call()  # ... and the evaluation fails: no commit
+    assert {r.task for r in load_records(tmp_path)} == {"run0"}
+    commit_run(tmp_path, "run2", range(1), expert=1, overwrite=True)
+    assert {r.task for r in load_records(tmp_path)} == {"run2"}
+    assert sorted(path.name for path in tmp_path.iterdir() if "pending" not in path.name) == sorted(
+        load_manifest(tmp_path)["shards"] + ["routing.json"])  # fmt: skip
+
+
+def test_a_manifest_naming_files_outside_the_directory_deletes_nothing(tmp_path):
+    outside = tmp_path / "precious.npz"
+    outside.write_bytes(b"keep me")
+    routing = tmp_path / "routing"
+    commit_run(routing, "run0", range(2), expert=0)
+    manifest = load_manifest(routing)
+    for name in ("../precious.npz", str(outside), "notes.txt"):
+        (routing / "routing.json").write_text(json.dumps({**manifest, "shards": [name]}))
+        with pytest.raises(RoutingDirectoryError, match=r"not a shard of this directory"):
+            list(load_records(routing))
+        with pytest.raises(RoutingDirectoryError, match=r"not a shard of this directory"):
+            RecordWriter(routing, LAYERS, HEADER)
+        commit_run(routing, "run1", range(1), expert=1, overwrite=True)  # replaces the bad manifest
+    assert outside.read_bytes() == b"keep me"
+    (routing / "notes.txt").write_text("mine")
+    commit_run(routing, "run2", range(1), expert=1, overwrite=True)
+    assert (routing / "notes.txt").read_text() == "mine"  # not a file of ours: never deleted
+
+
+@pytest.mark.parametrize(("content", "message"), [("", "is empty"), ("{not json", "line 1: not a routing manifest"),
+                                                   ("[1, 2]", "is not a routing manifest")])  # fmt: skip
+def test_a_corrupt_manifest_is_reported_with_the_fix(tmp_path, content, message):
+    (tmp_path / "routing.json").write_text(content)
+    with pytest.raises(RoutingDirectoryError, match=message + r".*Remove .*routing\.json"):
+        list(load_records(tmp_path))
+    with pytest.raises(RoutingDirectoryError, match=message + r".*routing_overwrite=true"):
+        RecordWriter(tmp_path, LAYERS, HEADER)
+    commit_run(tmp_path, "fresh", range(2), expert=0, overwrite=True)
+    assert len(list(load_records(tmp_path))) == 2
+
+
+def test_a_deleted_shard_is_named(tmp_path):
+    commit_run(tmp_path, "run0", range(2), expert=0)
+    (name,) = load_manifest(tmp_path)["shards"]
+    (tmp_path / name).unlink()
+    with pytest.raises(RoutingDirectoryError, match=rf"lists {name}, which is missing.*Record them again"):
+        list(load_records(tmp_path))
+
+
+WRITE_A_RUN = """
+import sys
+import numpy as np
+from moe_rbench_models.routing.records import LayerArrays
+from moe_rbench_models.routing.writer import RecordWriter
+
+LAYERS = [{"key": "decoder.0", "name": "gate", "side": "decoder", "layer": 0, "num_experts": 4, "top_k": 2}]
+writer = RecordWriter(sys.argv[1], LAYERS, {"logits": False}, overwrite=True)
+for doc in range(200):  # about 300 KB of records
+    ids = np.zeros((100, 2), dtype=np.int16)
+    span = writer.add_span("big", "decoder", np.arange(100), np.arange(100),
+                           {"decoder.0": LayerArrays(ids, np.ones((100, 2), dtype=np.float16))})
+    writer.add_record("loglikelihood", "big", doc, 0, 0, [span], [])
+writer.commit()
+"""
+
+
+def run_writer(directory, limit_bytes=None):
+    """WRITE_A_RUN in a fresh process, with a file-size limit (a full disk); permission bits apply even to root."""
+
+    def limit():
+        if limit_bytes is not None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+
+    # root ignores permission bits unless it runs without the capabilities that override them
+    prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"] if os.geteuid() == 0 else []
+    return subprocess.run([*prefix, sys.executable, "-c", WRITE_A_RUN, str(directory)], capture_output=True, text=True,
+                          preexec_fn=limit, timeout=120)  # fmt: skip
+
+
+def test_a_full_disk_leaves_the_earlier_records_and_a_usable_directory(tmp_path):
+    commit_run(tmp_path, "earlier", range(3), expert=0)
+    writer_module_limit = 64 * 1024  # shards of ~300 KB cannot be written
+    full = run_writer(tmp_path, limit_bytes=writer_module_limit)
+    assert full.returncode != 0
+    assert f"Could not write routing records to {tmp_path} (File too large); the records of earlier runs there are " \
+           "untouched" in full.stderr  # fmt: skip
+    assert {r.task for r in load_records(tmp_path)} == {"earlier"}  # routing.json was never half written
+    assert run_writer(tmp_path).returncode == 0  # the next run works
+    assert {r.task for r in load_records(tmp_path)} == {"big"}
+
+
+def test_an_unwritable_routing_directory_fails_before_any_work(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(RoutingDirectoryError, match=r"a_file is a file, not a directory"):
+        RecordWriter(tmp_path / "a_file", LAYERS, HEADER)
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    result = run_writer(read_only)
+    assert result.returncode != 0
+    assert f"Could not write routing records to {read_only} (Permission denied)" in result.stderr
+    assert not any(read_only.iterdir())
 
 
 def test_reading_a_directory_without_records_names_the_fix(tmp_path):
@@ -85,7 +219,7 @@ def test_trace_measures_l1_between_expert_usage_distributions(tmp_path):
     write_documents(writer, "ood_same", range(4), expert=0)
     write_documents(writer, "ood_shifted", range(2), expert=2)  # experts 2 and 3: disjoint
     write_documents(writer, "ood_shifted", range(2, 4), expert=0)
-    writer.finish_call()
+    writer.commit()
     rows = {(row.ood_task, row.layer): row for row in trace_routing(tmp_path / "routing", "id_set", ["ood_*"])}
     assert rows[("ood_same", "decoder.0")].distribution_l1 == 0 and rows[("ood_same", "decoder.0")].mean_pair_l1 == 0
     shifted = rows[("ood_shifted", "decoder.0")]
@@ -103,7 +237,7 @@ def test_trace_measures_l1_between_expert_usage_distributions(tmp_path):
 def test_trace_names_missing_tasks(tmp_path):
     writer = RecordWriter(tmp_path, LAYERS, HEADER)
     write_documents(writer, "id_set", range(2), expert=0)
-    writer.finish_call()
+    writer.commit()
     with pytest.raises(ValueError, match=r"No records of OOD task\(s\) moe_rbench_style_\* .* recorded tasks: id_set"):
         trace_routing(tmp_path, "id_set", ["moe_rbench_style_*"])
     with pytest.raises(ValueError, match=r"No records of ID task 'sst2'"):

@@ -16,8 +16,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from moe_rbench_models.errors import MoERBenchError
 
-class OutputHeadError(ValueError):
+
+class OutputHeadError(MoERBenchError, ValueError):
     """The output head or final norm of a model could not be located and verified."""
 
 

@@ -46,10 +46,33 @@ class RouterAdapter:
 _ADAPTERS: dict[type[nn.Module], RouterAdapter] = {}
 
 
-def register_router(adapter: RouterAdapter) -> RouterAdapter:
-    """Make `moe_hf` find, record and intervene on a custom gate class (see RouterAdapter)."""
-    _ADAPTERS[adapter.router_class] = adapter
-    return adapter
+class RouterRegistration:
+    """A registered adapter; `remove()` (or leaving a `with` block) restores what was registered before."""
+
+    def __init__(self, adapter: RouterAdapter) -> None:
+        self.adapter = adapter
+        self._previous = _ADAPTERS.get(adapter.router_class)
+        _ADAPTERS[adapter.router_class] = adapter
+
+    def remove(self) -> None:
+        if _ADAPTERS.get(self.adapter.router_class) is not self.adapter:
+            return
+        if self._previous is None:
+            del _ADAPTERS[self.adapter.router_class]
+        else:
+            _ADAPTERS[self.adapter.router_class] = self._previous
+
+    def __enter__(self) -> RouterRegistration:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+def register_router(adapter: RouterAdapter) -> RouterRegistration:
+    """Make `moe_hf` find, record and intervene on a custom gate class (see RouterAdapter), until the returned
+    registration is removed (`with register_router(...):` or `.remove()`)."""
+    return RouterRegistration(adapter)
 
 
 @dataclass(frozen=True)

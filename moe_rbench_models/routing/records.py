@@ -1,9 +1,9 @@
-"""Routing records on disk: written in shards while lm-eval runs, read back with `load_records(DIR)`.
+"""Routing records on disk: written in shards while lm-eval runs (writer.py), read back with `load_records(DIR)`.
 
 Layout of a routing directory:
 
-    routing.json                 manifest: layers, interventions, shards, per-task routing summary
-    routing-r00-00000.npz ...    shards (rank, sequence number), each holding
+    routing.json                 manifest of the last completed run: layers, interventions, shards, routing summary
+    routing-<run>-r00-00000.npz  shards (run, process rank, sequence number), each holding
         <side>.tokens            int32 [positions]        input token of each stored position
         <side>.targets           int32 [positions]        the token its output scores (-1 on an encoder)
         <layer>.ids              int16 [positions, k]     top-k expert ids of the positions of its side
@@ -23,9 +23,7 @@ in an encoder-decoder model the context is the encoder's input and the continuat
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
-import weakref
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -34,11 +32,17 @@ from typing import Any
 
 import numpy as np
 
+from moe_rbench_models.errors import MoERBenchError
+
 MANIFEST = "routing.json"
 # 2: a record's `doc_key` is set only from a document `id` that its family aligns across tasks (BOSS ids were
-# row numbers in version 1)
+# row numbers in version 1); shards are named by run
 VERSION = 2
-SHARD_BYTES = 32 * 2**20
+SHARD_NAME = re.compile(r"routing-(?:\d{8}T\d{6}-[0-9a-f]{8}-)?r\d{2}-\d{5}\.npz")
+
+
+class RoutingDirectoryError(MoERBenchError, ValueError):
+    """A routing directory cannot be written or read as asked; the message names it and the fix."""
 
 
 @dataclass
@@ -49,193 +53,20 @@ class LayerArrays:
     logits: np.ndarray | None = None  # [n, E]
 
 
-@dataclass
-class _Counts:
-    load: np.ndarray  # [E] assignments per expert
-    tokens: int = 0
-    dropped: int = 0
-    can_drop: bool = False
-
-
-class RecordWriter:
-    """Streams spans and records to shards; on several processes, rank 0 gathers every rank's shards."""
-
-    def __init__(self, out_dir: str | Path, layers: list[dict], header: dict[str, Any], rank: int = 0,
-                 world_size: int = 1) -> None:  # fmt: skip
-        self.out_dir, self.layers, self.header = Path(out_dir), layers, header
-        self.rank, self.world_size = rank, world_size
-        self.sides = {layer["key"]: layer["side"] for layer in layers}
-        self.num_experts = {layer["key"]: layer["num_experts"] for layer in layers}
-        if rank == 0:
-            self._local_dir = self.out_dir
-            _clear_previous_run(self.out_dir)
-        else:  # shards wait here until rank 0 gathers them
-            self._local_dir = Path(tempfile.mkdtemp(prefix=f"moe_rbench_routing_r{rank}_"))
-            self._cleanup = weakref.finalize(self, shutil.rmtree, self._local_dir, True)
-        self._shard_index = 0
-        self._written: list[str] = []  # this process's shards not yet gathered
-        self.shards: list[str] = []  # every shard in out_dir (rank 0)
-        self.counts: dict[str, dict[str, _Counts]] = {}
-        self._reset_buffer()
-
-    def _reset_buffer(self) -> None:
-        self._spans: dict[str, list[tuple[np.ndarray, np.ndarray, dict[str, LayerArrays]]]] = {}
-        self._positions = {side: 0 for side in set(self.sides.values())}
-        self._records: list[dict] = []
-        self._bytes = 0
-
-    @property
-    def _shard_name(self) -> str:
-        return f"routing-r{self.rank:02d}-{self._shard_index:05d}.npz"
-
-    def add_span(self, task: str | None, side: str, tokens: np.ndarray, targets: np.ndarray,
-                 layers: dict[str, LayerArrays]) -> list:  # fmt: skip
-        """Store the routing of `len(tokens)` positions of one side; returns the span reference."""
-        start = self._positions[side]
-        self._spans.setdefault(side, []).append((tokens, targets, layers))
-        self._positions[side] += len(tokens)
-        self._bytes += sum(a.ids.nbytes + a.weights.nbytes + (0 if a.logits is None else a.logits.nbytes)
-                           for a in layers.values())  # fmt: skip
-        for key, arrays in layers.items():
-            counts = self.counts.setdefault(str(task), {}).setdefault(
-                key, _Counts(load=np.zeros(self.num_experts[key], dtype=np.int64))
-            )
-            used = arrays.ids[arrays.ids >= 0]
-            if arrays.dropped is not None:
-                used = arrays.ids[~arrays.dropped][arrays.ids[~arrays.dropped] >= 0]
-                counts.dropped += int(arrays.dropped.sum())
-                counts.can_drop = True
-            counts.load += np.bincount(used.astype(np.int64), minlength=len(counts.load))
-            counts.tokens += len(arrays.ids)
-        return [self._shard_name, side, start, len(tokens)]
-
-    def add_record(self, request_type: str, task: str | None, doc_id: int | None, request_index: int, repeat: int,
-                   context: list[list], continuation: list[list], doc_key: str | None = None) -> None:  # fmt: skip
-        self._records.append({"request_type": request_type, "task": task, "doc_id": doc_id, "doc_key": doc_key,
-                              "request_index": request_index, "repeat": repeat,
-                              "context": context, "continuation": continuation})  # fmt: skip
-        if self._bytes >= SHARD_BYTES:
-            self._flush()
-
-    def _flush(self) -> None:
-        if not self._records and not self._spans:
-            return
-        arrays: dict[str, np.ndarray] = {"records": np.array(json.dumps(self._records))}
-        for side, spans in self._spans.items():
-            arrays[f"{side}.tokens"] = np.concatenate([tokens for tokens, _, _ in spans]).astype(np.int32)
-            arrays[f"{side}.targets"] = np.concatenate([targets for _, targets, _ in spans]).astype(np.int32)
-            for key in [key for key, key_side in self.sides.items() if key_side == side]:
-                parts = [layers[key] for _, _, layers in spans]
-                arrays[f"{key}.ids"] = _stack_padded([p.ids for p in parts], fill=-1, dtype=np.int16)
-                arrays[f"{key}.weights"] = _stack_padded([p.weights for p in parts], fill=0, dtype=np.float16)
-                if any(p.dropped is not None for p in parts):
-                    arrays[f"{key}.dropped"] = np.concatenate([p.dropped for p in parts])
-                if any(p.logits is not None for p in parts):
-                    arrays[f"{key}.logits"] = np.concatenate([p.logits for p in parts]).astype(np.float32)
-        np.savez(self._local_dir / self._shard_name, **arrays)
-        self._written.append(self._shard_name)
-        self._shard_index += 1
-        self._reset_buffer()
-
-    def finish_call(self) -> None:
-        """End of one lm-eval request batch (e.g. all loglikelihood requests): write, gather, update the manifest."""
-        self._flush()
-        if self.world_size > 1:
-            self._gather_to_main()
-        else:
-            self.shards += self._written
-        self._written = []
-        if self.rank == 0:
-            self._write_manifest()
-
-    def _gather_to_main(self) -> None:
-        import torch.distributed as dist
-
-        counts = [None] * self.world_size
-        dist.all_gather_object(counts, len(self._written))
-        for index in range(max(counts)):
-            payload = None
-            if index < len(self._written):
-                path = self._local_dir / self._written[index]
-                payload = (path.name, path.read_bytes())
-            received = [None] * self.world_size if self.rank == 0 else None
-            dist.gather_object(payload, received, dst=0)
-            if self.rank == 0:
-                for item in received:
-                    if item is not None:
-                        name, data = item
-                        if name not in self._written:
-                            (self.out_dir / name).write_bytes(data)
-                        self.shards.append(name)
-            elif payload is not None:
-                (self._local_dir / self._written[index]).unlink()
-        all_counts = [None] * self.world_size if self.rank == 0 else None
-        dist.gather_object(self.counts, all_counts, dst=0)
-        if self.rank == 0:
-            self.merged_counts = _merge_counts(all_counts)
-
-    def summary(self) -> dict[str, dict[str, dict[str, Any]]]:
-        """Per task and layer: expert load distribution, load entropy (normalised to [0, 1]), coefficient of
-        variation of the load, and capacity-drop rate (None for routers without capacity)."""
-        counts = getattr(self, "merged_counts", self.counts)
-        return {task: {key: _layer_summary(c) for key, c in layers.items()} for task, layers in counts.items()}
-
-    def _write_manifest(self) -> None:
-        summary = self.summary()
-        dropping = {key for layers in summary.values() for key, s in layers.items() if s["capacity_drop_rate"] is not None}
-        layers = [{**layer, "capacity_dropping": layer["key"] in dropping} for layer in self.layers]
-        manifest = {**self.header, "version": VERSION, "layers": layers, "shards": sorted(set(self.shards)),
-                    "summary": summary}  # fmt: skip
-        (self.out_dir / MANIFEST).write_text(json.dumps(manifest, indent=1))
-
-    def close(self) -> None:
-        """Remove a non-main rank's temporary directory now (otherwise at exit)."""
-        if self.rank != 0:
-            self._cleanup()
-
-
-def _clear_previous_run(out_dir: Path) -> None:
-    """Remove what an earlier run wrote here (only the files its manifest lists)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = out_dir / MANIFEST
-    if manifest.exists():
-        for name in json.loads(manifest.read_text()).get("shards", []):
-            (out_dir / name).unlink(missing_ok=True)
-        manifest.unlink()
-
-
-def _stack_padded(parts: list[np.ndarray], fill, dtype) -> np.ndarray:
-    width = max(part.shape[1] for part in parts)
-    padded = [np.pad(p, ((0, 0), (0, width - p.shape[1])), constant_values=fill) if p.shape[1] < width else p
-              for p in parts]  # fmt: skip
-    return np.concatenate(padded).astype(dtype)
-
-
-def _merge_counts(per_rank: list[dict]) -> dict[str, dict[str, _Counts]]:
-    merged: dict[str, dict[str, _Counts]] = {}
-    for counts in per_rank:
-        for task, layers in counts.items():
-            for key, c in layers.items():
-                into = merged.setdefault(task, {}).setdefault(key, _Counts(load=np.zeros_like(c.load)))
-                into.load += c.load
-                into.tokens += c.tokens
-                into.dropped += c.dropped
-                into.can_drop |= c.can_drop
-    return merged
-
-
-def _layer_summary(counts: _Counts) -> dict[str, Any]:
-    total = counts.load.sum()
-    share = counts.load / total if total else counts.load.astype(float)
+def stored_layer_summary(load: np.ndarray, tokens: int, dropped: int, can_drop: bool) -> dict[str, Any]:
+    """A layer's routing summary from its expert counts: load shares, normalised load entropy, coefficient of
+    variation of the load, capacity-drop rate (None where the router cannot drop) and tokens."""
+    total = load.sum()
+    share = load / total if total else load.astype(float)
     nonzero = share[share > 0]
     entropy = float(-(nonzero * np.log(nonzero)).sum() / np.log(len(share))) if total and len(share) > 1 else 0.0
-    mean = counts.load.mean()
+    mean = load.mean()
     return {
         "load": [round(float(x), 6) for x in share],
         "load_entropy": round(entropy, 6),
-        "load_cv": round(float(counts.load.std() / mean), 6) if mean else None,
-        "capacity_drop_rate": round(counts.dropped / counts.tokens, 6) if counts.can_drop and counts.tokens else None,
-        "tokens": counts.tokens,
+        "load_cv": round(float(load.std() / mean), 6) if mean else None,
+        "capacity_drop_rate": round(dropped / tokens, 6) if can_drop and tokens else None,
+        "tokens": tokens,
     }
 
 
@@ -271,11 +102,27 @@ class RoutingRecord:
 
 
 def load_manifest(directory: str | Path) -> dict[str, Any]:
+    """The manifest of a routing directory, checked: readable JSON naming only shards inside the directory."""
     path = Path(directory) / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"No routing records in {directory}: {MANIFEST} is missing. Write them with "
                                 "`--model moe_hf --model_args ...,routing_out=DIR`.")  # fmt: skip
-    return json.loads(path.read_text())
+    fix = f"Remove {path} (and the routing-*.npz files beside it) or choose another routing_out."
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if not text.strip():
+        raise RoutingDirectoryError(f"{path} is empty: the run that wrote it did not finish (a full disk?). {fix}")
+    try:
+        manifest = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise RoutingDirectoryError(f"{path}, line {error.lineno}: not a routing manifest ({error.msg}). {fix}") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list) or "layers" not in manifest:
+        raise RoutingDirectoryError(f"{path} is not a routing manifest (no 'layers' and 'shards'). {fix}")
+    for name in manifest["shards"]:
+        if not isinstance(name, str) or not SHARD_NAME.fullmatch(name):
+            raise RoutingDirectoryError(f"{path} lists {name!r}, which is not a shard of this directory (shards are "
+                                        f"routing-*.npz files beside the manifest). {fix}")  # fmt: skip
+    return manifest
+
 
 
 def load_records(directory: str | Path) -> Iterator[RoutingRecord]:
@@ -283,7 +130,7 @@ def load_records(directory: str | Path) -> Iterator[RoutingRecord]:
     directory = Path(directory)
     manifest = load_manifest(directory)
     layer_meta = {layer["key"]: layer for layer in manifest["layers"]}
-    shard = lru_cache(maxsize=8)(lambda name: dict(np.load(directory / name)))
+    shard = lru_cache(maxsize=8)(lambda name: _read_shard(directory, name))
     for name in manifest["shards"]:
         for entry in json.loads(str(shard(name)["records"])):
             context = _gather(shard, entry["context"], layer_meta, manifest["logits"])
@@ -334,3 +181,14 @@ def _gather(shard, spans: list[list], layers: dict[str, dict], logits: bool):
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
 
     return joined(tokens), joined(targets), per_layer
+
+
+def _read_shard(directory: Path, name: str) -> dict[str, np.ndarray]:
+    path = directory / name
+    if not path.is_file():
+        raise RoutingDirectoryError(f"{directory / MANIFEST} lists {name}, which is missing: the records in {directory} "
+                                    "are incomplete. Record them again.")  # fmt: skip
+    try:
+        return dict(np.load(path))
+    except (OSError, ValueError) as error:
+        raise RoutingDirectoryError(f"{path} is unreadable ({error}); record the routing again.") from None

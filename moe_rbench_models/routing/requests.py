@@ -1,16 +1,21 @@
 """Which captured routing belongs to which lm-eval request.
 
 HFLM sorts, batches, pads and (for multiple choice) shares one forward pass between requests. Rather
-than follow its internals, rows are matched to requests by content: the token sequence a row processed
-is the key under which its requests wait. `moe_hf` calls, in order, `expect_*` (before HFLM runs the
-requests), `begin_forward` / `end_forward` around each forward pass, `row` each time HFLM takes one row
-of a batch apart (`_select_cont_toks`), and `finish_call` when the request batch is done.
+than follow its internals, rows are matched to requests by content: a digest of the token sequence a row
+processed is the key under which its requests wait (16 bytes per request, whatever its length; lm-eval's own
+token lists are referenced, never copied). `moe_hf` calls, in order, `expect_*` (before HFLM runs the requests),
+`begin_forward` / `end_forward` around each forward pass, `row` each time HFLM takes one row of a batch apart
+(`_select_cont_toks`), all inside `call()`, which checks at the end that every request was recorded and, on
+an error, leaves no state behind. A row that matches no request stops the run at that batch.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,7 +24,8 @@ import torch
 from moe_rbench_models.internals import InternalsChanged
 from moe_rbench_models.routing.discovery import MoELayer
 from moe_rbench_models.routing.hooks import ForwardRouting, RoutingHooks
-from moe_rbench_models.routing.records import LayerArrays, RecordWriter
+from moe_rbench_models.routing.records import LayerArrays
+from moe_rbench_models.routing.writer import RecordWriter
 
 
 @dataclass
@@ -29,26 +35,70 @@ class _Expected:
     doc_id: int | None
     request_index: int
     repeat: int
-    continuation: list[int] = field(default_factory=list)
+    arguments: tuple = ()  # the request's texts (lm-eval's own tuple, not a copy), to name it in errors
+    continuation_length: int = 0
+    last_token: int = -1  # the continuation's last token: a causal row's inputs stop before it
     # loglikelihood_rolling: a document waits for one continuation span per window; each window points to it
     spans: list = field(default_factory=list)
     document: _Expected | None = None
     window: int = 0
     doc_key: str | None = None  # the document's `id` field: aligns documents across tasks for tracing
 
+    @property
+    def document_key(self) -> tuple:
+        return self.task, self.doc_id, self.request_type
+
+    def describe(self) -> str:
+        return f"task {self.task}, document {self.doc_id}, request {self.request_index}"
+
+
+def _digest(*parts) -> bytes:
+    digest = hashlib.blake2b(digest_size=16)
+    for tokens in parts:
+        array = np.asarray(tokens, dtype=np.int64)
+        digest.update(len(array).to_bytes(8, "little") + array.tobytes())
+    return digest.digest()
+
 
 class RequestCapture:
     def __init__(self, hooks: RoutingHooks, writer: RecordWriter, layers: list[MoELayer], max_length: int,
-                 decoder_start: int | None = None) -> None:  # fmt: skip
-        """`decoder_start`: the decoder start token of an encoder-decoder model (None: causal model)."""
-        self.hooks, self.writer, self.max_length = hooks, writer, max_length
+                 decoder_start: int | None = None, decode: Callable[[list[int]], str] = str) -> None:  # fmt: skip
+        """`decoder_start`: the decoder start token of an encoder-decoder model (None: causal model); `decode`:
+        token ids to text, for error messages."""
+        self.hooks, self.writer, self.max_length, self.decode = hooks, writer, max_length, decode
         self.seq2seq, self.decoder_start = decoder_start is not None, decoder_start
         self.keys = {side: [layer.key for layer in layers if layer.side == side] for side in ("encoder", "decoder")}
-        self._waiting: dict[tuple, list[_Expected]] = {}
-        self._contexts: dict[tuple, list] = {}  # a document's shared context span
-        self._generation: dict[str, list[_Expected]] = {}
         self.batch_contexts: list[str] | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self._waiting: dict[bytes, list[_Expected]] = {}
+        self._recorded: set[bytes] = set()  # rows already routed: HFLM may process a shared row again
+        self._documents: Counter = Counter()  # requests of a document not yet recorded
+        self._contexts: dict[tuple, dict[bytes, list | None]] = {}  # a document's shared context span
+        self._generation: dict[str, list[_Expected | None]] = {}
         self._batch: dict | None = None
+
+    def pending_requests(self) -> int:
+        return sum(len(waiting) for waiting in self._waiting.values()) + sum(
+            e is not None for waiting in self._generation.values() for e in waiting)  # fmt: skip
+
+    @contextmanager
+    def call(self) -> Iterator[None]:
+        """One lm-eval request call (`loglikelihood`, ...): on success every request must have been recorded and
+        the records are written; on an error nothing of the call stays behind."""
+        try:
+            yield
+        except BaseException:
+            self._reset()
+            raise
+        missing = [expected for waiting in self._waiting.values() for expected in waiting]
+        missing += [e for waiting in self._generation.values() for e in waiting if e is not None]
+        self._reset()
+        self.writer.finish_call()
+        if missing:
+            raise InternalsChanged("lm_eval", f"routing capture matched no forward pass to {len(missing)} request(s) "
+                                   f"({'; '.join(e.describe() for e in missing[:3])})")  # fmt: skip
 
     # -- what to wait for --------------------------------------------------------------------------------
 
@@ -63,13 +113,19 @@ class RequestCapture:
             doc = instance.doc if isinstance(instance.doc, dict) else {}
             key = None if doc.get("id") is None else str(doc["id"])
             expected.append(None if repeat >= (instance.repeats or 1) else _Expected(
-                request_type, instance.task_name, instance.doc_id, instance.idx, repeat, doc_key=key))  # fmt: skip
+                request_type, instance.task_name, instance.doc_id, instance.idx, repeat, instance.args,
+                doc_key=key))  # fmt: skip
         return expected
 
-    def _row_key(self, context: list[int], continuation: list[int]) -> tuple:
+    def _row_key(self, context: list[int], continuation: list[int]) -> bytes:
         if self.seq2seq:
-            return tuple(context[-self.max_length :]), tuple(continuation[-self.max_length :])
-        return tuple((context + continuation)[-(self.max_length + 1) :][:-1])
+            return _digest(context[-self.max_length :], continuation[-self.max_length :])
+        return _digest((context + continuation)[-(self.max_length + 1) :][:-1])
+
+    def _wait(self, expected: _Expected, context: list[int], continuation: list[int]) -> None:
+        expected.continuation_length, expected.last_token = len(continuation), int(continuation[-1])
+        self._waiting.setdefault(self._row_key(context, continuation), []).append(expected)
+        self._documents[(expected.document or expected).document_key] += 1
 
     def expect_scoring(self, instances, token_requests) -> None:
         if len(instances) != len(token_requests):
@@ -77,18 +133,19 @@ class RequestCapture:
                                    f"{len(token_requests)} token requests")  # fmt: skip
         for expected, (_, context, continuation) in zip(self._expected(instances, "loglikelihood"), token_requests):
             if expected is not None:
-                expected.continuation = list(continuation)
-                self._waiting.setdefault(self._row_key(context, continuation), []).append(expected)
+                self._wait(expected, context, continuation)
 
-    def expect_rolling(self, instances, windows_per_instance: list[list[tuple[list[int], list[int]]]]) -> None:
-        for expected, windows in zip(self._expected(instances, "loglikelihood_rolling"), windows_per_instance):
+    def expect_rolling(self, instances, windows: Callable[[str], list[tuple[list[int], list[int]]]]) -> None:
+        """`windows(text)`: the (context, continuation) token windows HFLM scores for a document."""
+        for instance, expected in zip(instances, self._expected(instances, "loglikelihood_rolling")):
             if expected is None:
                 continue
-            expected.spans = [None] * len(windows)
-            for index, (context, continuation) in enumerate(windows):
+            document_windows = windows(instance.args[0])
+            expected.spans = [None] * len(document_windows)
+            for index, (context, continuation) in enumerate(document_windows):
                 window = _Expected(expected.request_type, expected.task, expected.doc_id, expected.request_index,
-                                   expected.repeat, list(continuation), document=expected, window=index)  # fmt: skip
-                self._waiting.setdefault(self._row_key(context, continuation), []).append(window)
+                                   expected.repeat, expected.arguments, document=expected, window=index)  # fmt: skip
+                self._wait(window, context, continuation)
 
     def expect_generation(self, instances) -> None:
         for instance, expected in zip(instances, self._expected(instances, "generate_until")):
@@ -99,8 +156,9 @@ class RequestCapture:
                     f"kwargs {json.dumps(kwargs, default=str)} ask for beam search or several sequences. Use greedy "
                     "or sampled generation, or drop routing_out."
                 )
+            self._generation.setdefault(instance.args[0], []).append(expected)
             if expected is not None:
-                self._generation.setdefault(instance.args[0], []).append(expected)
+                self._documents[expected.document_key] += 1
 
     # -- forward passes ----------------------------------------------------------------------------------
 
@@ -118,6 +176,21 @@ class RequestCapture:
             "layers": {key: _batched(forward[0], batch) for key, forward in calls.items()},
         }
 
+    def _take(self, key: bytes, tokens: np.ndarray) -> list[_Expected]:
+        """The requests waiting for a row; an error at once for a row no request waits for."""
+        waiting = self._waiting.pop(key, None)
+        if waiting is not None:
+            self._recorded.add(key)
+            return waiting
+        if key in self._recorded:
+            return []
+        text = self.decode(tokens.tolist())
+        probe = text.strip()[:30]
+        guesses = list(dict.fromkeys(e.describe() for waiting in self._waiting.values() for e in waiting
+                                     if probe and probe in "".join(a for a in e.arguments if isinstance(a, str))))[:3]  # fmt: skip
+        raise InternalsChanged("lm_eval", f"routing capture: a scoring row ({len(tokens)} tokens: {text[:80]!r}) "
+                               f"matches no request{'; it looks like ' + ', '.join(guesses) if guesses else ''}")  # fmt: skip
+
     def row(self, r: int, continuation_length: int, input_length: int | None) -> None:
         """HFLM takes row `r` of the last batch apart; route it to the requests waiting for it."""
         batch = self._batch
@@ -125,20 +198,19 @@ class RequestCapture:
             encoder_length = int(batch["mask"][r].sum())
             encoder_tokens = batch["inputs"][r, :encoder_length]
             decoder_tokens = batch["labels"][r, :continuation_length]
-            key = (tuple(encoder_tokens.tolist()), tuple(decoder_tokens.tolist()))
             context = ("encoder", encoder_tokens, _no_targets(encoder_tokens),
                        self._slice(batch, "encoder", r, 0, encoder_length))  # fmt: skip
             continuation = ("decoder", self._decoder_inputs(decoder_tokens), decoder_tokens,
                             self._slice(batch, "decoder", r, 0, continuation_length))  # fmt: skip
-            for expected in self._waiting.pop(key, []):
+            for expected in self._take(_digest(encoder_tokens, decoder_tokens), encoder_tokens):
                 self._emit(expected, context, continuation)
             return
         tokens = batch["inputs"][r, :input_length]
-        for expected in self._waiting.pop(tuple(tokens.tolist()), []):
-            split = input_length - len(expected.continuation)
+        for expected in self._take(_digest(tokens), tokens):
+            split = input_length - expected.continuation_length
+            targets = np.append(tokens[split + 1 :], expected.last_token)
             context = ("decoder", tokens[:split], tokens[1 : split + 1], self._slice(batch, "decoder", r, 0, split))
-            continuation = ("decoder", tokens[split:], np.asarray(expected.continuation),
-                            self._slice(batch, "decoder", r, split, input_length))  # fmt: skip
+            continuation = ("decoder", tokens[split:], targets, self._slice(batch, "decoder", r, split, input_length))
             self._emit(expected, context, continuation)
 
     def _decoder_inputs(self, targets: np.ndarray) -> np.ndarray:
@@ -167,7 +239,15 @@ class RequestCapture:
             raise InternalsChanged("lm_eval", "HFLM.generate_until did not encode the batch it generates with "
                                    "tok_batch_encode")  # fmt: skip
         for r, prompt in enumerate(self.batch_contexts):
-            expected = self._generation[prompt].pop(0)
+            waiting = self._generation.get(prompt)
+            if not waiting:
+                raise InternalsChanged("lm_eval", f"routing capture: a generation for the prompt {prompt[:80]!r} "
+                                       "matches no request")  # fmt: skip
+            expected = waiting.pop(0)
+            if not waiting:
+                del self._generation[prompt]
+            if expected is None:  # a copy lm-eval pads the last request with
+                continue
             length = _generated_length(generated[r], eos_ids, pad_id)
             start = int(np.argmax(mask[r])) if mask[r].any() else mask.shape[1]
             prompt_r, generated_r = prompt_tokens[r, start:], generated[r, :length]
@@ -192,25 +272,26 @@ class RequestCapture:
                 self.writer.add_record(document.request_type, document.task, document.doc_id,
                                        document.request_index, document.repeat, [], document.spans,
                                        document.doc_key)  # fmt: skip
+            self._done(document.document_key)
             return
         side, tokens, _, _ = context
-        context_key = (expected.task, expected.doc_id, expected.request_type, side, tuple(tokens.tolist()))
-        if context_key not in self._contexts:
-            self._contexts[context_key] = self.writer.add_span(expected.task, *context) if len(tokens) else None
-        context_span = self._contexts[context_key]
+        contexts = self._contexts.setdefault(expected.document_key, {})
+        context_key = _digest(tokens) + side.encode()
+        if context_key not in contexts:
+            contexts[context_key] = self.writer.add_span(expected.task, *context) if len(tokens) else None
+        context_span = contexts[context_key]
         continuation_span = self.writer.add_span(expected.task, *continuation) if len(continuation[1]) else None
         self.writer.add_record(expected.request_type, expected.task, expected.doc_id, expected.request_index,
                                expected.repeat, [context_span] if context_span else [],
                                [continuation_span] if continuation_span else [], expected.doc_key)  # fmt: skip
+        self._done(expected.document_key)
 
-    def finish_call(self) -> None:
-        missing = sum(len(waiting) for waiting in self._waiting.values())
-        missing += sum(len(waiting) for waiting in self._generation.values())
-        self._waiting, self._generation, self._contexts, self._batch = {}, {}, {}, None
-        self.writer.finish_call()
-        if missing:
-            raise RuntimeError(f"Routing capture lost {missing} request(s): no forward pass matched them. "
-                               "Please report this with the model and task used.")  # fmt: skip
+    def _done(self, document: tuple) -> None:
+        """One request of `document` recorded; its shared context is forgotten with its last request."""
+        self._documents[document] -= 1
+        if self._documents[document] <= 0:
+            del self._documents[document]
+            self._contexts.pop(document, None)
 
 
 def _no_targets(tokens: np.ndarray) -> np.ndarray:

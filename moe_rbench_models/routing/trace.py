@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from moe_rbench_models.errors import OptionError
 from moe_rbench_models.routing.records import VERSION, load_manifest, load_records
 
 
@@ -83,11 +84,11 @@ def trace_routing(directory: str | Path, id_task: str, ood_tasks: list[str]) -> 
     """Rows for every (OOD task, layer). `ood_tasks` may hold shell patterns (`moe_rbench_style_*`)."""
     available = {task for task in _recorded_tasks(directory)}
     if id_task not in available:
-        raise ValueError(f"No records of ID task {id_task!r} in {directory}; recorded tasks: {', '.join(sorted(available))}")
+        raise OptionError(f"No records of ID task {id_task!r} in {directory}; recorded tasks: {', '.join(sorted(available))}")
     expanded = sorted({task for pattern in ood_tasks for task in fnmatch.filter(available, pattern)} - {id_task})
     unmatched = [pattern for pattern in ood_tasks if not fnmatch.filter(available, pattern)]
     if unmatched or not expanded:
-        raise ValueError(f"No records of OOD task(s) {', '.join(unmatched or ood_tasks)} in {directory}; "
+        raise OptionError(f"No records of OOD task(s) {', '.join(unmatched or ood_tasks)} in {directory}; "
                          f"recorded tasks: {', '.join(sorted(available))}")  # fmt: skip
     usage = expert_usage(directory, {id_task, *expanded})
     reference = usage[id_task]
