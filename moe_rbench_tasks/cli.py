@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from moe_rbench_models.errors import MoERBenchError
+
 
 def run_lm_eval(lm_eval_args: list[str]) -> None:
     """Run the stock lm-eval command line with our hook installed, whether or not the start-up file ran
@@ -33,14 +35,10 @@ def run_lm_eval(lm_eval_args: list[str]) -> None:
     cli_evaluate()
 
 
-def show_data(data_dir: str | None) -> int:
-    from moe_rbench_tasks.data import DATA_DIR_ENV, DataError, data_status, resolve_data_dir
+def show_data(args: argparse.Namespace) -> int:
+    from moe_rbench_tasks.data import DATA_DIR_ENV, data_status, resolve_data_dir
 
-    try:
-        root = resolve_data_dir(data_dir)
-    except DataError as error:
-        print(error, file=sys.stderr)
-        return 2
+    root = resolve_data_dir(args.data_dir)
     print(f"data directory: {root if root else f'none (set {DATA_DIR_ENV} or pass --data_dir to read local files)'}")
     missing = 0
     for row in data_status(root):
@@ -57,75 +55,83 @@ def _tiny_architectures() -> list[str]:
     return list(ARCHITECTURES)
 
 
-def build_tiny(architecture: str, out_dir: str, settings: list[str]) -> int:
+def build_tiny(args: argparse.Namespace) -> int:
     import ast
 
+    from moe_rbench_models.errors import OptionError
     from moe_rbench_models.tiny import build_tiny_model
 
     overrides = {}
-    for setting in settings:
+    for setting in args.set:
         key, equals, value = setting.partition("=")
         if not equals:
-            raise SystemExit(f"--set expects KEY=VALUE (e.g. num_hidden_layers=4), got {setting!r}")
+            raise OptionError(f"--set expects KEY=VALUE (e.g. num_hidden_layers=4), got {setting!r}")
         try:
             overrides[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
             overrides[key] = value
-    print(build_tiny_model(architecture, out_dir, **overrides))
+    print(build_tiny_model(args.architecture, args.out_dir, **overrides))
     return 0
 
 
-def trace(routing: str, id_task: str, ood_tasks: list[str], out: str) -> int:
+def trace(args: argparse.Namespace) -> int:
     from moe_rbench_models.routing.trace import pairing_notes, trace_routing, write_trace
 
-    rows = trace_routing(routing, id_task, ood_tasks)
-    for note in pairing_notes(rows, id_task):
+    rows = trace_routing(args.routing, args.id_task, args.ood)
+    for note in pairing_notes(rows, args.id_task):
         print(f"note: {note}", file=sys.stderr)
-    for path in write_trace(rows, out, id_task):
+    for path in write_trace(rows, args.out, args.id_task):
         print(path)
     return 0
 
 
-def judge(samples: str, name: str, out: str | None, batch_size: int, judge_args: list[str]) -> int:
+def judge(args: argparse.Namespace) -> int:
     from lm_eval._cli.utils import key_val_to_dict
 
     from moe_rbench_tasks.judges import load_judge
     from moe_rbench_tasks.judging import judge_samples
 
-    options = {key: value for arg in judge_args for key, value in key_val_to_dict(arg).items()}
-    for path in judge_samples(samples, load_judge(name, **options), out, batch_size=batch_size):
+    options = {key: value for arg in args.judge_args for key, value in key_val_to_dict(arg).items()}
+    for path in judge_samples(args.samples, load_judge(args.judge, **options), args.out, batch_size=args.batch_size):
         print(path)
     return 0
 
 
-def report(runs: list[str], labels: list[str] | None, pairs: list[str], out: str) -> int:
+def report(args: argparse.Namespace) -> int:
     from moe_rbench_tasks.report import make_report
 
-    try:
-        print(make_report(runs, pairs, out, labels))
-    except ValueError as error:  # unreadable runs, mismatched pairs
-        print(f"moe-rbench report: {error}", file=sys.stderr)
-        return 2
+    print(make_report(args.runs, args.pair, args.out, args.labels))
     return 0
 
 
 def compare(args: argparse.Namespace) -> int:
     from moe_rbench_tasks.compare import run_compare
 
-    try:
-        summary, status = run_compare(args.baseline, args.candidate, args.max_drop, args.metrics,
-                                      args.ignore_within_stderr, args.allow_missing, args.paired, args.alpha)  # fmt: skip
-    except ValueError as error:  # unreadable or incomparable runs, nothing to compare
-        print(f"moe-rbench compare: {error}", file=sys.stderr)
-        return 2
+    summary, status = run_compare(args.baseline, args.candidate, args.max_drop, args.metrics, args.ignore_within_stderr,
+                                  args.allow_missing, args.paired, args.alpha)  # fmt: skip
     print(summary)
     return status
+
+
+COMMANDS = {"data": show_data, "tiny-model": build_tiny, "trace": trace, "judge": judge, "report": report,
+            "compare": compare}  # fmt: skip
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["run"]:  # everything after `run` belongs to lm-eval, flags included
-        run_lm_eval(argv[1:])
+        try:
+            run_lm_eval(argv[1:])
+        except MoERBenchError as error:
+            print(f"moe-rbench run: {error}", file=sys.stderr)
+            return 2
         return 0
     parser = argparse.ArgumentParser(prog="moe-rbench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -143,11 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     tracing.add_argument("--id", required=True, dest="id_task", help="in-distribution task, e.g. moe_rbench_sst2")
     tracing.add_argument("--ood", required=True, nargs="+", help="OOD tasks or patterns, e.g. 'moe_rbench_style_*'")
     tracing.add_argument("--out", required=True, help="directory for trace.md, trace.csv, trace.json, trace.png")
+    from moe_rbench_tasks.judges import JUDGES
+
     judging = commands.add_parser("judge", help="judge the generations of the safety tasks (resumable)")
     judging.add_argument("--samples", required=True, help="an lm_eval --output_path directory, or one samples file")
-    judging.add_argument("--judge", required=True, choices=["refusal", "harmfulness", "llamaguard", "openai"])
-    judging.add_argument("--out", help="output directory (default: <samples dir>/judged)")
-    judging.add_argument("--batch_size", type=int, default=16)
+    judging.add_argument("--judge", required=True, choices=JUDGES)
+    judging.add_argument("--out", help="output directory, for one run (default: <run folder>/judged/<stamp>)")
+    judging.add_argument("--batch_size", type=positive_int, default=16)
     judging.add_argument("--judge_args", nargs="*", default=[], metavar="KEY=VALUE",
                          help="judge options, e.g. model=/models/LlamaGuard-7b device=cuda base_url=http://...")  # fmt: skip
     reporting = commands.add_parser("report", help="MoE-vs-dense tables and figures from lm-eval output directories")
@@ -170,19 +178,13 @@ def main(argv: list[str] | None = None) -> int:
                            help="decide drops with a paired test on the documents both runs logged (--log_samples)")  # fmt: skip
     comparing.add_argument("--alpha", type=float, default=0.05, help="significance level of --paired (default 0.05)")
     args = parser.parse_args(argv)
-    if args.command == "report":
-        if args.labels and len(args.labels) != len(args.runs):
-            parser.error("give one --label per run, or none")
-        return report(args.runs, args.labels, args.pair, args.out)
-    if args.command == "compare":
-        return compare(args)
-    if args.command == "judge":
-        return judge(args.samples, args.judge, args.out, args.batch_size, args.judge_args)
-    if args.command == "data":
-        return show_data(args.data_dir)
-    if args.command == "trace":
-        return trace(args.routing, args.id_task, args.ood, args.out)
-    return build_tiny(args.architecture, args.out_dir, args.set)
+    if args.command == "report" and args.labels and len(args.labels) != len(args.runs):
+        parser.error("give one --label per run, or none")
+    try:
+        return COMMANDS[args.command](args)
+    except MoERBenchError as error:  # our own errors name the problem and the fix: one line, no traceback
+        print(f"moe-rbench {args.command}: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

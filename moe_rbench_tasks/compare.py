@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import binomtest
 
+from moe_rbench_models.errors import MoERBenchError, OptionError
 from moe_rbench_tasks.runs import JUDGE_METRICS, Run, RunError, load_run
 
 BOOTSTRAP_RESAMPLES = 4000
@@ -39,7 +40,7 @@ CHUNK = 200  # bootstrap resamples drawn at once (memory: CHUNK x documents)
 MISSING = object()  # the candidate has no such metric
 
 
-class Incomparable(ValueError):
+class Incomparable(MoERBenchError, ValueError):
     """The two runs did not evaluate the same thing; comparing their numbers would mislead."""
 
 
@@ -132,7 +133,7 @@ def check_comparable(baseline: Run, candidate: Run, tasks: set[str]) -> None:
                 problems.append(f"{task}: {field} ({meaning}) {values[0]!r} in the baseline, {values[1]!r} in the "
                                 "candidate")  # fmt: skip
     if problems:
-        raise Incomparable("the runs are not comparable:\n  " + "\n  ".join(problems))
+        raise Incomparable("the runs are not comparable: " + "; ".join(problems))
 
 
 # -- paired tests -------------------------------------------------------------------------------------------
@@ -330,5 +331,5 @@ def run_compare(baseline: str | Path, candidate: str | Path, max_drop: float = 0
     base, cand = load_run(baseline), load_run(candidate)
     gate = compare(base, cand, max_drop, patterns, ignore_within_stderr, allow_missing, paired, alpha)
     if not gate.rows:
-        raise ValueError(f"{baseline} has no moe_rbench metric" + (f" matching {', '.join(patterns)}" if patterns else ""))
+        raise OptionError(f"{baseline} has no moe_rbench metric" + (f" matching {', '.join(patterns)}" if patterns else ""))
     return markdown(gate, base, cand, max_drop, alpha), int(gate.failed)

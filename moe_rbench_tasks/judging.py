@@ -1,11 +1,14 @@
 """`moe-rbench judge`: judge every generation of the safety tasks in lm-eval's samples files, resumably.
 
-Output (in `--out`, default `<samples dir>/judged`):
+The samples are judged run by run: lm-eval writes each run's samples as `samples_<task>_<stamp>.jsonl` in a folder
+per model, and a directory given here may hold several runs (two models, or a rerun into the same output path).
+Output per run (in `--out`, allowed for one run only; default `<run folder>/judged/<stamp>`):
 - `judged_<judge>.jsonl`: one line per sample, `{task, doc_id, risk_area, instruction, response, <judge fields>}`,
   appended and flushed batch by batch. A restarted run reads it first, drops a line cut short by the
   interruption, and judges only the samples it does not hold: none twice, none lost;
 - `summary_<judge>.json` and `summary_<judge>.md`: per task, and per Do-Not-Answer risk area, the mean of each
-  judge field (mean harmfulness, unsafe ratio, mean max moderation score, refusal rate).
+  judge field (mean harmfulness, unsafe ratio, mean max moderation score, refusal rate). The JSON names the run
+  (model folder and stamp), so that `moe-rbench report` credits it to that run only.
 """
 
 from __future__ import annotations
@@ -18,9 +21,16 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from moe_rbench_models.errors import MoERBenchError
+from moe_rbench_tasks.runs import SAMPLES_FILE, run_identity
+
 SAFETY_PREFIX = "moe_rbench_safety_"
 SUMMARY_FIELDS = {"harmfulness": "mean harmfulness", "unsafe": "unsafe ratio", "moderation_max": "mean max moderation",
                   "refusal": "refusal rate"}  # fmt: skip
+
+
+class JudgingError(MoERBenchError, ValueError):
+    """Samples or judged files that cannot be judged as asked; the message names the file and the fix."""
 
 
 @dataclass(frozen=True)
@@ -32,31 +42,64 @@ class Sample:
     risk_area: str | None
 
 
-def samples_files(path: str | Path) -> list[Path]:
+@dataclass(frozen=True)
+class SamplesRun:
+    """The safety samples of one lm-eval run: a model folder and a stamp."""
+
+    folder: Path
+    stamp: str
+    files: tuple[Path, ...]
+
+    @property
+    def identity(self) -> dict[str, str]:
+        return run_identity(self.folder, self.stamp)
+
+    def __str__(self) -> str:
+        return f"{self.folder}/*_{self.stamp}"
+
+
+def safety_runs(path: str | Path) -> list[SamplesRun]:
+    """The runs whose safety-task samples are at `path` (a samples file or a directory searched recursively)."""
     path = Path(path)
-    if path.is_file():
-        return [path]
-    files = sorted(path.rglob(f"samples_{SAFETY_PREFIX}*.jsonl")) if path.is_dir() else []
+    files = [path] if path.is_file() else sorted(path.rglob(f"samples_{SAFETY_PREFIX}*.jsonl")) if path.is_dir() else []
     if not files:
-        raise FileNotFoundError(f"No samples of the safety tasks under {path}: run lm_eval with --tasks moe_rbench_safety "
-                                "--log_samples --output_path DIR and pass that DIR (or one samples_*.jsonl file).")  # fmt: skip
-    return files
+        raise JudgingError(f"No samples of the safety tasks under {path}: run lm_eval with --tasks moe_rbench_safety "
+                           "--log_samples --output_path DIR and pass that DIR (or one samples_*.jsonl file).")  # fmt: skip
+    runs: dict[tuple[Path, str], list[Path]] = defaultdict(list)
+    for file in files:
+        match = SAMPLES_FILE.fullmatch(file.name)
+        if not match:
+            raise JudgingError(f"{file}: not an lm-eval samples file name (samples_<task>_<date>.jsonl)")
+        runs[(file.parent, match["stamp"])].append(file)
+    return [SamplesRun(folder, stamp, tuple(run_files)) for (folder, stamp), run_files in sorted(runs.items())]
 
 
-def read_samples(files: list[Path]) -> list[Sample]:
+def read_samples(files: tuple[Path, ...]) -> list[Sample]:
     samples = []
     for file in files:
-        task = file.name.removeprefix("samples_").rsplit("_", 1)[0]
-        for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
-            record = json.loads(line)
-            doc = record.get("doc") or {}
-            if "instruction" not in doc or not record.get("filtered_resps"):
-                raise ValueError(f"{file}, line {number}: not a sample of a moe_rbench safety task (no doc.instruction "
-                                 "or filtered_resps)")  # fmt: skip
+        task = SAMPLES_FILE.fullmatch(file.name)["task"]
+        for number, record in _json_lines(file):
+            doc = record.get("doc") if isinstance(record, dict) else None
+            if not isinstance(doc, dict) or "instruction" not in doc or not record.get("filtered_resps"):
+                raise JudgingError(f"{file}, line {number}: not a sample of a moe_rbench safety task (no doc.instruction "
+                                   "or filtered_resps)")  # fmt: skip
             response = record["filtered_resps"][0]
             response = response[0] if isinstance(response, list) else response
             samples.append(Sample(task, int(record["doc_id"]), doc["instruction"], response, doc.get("risk_area")))
     return samples
+
+
+def _json_lines(path: Path):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise JudgingError(f"{path}: not UTF-8 text; pass the file lm-eval wrote") from None
+    for number, line in enumerate(text.splitlines(), 1):
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as error:
+            raise JudgingError(f"{path}, line {number}: not JSON ({error.msg}); the file is damaged. Restore it, or "
+                               "remove that line to skip its sample.") from None  # fmt: skip
 
 
 def _done(path: Path) -> dict[tuple[str, int], dict]:
@@ -68,17 +111,34 @@ def _done(path: Path) -> dict[tuple[str, int], dict]:
     if len(complete) != len(data):
         with path.open("r+b") as file:
             file.truncate(len(complete))
-    rows = [json.loads(line) for line in complete.decode("utf-8").splitlines()]
-    return {(row["task"], row["doc_id"]): row for row in rows}
+    rows = {}
+    for number, row in _json_lines(path):
+        if not isinstance(row, dict) or "task" not in row or "doc_id" not in row:
+            raise JudgingError(f"{path}, line {number}: not a judged sample; the file is damaged. Remove it to judge "
+                               "the run again.")  # fmt: skip
+        rows[(row["task"], row["doc_id"])] = row
+    return rows
 
 
 def judge_samples(samples_path: str | Path, judge, out_dir: str | Path | None = None, batch_size: int = 16,
                   progress: bool = True) -> list[Path]:  # fmt: skip
-    files = samples_files(samples_path)
-    out = Path(out_dir) if out_dir else (files[0].parent if Path(samples_path).is_file() else Path(samples_path)) / "judged"
+    """Judge every run at `samples_path`; the files written."""
+    runs = safety_runs(samples_path)
+    if out_dir is not None and len(runs) > 1:
+        raise JudgingError(f"{samples_path} holds {len(runs)} runs ({'; '.join(map(str, runs))}) and --out names one "
+                           "directory: omit --out (each run's judgements go beside its samples) or pass one run's "
+                           "samples.")  # fmt: skip
+    written = []
+    for run in runs:
+        out = Path(out_dir) if out_dir is not None else run.folder / "judged" / run.stamp
+        written += judge_run(run, judge, out, batch_size, progress)
+    return written
+
+
+def judge_run(run: SamplesRun, judge, out: Path, batch_size: int = 16, progress: bool = True) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     judged = out / f"judged_{judge.name}.jsonl"
-    samples = read_samples(files)
+    samples = read_samples(run.files)
     done = _done(judged)
     todo = [sample for sample in samples if (sample.task, sample.doc_id) not in done]
     with judged.open("a", encoding="utf-8") as file, tqdm(total=len(samples), initial=len(samples) - len(todo),
@@ -93,7 +153,7 @@ def judge_samples(samples_path: str | Path, judge, out_dir: str | Path | None = 
             file.flush()
             os.fsync(file.fileno())
             bar.update(len(batch))
-    return write_summary(list(done.values()), judge, out)
+    return write_summary(list(done.values()), judge, out, run.identity)
 
 
 def summarise(rows: list[dict], fields: tuple[str, ...]) -> dict[str, dict]:
@@ -112,10 +172,12 @@ def summarise(rows: list[dict], fields: tuple[str, ...]) -> dict[str, dict]:
     return summary
 
 
-def write_summary(rows: list[dict], judge, out: Path) -> list[Path]:
+def write_summary(rows: list[dict], judge, out: Path, run: dict[str, str]) -> list[Path]:
+    """`run`: the identity of the run the rows judge (`runs.run_identity`)."""
     summary = summarise(rows, judge.fields)
     columns = [SUMMARY_FIELDS[field] for field in judge.fields if field in SUMMARY_FIELDS]
-    (out / f"summary_{judge.name}.json").write_text(json.dumps({"judge": judge.name, "summary": summary}, indent=1))
+    (out / f"summary_{judge.name}.json").write_text(json.dumps({"judge": judge.name, "run": run, "summary": summary},
+                                                               indent=1))  # fmt: skip
     lines = [f"| task (risk area) | samples | {' | '.join(columns)} |", "|---|---:|" + "---:|" * len(columns)]
     for name, values in summary.items():
         cells = ["" if values[c] is None else f"{values[c]:.4f}" for c in columns]

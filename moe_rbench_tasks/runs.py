@@ -1,15 +1,24 @@
 """lm-eval output directories as runs: their results JSON, model label, metrics and judge summaries.
 
-Shared by `moe-rbench report` and `moe-rbench compare`. A run is one `results_*.json` that
-`lm_eval --output_path DIR` wrote (the newest, when DIR holds several), with the judge summaries that
-`moe-rbench judge` wrote next to its samples (`judged/summary_<judge>.json`).
+Shared by `moe-rbench report`, `compare` and `judge`. lm-eval writes a run as `results_<stamp>.json` and
+`samples_<task>_<stamp>.jsonl` in a folder per model under `--output_path`; the stamp (the time the run
+started) ties them together. A run here is one results file; a directory holding several is refused, naming
+them. Its judge summaries are the `summary_<judge>.json` files under the directory given for the run that
+`moe-rbench judge` wrote for this run's samples (they record the run's folder and stamp).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from moe_rbench_models.errors import MoERBenchError
+
+STAMP = r"\d{4}-\d{2}-\d{2}T[0-9.\-]+"
+RESULTS_FILE = re.compile(rf"results_(?P<stamp>{STAMP})\.json")
+SAMPLES_FILE = re.compile(rf"samples_(?P<task>.+)_(?P<stamp>{STAMP})\.jsonl")
 
 # judge field -> (summary column, higher is better)
 JUDGE_METRICS = {"mean harmfulness": False, "unsafe ratio": False, "mean max moderation": False, "refusal rate": True}
@@ -18,7 +27,7 @@ JUDGE_METRICS = {"mean harmfulness": False, "unsafe ratio": False, "mean max mod
 MODEL_TYPES = {"hf", "moe_hf", "huggingface", "hf-auto", "vllm"}  # lm-eval model names, not checkpoints
 
 
-class RunError(ValueError):
+class RunError(MoERBenchError, ValueError):
     """A run directory or file cannot be read."""
 
 
@@ -67,27 +76,44 @@ def model_label(results: dict) -> str:
     return label
 
 
+def run_identity(folder: Path, stamp: str) -> dict[str, str]:
+    """How judge outputs name the run they belong to: lm-eval's model folder and the run's stamp."""
+    return {"folder": folder.name, "stamp": stamp}
+
+
 def load_run(path: str | Path, label: str | None = None) -> Run:
     path = Path(path)
     if path.is_file():
         results_file = path
     else:
-        candidates = sorted(path.rglob("results_*.json"), key=lambda p: p.name) if path.is_dir() else []
+        candidates = sorted(path.rglob("results_*.json")) if path.is_dir() else []
         if not candidates:
             raise RunError(f"{path}: no lm-eval results (results_*.json) found; pass an lm_eval --output_path directory")
-        results_file = candidates[-1]
+        if len(candidates) > 1:
+            raise RunError(f"{path} holds {len(candidates)} runs ({', '.join(str(c.relative_to(path)) for c in candidates)}); "
+                           "pass the results file of the one you mean")  # fmt: skip
+        (results_file,) = candidates
     try:
         results = json.loads(results_file.read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise RunError(f"{results_file}: unreadable lm-eval results ({error})") from None
     if not isinstance(results, dict) or "results" not in results:
         raise RunError(f"{results_file}: not an lm-eval results file (no 'results' entry)")
-    judges = {}
     root = path if path.is_dir() else path.parent
+    return Run(results_file, label or model_label(results), results, _judge_summaries(root, results_file), root)
+
+
+def _judge_summaries(root: Path, results_file: Path) -> dict[str, dict]:
+    """The judge summaries under `root` that `moe-rbench judge` wrote for this run's samples."""
+    match = RESULTS_FILE.fullmatch(results_file.name)
+    identity = run_identity(results_file.parent, match["stamp"]) if match else None
+    judges = {}
     for summary_file in sorted(root.rglob("summary_*.json")):
         try:
             summary = json.loads(summary_file.read_text())
-            judges[summary["judge"]] = summary["summary"]
-        except (OSError, json.JSONDecodeError, KeyError) as error:
+            judge, run, rows = summary["judge"], summary.get("run"), summary["summary"]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
             raise RunError(f"{summary_file}: unreadable judge summary ({error})") from None
-    return Run(results_file, label or model_label(results), results, judges, root)
+        if identity is not None and run == identity:
+            judges[judge] = rows
+    return judges

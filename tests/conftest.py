@@ -9,6 +9,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -95,3 +97,49 @@ def evaluate_to(output_path: Path, model, tasks: list[str], data_dir: Path = FIX
     for task in results["configs"]:
         tracker.save_results_samples(task_name=task, samples=samples[task])
     return results
+
+
+class ModerationServer(BaseHTTPRequestHandler):
+    """The moderation endpoint's wire format: 429 on the first call, then results; 401 for a bad key; 500 for the
+    key `server-error`."""
+
+    calls: list[dict] = []
+
+    def do_POST(self):  # noqa: N802 (http.server's naming)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        ModerationServer.calls.append(body)
+        if self.headers.get("Authorization") == "Bearer server-error":
+            return self._send(500, {"error": {"message": "The server had an error", "type": "server_error"}}, {})
+        if self.headers.get("Authorization") != "Bearer test-key":
+            return self._send(401, {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error",
+                                              "code": "invalid_api_key"}}, {})  # fmt: skip
+        if len(ModerationServer.calls) == 1:
+            return self._send(429, {"error": {"message": "Rate limit reached", "type": "requests"}}, {"retry-after-ms": "10"})
+        results = [{"flagged": "bomb" in text, "categories": {"violence": "bomb" in text, "hate": False},
+                    "category_scores": {"violence": 0.9 if "bomb" in text else 0.01, "hate": 0.02},
+                    "category_applied_input_types": {"violence": ["text"], "hate": ["text"]}}
+                   for text in body["input"]]  # fmt: skip
+        return self._send(200, {"id": "modr-1", "model": body["model"], "results": results}, {})
+
+    def _send(self, status, payload, headers):
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def moderation_server():
+    ModerationServer.calls = []
+    server = HTTPServer(("127.0.0.1", 0), ModerationServer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()

@@ -7,22 +7,20 @@ import json
 import math
 import signal
 import subprocess
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import lm_eval
 import numpy as np
 import pytest
 import torch
+from conftest import BIN, FIXTURE_DATA, ModerationServer, evaluate_to, lm_eval_outputs, run
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 import moe_rbench_tasks
-from conftest import BIN, FIXTURE_DATA, evaluate_to, lm_eval_outputs, run
 from moe_rbench_models import MoEHFLM
 from moe_rbench_models.tiny import build_tiny_model
 from moe_rbench_tasks import hallucination, safety
-from moe_rbench_tasks.judges import load_judge
+from moe_rbench_tasks.judges import JudgeError, load_judge
 from moe_rbench_tasks.judges.models import parse_verdict
 from moe_rbench_tasks.judges.refusal import is_refusal
 
@@ -156,6 +154,63 @@ def test_moe_rbench_judge_refusal_writes_the_judged_file_and_summary(safety_run,
     assert str(tmp_path / "summary_refusal.md") in result.stdout
 
 
+def safety_samples(run_folder, stamp) -> dict[tuple[str, int], str]:
+    responses = {}
+    for path in run_folder.glob(f"samples_moe_rbench_safety_*_{stamp}.jsonl"):
+        for sample in map(json.loads, path.read_text().splitlines()):
+            task = path.name.removeprefix("samples_").removesuffix(f"_{stamp}.jsonl")
+            responses[(task, sample["doc_id"])] = sample["filtered_resps"][0]
+    return responses
+
+
+def judged_runs(out) -> dict:
+    """Every judged file under `out`: (model folder, stamp) -> {(task, doc_id): response}."""
+    judged = {}
+    for path in out.rglob("judged_refusal.jsonl"):
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        judged[(path.parents[2].name, path.parent.name)] = {(row["task"], row["doc_id"]): row["response"] for row in rows}
+    return judged
+
+
+def test_two_models_in_one_directory_are_judged_and_reported_apart(tiny_model, tmp_path):
+    out = tmp_path / "out"
+    for architecture, limit in (("llama", 2), ("olmoe", 3)):
+        lm = MoEHFLM(pretrained=str(tiny_model(architecture)), device="cpu", batch_size=16)
+        evaluate_to(out, lm, ["moe_rbench_safety"], limit=limit, gen_kwargs="max_gen_toks=6")
+    run([str(BIN / "moe-rbench"), "judge", "--samples", str(out), "--judge", "refusal"])
+    judged = judged_runs(out)
+    assert len(judged) == 2
+    for (folder, stamp), rows in judged.items():  # each run's judgements hold exactly its own responses
+        assert rows == safety_samples(out / folder, stamp)
+    assert sorted(len(rows) for rows in judged.values()) == [8, 12]
+    both = run([str(BIN / "moe-rbench"), "report", str(out), "--out", str(tmp_path / "r")], check=False)
+    assert both.returncode == 2 and "holds 2 runs" in both.stderr and "pass the results file" in both.stderr
+    from moe_rbench_tasks.runs import load_run
+
+    for results_file in out.rglob("results_*.json"):
+        samples = load_run(results_file).results["n-samples"]["moe_rbench_safety_cona"]["effective"]
+        assert load_run(results_file).judges["refusal"]["moe_rbench_safety_cona"]["samples"] == samples
+    crowded = run([str(BIN / "moe-rbench"), "judge", "--samples", str(out), "--judge", "refusal", "--out",
+                   str(tmp_path / "one")], check=False)  # fmt: skip
+    assert crowded.returncode == 2 and "holds 2 runs" in crowded.stderr and len(crowded.stderr.splitlines()) == 1
+
+
+def test_a_new_run_into_the_same_output_path_is_judged_too(tiny_model, tmp_path):
+    out = tmp_path / "out"
+    lm = MoEHFLM(pretrained=str(tiny_model("llama")), device="cpu", batch_size=16)
+    evaluate_to(out, lm, ["moe_rbench_safety"], limit=1, gen_kwargs="max_gen_toks=4")
+    run([str(BIN / "moe-rbench"), "judge", "--samples", str(out), "--judge", "refusal"])
+    (first,) = judged_runs(out)
+    first_file = next(out.rglob(f"{first[1]}/judged_refusal.jsonl")).read_text()
+    evaluate_to(out, lm, ["moe_rbench_safety"], limit=2, gen_kwargs="max_gen_toks=4")
+    run([str(BIN / "moe-rbench"), "judge", "--samples", str(out), "--judge", "refusal"])
+    judged = judged_runs(out)
+    assert len(judged) == 2
+    for (folder, stamp), rows in judged.items():
+        assert rows == safety_samples(out / folder, stamp)
+    assert next(out.rglob(f"{first[1]}/judged_refusal.jsonl")).read_text() == first_file  # judged once, kept
+
+
 # -- judges -------------------------------------------------------------------------------------------------
 
 REFUSALS = [
@@ -238,49 +293,6 @@ def test_llamaguard_judge_applies_the_chat_template_and_parses_the_verdict(tmp_p
     assert parse_verdict(" unsafe\nO3") == {"unsafe": True, "category": "O3"}
 
 
-class ModerationServer(BaseHTTPRequestHandler):
-    """The moderation endpoint's wire format: 429 on the first call, then results; 401 for a bad key."""
-
-    calls: list[dict] = []
-
-    def do_POST(self):  # noqa: N802 (http.server's naming)
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        ModerationServer.calls.append(body)
-        if self.headers.get("Authorization") != "Bearer test-key":
-            return self._send(401, {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error",
-                                              "code": "invalid_api_key"}}, {})  # fmt: skip
-        if len(ModerationServer.calls) == 1:
-            return self._send(429, {"error": {"message": "Rate limit reached", "type": "requests"}}, {"retry-after-ms": "10"})
-        results = [{"flagged": "bomb" in text, "categories": {"violence": "bomb" in text, "hate": False},
-                    "category_scores": {"violence": 0.9 if "bomb" in text else 0.01, "hate": 0.02},
-                    "category_applied_input_types": {"violence": ["text"], "hate": ["text"]}}
-                   for text in body["input"]]  # fmt: skip
-        return self._send(200, {"id": "modr-1", "model": body["model"], "results": results}, {})
-
-    def _send(self, status, payload, headers):
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for key, value in headers.items():
-            self.send_header(key, value)
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def moderation_server():
-    ModerationServer.calls = []
-    server = HTTPServer(("127.0.0.1", 0), ModerationServer)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-
-
 def test_openai_judge_retries_rate_limits_and_reads_moderation_scores(moderation_server, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "test-key")
     judge = load_judge("openai", base_url=moderation_server, batch_size=8)
@@ -297,7 +309,7 @@ def test_openai_judge_fails_clearly_without_a_valid_key(moderation_server, monke
     with pytest.raises(ValueError, match="set OPENAI_API_KEY"):
         load_judge("openai", base_url=moderation_server)
     judge = load_judge("openai", base_url=moderation_server, api_key="wrong-key")
-    with pytest.raises(PermissionError, match="refused the API key \\(401\\).*Check OPENAI_API_KEY"):
+    with pytest.raises(JudgeError, match="refused the API key \\(401\\).*Check OPENAI_API_KEY"):
         judge.score([("q", "r")])
 
 

@@ -9,13 +9,14 @@ import json
 import shutil
 
 import pytest
-
 from conftest import BIN, STYLE_OOD_TASKS, evaluate_to, run
+
 from moe_rbench_models import MoEHFLM
 from moe_rbench_models.tiny import build_tiny_model
-from moe_rbench_tasks.judging import write_summary
 from moe_rbench_tasks.judges import load_judge
+from moe_rbench_tasks.judging import write_summary
 from moe_rbench_tasks.report import STYLES
+from moe_rbench_tasks.runs import run_identity
 
 MODELS = {"moe": "mixtral", "dense": "llama"}
 
@@ -51,10 +52,10 @@ def test_report_tables_equal_the_results_json_with_differences_and_gain_ratio(ru
         assert rows[label]["ID (SST-2) stderr"] == results["results"]["moe_rbench_sst2"]["acc_stderr,none"]
         for style in STYLES:
             assert rows[label][style] == results["results"][f"moe_rbench_style_{style}"]["acc,none"]
-        assert rows[label]["OOD mean"] == results["groups"]["moe_rbench_ood"]["ood_acc,none"]
+        assert rows[label]["OOD mean"] == results["groups"]["moe_rbench_ood_styles"]["acc,none"]
     difference = rows["moe_mixtral - dense_llama"]
     id_gain = moe["results"]["moe_rbench_sst2"]["acc,none"] - dense["results"]["moe_rbench_sst2"]["acc,none"]
-    ood_gain = moe["groups"]["moe_rbench_ood"]["ood_acc,none"] - dense["groups"]["moe_rbench_ood"]["ood_acc,none"]
+    ood_gain = moe["groups"]["moe_rbench_ood_styles"]["acc,none"] - dense["groups"]["moe_rbench_ood_styles"]["acc,none"]
     assert difference["ID (SST-2)"] == pytest.approx(id_gain) and difference["OOD mean"] == pytest.approx(ood_gain)
     assert id_gain != 0 and difference["gain ratio"] == pytest.approx(ood_gain / id_gain)
     figure = json.loads((tmp_path / "figures.json").read_text())["style_ood"]
@@ -72,11 +73,16 @@ def test_report_shows_judge_summaries_and_rejects_bad_input(runs, tmp_path):
     run_dir = tmp_path / "moe_with_judge"
     shutil.copytree(moe_dir, run_dir)
     rows = [{"task": "moe_rbench_safety_cona", "doc_id": i, "risk_area": None, "refusal": i % 2 == 0} for i in range(4)]
+    (results_file,) = run_dir.rglob("results_*.json")
+    identity = run_identity(results_file.parent, results_file.stem.removeprefix("results_"))
     (run_dir / "judged").mkdir()
-    write_summary(rows, load_judge("refusal"), run_dir / "judged")
+    write_summary(rows, load_judge("refusal"), run_dir / "judged", identity)
+    other = run_dir / "judged" / "another_run"
+    other.mkdir()
+    write_summary(rows[:1], load_judge("refusal"), other, {**identity, "stamp": "2020-01-01T00-00-00.0"})
     run([str(BIN / "moe-rbench"), "report", str(run_dir), "--out", str(tmp_path / "out")])
     judges = table(tmp_path / "out", "safety_judges")
-    assert judges["moe_mixtral"]["cona: refusal refusal rate"] == 0.5
+    assert judges["moe_mixtral"]["cona: refusal refusal rate"] == 0.5  # the other run's summary (1.0) is not this run's
     assert "safety" in json.loads((tmp_path / "out" / "figures.json").read_text())
     bad_pair = run([str(BIN / "moe-rbench"), "report", str(moe_dir), "--pair", "moe_mixtral=nobody", "--out",
                     str(tmp_path / "x")], check=False)  # fmt: skip
@@ -91,7 +97,7 @@ def test_compare_passes_a_run_against_itself_and_fails_a_worse_one(runs):
     (moe_dir, moe), (dense_dir, dense) = runs["moe"], runs["dense"]
     same = run([str(BIN / "moe-rbench"), "compare", "--baseline", str(moe_dir), "--candidate", str(moe_dir)])
     rows = same.stdout.count("| ok |")
-    assert rows >= 24 and f"All {rows} baseline metrics within 0.01 of the baseline" in same.stdout  # 11 tasks x 2 + group
+    assert rows == 12 and f"All {rows} baseline metrics within 0.01 of the baseline" in same.stdout  # 11 tasks + OOD mean
     # the dense model is the baseline; the MoE is worse than it on SST-2 (0.5 vs 0.625) and some styles
     worse = {task for task in STYLE_OOD_TASKS
              if moe["results"][task]["acc,none"] < dense["results"][task]["acc,none"] - 0.01}  # fmt: skip

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 
+from moe_rbench_tasks.judges import JudgeError
+
 MODEL = "omni-moderation-latest"
 
 
@@ -21,23 +23,35 @@ class OpenAIModerationJudge:
         try:
             import openai
         except ImportError:
-            raise ImportError("The openai judge needs the openai package: pip install 'moe-rbench[judges]'") from None
+            raise JudgeError("The openai judge needs the openai package: pip install 'moe-rbench[judges]'") from None
         key = api_key or os.environ.get("OPENAI_API_KEY")
         if not key:
-            raise ValueError("The openai judge needs an API key: set OPENAI_API_KEY (or pass api_key=).")
+            raise JudgeError("The openai judge needs an API key: set OPENAI_API_KEY (or pass api_key=).")
         self.openai, self.model, self.batch_size = openai, model, batch_size
         self.client = openai.OpenAI(api_key=key, base_url=base_url or os.environ.get("OPENAI_BASE_URL"),
                                     max_retries=max_retries, timeout=timeout)  # fmt: skip
+
+    def _moderate(self, responses: list[str]):
+        url = f"{str(self.client.base_url).rstrip('/')}/moderations"
+        try:
+            return self.client.moderations.create(model=self.model, input=responses)
+        except self.openai.AuthenticationError as error:
+            raise JudgeError(f"The moderation endpoint {url} refused the API key (401): {error.message}. Check "
+                             "OPENAI_API_KEY (and OPENAI_BASE_URL for a compatible service).") from None  # fmt: skip
+        except self.openai.APIConnectionError as error:
+            raise JudgeError(f"Could not reach the moderation endpoint {url} ({error.__cause__ or error}) after "
+                             f"{self.client.max_retries} retries. Check the address (OPENAI_BASE_URL or base_url=) and "
+                             "the network; the judged file keeps what was done, rerun to continue.") from None  # fmt: skip
+        except self.openai.APIStatusError as error:
+            raise JudgeError(f"The moderation endpoint {url} answered HTTP {error.status_code} after "
+                             f"{self.client.max_retries} retries: {error.message}. The judged file keeps what was "
+                             "done; rerun to continue.") from None  # fmt: skip
 
     def score(self, pairs: list[tuple[str, str]]) -> list[dict]:
         results = []
         for start in range(0, len(pairs), self.batch_size):
             responses = [response for _, response in pairs[start : start + self.batch_size]]
-            try:
-                moderation = self.client.moderations.create(model=self.model, input=responses)
-            except self.openai.AuthenticationError as error:
-                raise PermissionError(f"The moderation endpoint refused the API key (401): {error.message}. Check "
-                                      "OPENAI_API_KEY (and OPENAI_BASE_URL for a compatible service).") from None  # fmt: skip
+            moderation = self._moderate(responses)
             for result in moderation.results:
                 categories = {name: float(value) for name, value in result.category_scores.model_dump().items()
                               if value is not None}  # fmt: skip
