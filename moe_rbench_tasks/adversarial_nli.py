@@ -20,9 +20,10 @@ import datasets
 from moe_rbench_tasks.data import (
     SOURCES,
     MalformedDataError,
+    load_from_hub,
     local_file,
     read_jsonl,
-    read_tsv,
+    read_table,
     require_data_dir,
     resolve_data_dir,
 )
@@ -62,26 +63,20 @@ def _from_release_files(split: str, root) -> list[dict]:
         return [_doc(row.get("context"), row.get("hypothesis"), row.get("label"), f"{path}[{i}]", uid=row.get("uid"))
                 for i, row in enumerate(read_jsonl(path))]  # fmt: skip
     path = local_file(SOURCES["snli"], root, f"{split}.tsv")
-    return [_doc(row["premise"], row["hypothesis"], row["label"], f"{path}, row {i + 1}")
-            for i, row in enumerate(_rows_with(read_tsv(path), ("premise", "hypothesis", "label"), path))]  # fmt: skip
+    rows = read_table(path, ("premise", "hypothesis", "label"), delimiter="\t")
+    return [_doc(row["premise"], row["hypothesis"], row["label"], f"{path}, row {i + 1}") for i, row in enumerate(rows)]
 
 
 def _from_hub(split: str) -> list[dict]:
     if split == "test_hard":
         require_data_dir(SOURCES["snli_hard"], None)
     if split.startswith(("test_r", "dev_r")):
-        rows = datasets.load_dataset("facebook/anli", split=split)
+        rows = load_from_hub(SOURCES["anli"], "facebook/anli", split=split)
         return [_doc(row["premise"], row["hypothesis"], row["label"], f"facebook/anli {split}[{i}]", uid=row["uid"])
                 for i, row in enumerate(rows)]  # fmt: skip
-    rows = datasets.load_dataset("stanfordnlp/snli", split=split).filter(lambda row: row["label"] != -1)
+    rows = load_from_hub(SOURCES["snli"], "stanfordnlp/snli", split=split).filter(lambda row: row["label"] != -1)
     return [_doc(row["premise"], row["hypothesis"], row["label"], f"stanfordnlp/snli {split}[{i}]")
             for i, row in enumerate(rows)]  # fmt: skip
-
-
-def _rows_with(rows: list[dict], columns: tuple[str, ...], path) -> list[dict]:
-    if rows and not set(columns) <= rows[0].keys():
-        raise MalformedDataError(f"{path}: expected columns {', '.join(columns)}; found {', '.join(rows[0])}")
-    return rows
 
 
 def _doc(premise: Any, hypothesis: Any, label: Any, where: str, pair_id: str | None = None,

@@ -16,7 +16,14 @@ from typing import Any
 
 import datasets
 
-from moe_rbench_tasks.data import SOURCES, MalformedDataError, local_file, read_tsv, require_data_dir, resolve_data_dir
+from moe_rbench_tasks.data import (
+    SOURCES,
+    MalformedDataError,
+    local_file,
+    read_table,
+    require_data_dir,
+    resolve_data_dir,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -49,12 +56,8 @@ def load_docs(suite: str, dataset: str, data_dir: str | None = None, **_metadata
 
 
 def _docs(suite: str, path) -> list[dict]:
-    rows = read_tsv(path)
-    if not rows:
-        raise MalformedDataError(f"{path}: no documents (only a header, or nothing)")
     columns = ("Premise", "Hypothesis", "Label") if suite == "nli" else ("Text", "Label")
-    if rows and not set(columns) <= rows[0].keys():
-        raise MalformedDataError(f"{path}: expected the BOSS columns {', '.join(columns)}; found {', '.join(rows[0])}")
+    rows = read_table(path, columns, delimiter="\t")
     words = SUITES[suite][2]
     docs = []
     for number, row in enumerate(rows):

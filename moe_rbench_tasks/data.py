@@ -9,6 +9,7 @@ source (the benchmark's original release file inside a data directory laid out a
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -16,10 +17,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from moe_rbench_models.errors import MoERBenchError
+
 DATA_DIR_ENV = "MOE_RBENCH_DATA_DIR"
 
 
-class DataError(Exception):
+class DataError(MoERBenchError):
     """A benchmark's data cannot be read; the message names the file and the fix."""
 
 
@@ -157,7 +160,10 @@ def local_file(source: Source, data_dir: Path, name: str | None = None) -> Path:
     """`<data dir>/<local_path>` (or `.../<local_path>/<name>`), which must exist."""
     relative = f"{source.local_path}/{name}" if name else source.local_path
     path = data_dir / relative
-    if not path.is_file():
+    problem = file_status(path)
+    if problem not in (None, "missing"):
+        raise MissingDataError(f"{source.name}: {path} is {problem}. Get it again from {source.obtain}.")
+    if problem:
         fallback = (f"or unset the data directory to load {source.hub} from the Hugging Face hub" if source.hub
                     else "(there is no copy on the Hugging Face hub)")  # fmt: skip
         raise MissingDataError(f"{source.name}: expected {path}, which does not exist. Get it from {source.obtain} and "
@@ -175,33 +181,70 @@ def require_data_dir(source: Source, data_dir: Path | None) -> Path:
     return data_dir
 
 
+def load_from_hub(source: Source, *args: Any, **kwargs: Any):
+    """`datasets.load_dataset(*args, **kwargs)` for `source`; a failure (offline, no such dataset) names the data
+    directory that avoids the hub."""
+    import datasets
+
+    try:
+        return datasets.load_dataset(*args, **kwargs)
+    except OSError as error:  # ConnectionError (offline, unreachable), FileNotFoundError (no such dataset)
+        raise MissingDataError(
+            f"{source.name}: could not load {source.hub} from the Hugging Face hub ({type(error).__name__}: "
+            f"{str(error).splitlines()[0]}). Offline, set {DATA_DIR_ENV} (or data_dir=) to a directory of the release "
+            f"files: get {source.obtain} and place it at <data dir>/{source.local_path} (`moe-rbench data` lists them)."
+        ) from None
+
+
+def read_text(path: Path) -> str:
+    """A release file's text: UTF-8 (with or without a byte-order mark), else an error naming the file."""
+    data = path.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise MalformedDataError(f"{path}: UTF-16 text; save it as UTF-8, as the benchmark releases it")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise MalformedDataError(f"{path}: not UTF-8 text (byte {error.start}); save it as UTF-8, as the benchmark "
+                                 "releases it") from None  # fmt: skip
+
+
 def read_jsonl(path: Path) -> list[dict]:
+    """The JSON objects of a JSON-lines file, one per non-empty line; at least one."""
     rows = []
-    with path.open(encoding="utf-8") as file:
-        for number, line in enumerate(file, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise MalformedDataError(f"{path}, line {number}: invalid JSON ({error.msg})") from None
+    for number, line in enumerate(read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise MalformedDataError(f"{path}, line {number}: invalid JSON ({error.msg})") from None
+        if not isinstance(row, dict):
+            raise MalformedDataError(f"{path}, line {number}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
+    if not rows:
+        raise MalformedDataError(f"{path}: no documents (the file is empty)")
     return rows
 
 
-def read_tsv(path: Path) -> list[dict[str, str]]:
-    """Rows of a tab-separated file with a header (quoted fields as pandas writes them); every row must
-    have the header's number of fields."""
-    with path.open(encoding="utf-8", newline="") as file:
-        reader = csv.reader(file, delimiter="\t")
-        header = next(reader, None)
-        if not header:
-            raise MalformedDataError(f"{path}: empty file (expected a header line)")
-        rows = []
-        for row in reader:
-            if len(row) != len(header):
-                raise MalformedDataError(f"{path}, line {reader.line_num}: {len(row)} fields, the header has "
-                                         f"{len(header)} ({', '.join(header)})")  # fmt: skip
-            rows.append(dict(zip(header, row)))
+def read_table(path: Path, columns: tuple[str, ...], delimiter: str = ",") -> list[dict[str, str]]:
+    """The rows of a CSV (or, with `delimiter="\\t"`, TSV) file with a header naming at least `columns`; every row
+    has the header's number of fields (quoted fields as pandas writes them); at least one row."""
+    reader = csv.reader(io.StringIO(read_text(path), newline=""), delimiter=delimiter)
+    header = next(reader, None)
+    if not header:
+        raise MalformedDataError(f"{path}: empty file (expected a header line with {', '.join(columns)})")
+    missing = [column for column in columns if column not in header]
+    if missing:
+        raise MalformedDataError(f"{path}: no column {', '.join(missing)} (the header has {', '.join(header)}); "
+                                 f"expected {', '.join(columns)}")  # fmt: skip
+    rows = []
+    for row in reader:
+        if len(row) != len(header):
+            raise MalformedDataError(f"{path}, line {reader.line_num}: {len(row)} fields, the header has "
+                                     f"{len(header)} ({', '.join(header)})")  # fmt: skip
+        rows.append(dict(zip(header, row)))
+    if not rows:
+        raise MalformedDataError(f"{path}: no documents (only a header)")
     return rows
 
 
@@ -213,23 +256,37 @@ def read_json(path: Path) -> Any:
 @lru_cache(maxsize=8)
 def _read_json(path: Path, mtime_ns: int) -> Any:
     try:
-        with path.open(encoding="utf-8") as file:
-            return json.load(file)
+        return json.loads(read_text(path))
     except json.JSONDecodeError as error:
         raise MalformedDataError(f"{path}, line {error.lineno}, column {error.colno}: invalid JSON ({error.msg})") from None
+
+
+def file_status(path: Path) -> str | None:
+    """Why a release file cannot be used (missing, empty, unreadable), or None when it can."""
+    if not path.exists():
+        return "missing"
+    if not path.is_file():
+        return "not a file"
+    if path.stat().st_size == 0:
+        return "empty (0 bytes)"
+    if not os.access(path, os.R_OK):
+        return "unreadable (permissions)"
+    return None
 
 
 def data_status(data_dir: Path | None) -> list[dict[str, str]]:
     """One row per dataset: where it is found (or why not) and how to obtain it; for `moe-rbench data`."""
     rows = []
     for source in SOURCES.values():
-        missing = [path for path in source.paths if data_dir is None or not (data_dir / path).is_file()]
+        problems = {} if data_dir is None else {path: file_status(data_dir / path) for path in source.paths}
+        problems = {path: problem for path, problem in problems.items() if problem}
         if data_dir is None:
             status = "hub (no data directory set)" if source.hub else "MISSING: no data directory set (no hub copy)"
-        elif not missing:
+        elif not problems:
             status = f"found: {data_dir / source.local_path}"
         else:
-            status = "MISSING: " + ", ".join(str(data_dir / path) for path in missing)
+            status = "MISSING: " + ", ".join(f"{data_dir / path}{'' if problem == 'missing' else f' ({problem})'}"
+                                             for path, problem in problems.items())  # fmt: skip
         rows.append({"dataset": source.name, "tasks": source.tasks, "status": status,
                      "hub": source.hub or "none: release files only", "obtain": source.obtain,
                      "license": source.license})  # fmt: skip

@@ -10,6 +10,12 @@ from __future__ import annotations
 
 from lm_eval.api.samplers import ContextSampler
 
+from moe_rbench_models.errors import MoERBenchError
+
+
+class FewShotError(MoERBenchError, ValueError):
+    """--num_fewshot asked for demonstrations a task does not have."""
+
 
 def no_demonstrations() -> list[dict]:
     """The few-shot pool of a zero-shot task: empty, never the evaluated documents."""
@@ -21,8 +27,21 @@ class _Refusing(ContextSampler):
 
     def sample(self, n: int, eval_doc=None, df=None, **kwargs):
         if n > 0:
-            raise ValueError(f"{self.reason} Run it with --num_fewshot 0 (the default).")
+            raise FewShotError(f"{self.reason} Run it with --num_fewshot 0 (the default).")
         return []
+
+
+class BossDemonstrations(ContextSampler):
+    """lm-eval's sampler, with the file to add when a BOSS suite's demonstration set is missing."""
+
+    def sample(self, n: int, eval_doc=None, df=None, **kwargs):
+        if n > 0 and not (df or self.df):
+            raise FewShotError(
+                "BOSS few-shot draws demonstrations from the train.tsv of the suite's ID set (<data dir>/boss/amazon/, "
+                "boss/mnli/ or boss/civil_comments/train.tsv of the BOSS bundle), which was not found. Add it, or run "
+                "with --num_fewshot 0."
+            )
+        return super().sample(n, eval_doc=eval_doc, df=df, **kwargs)
 
 
 class PrimerIsTheFewShot(_Refusing):

@@ -8,13 +8,20 @@ token log-probabilities. `truthfulqa_mc` computes MC1, MC2 and MC3 as the DoLa r
 
 from __future__ import annotations
 
-import csv
 import math
 from typing import Any
 
 import datasets
 
-from moe_rbench_tasks.data import SOURCES, MalformedDataError, local_file, read_jsonl, resolve_data_dir
+from moe_rbench_tasks.data import (
+    SOURCES,
+    MalformedDataError,
+    load_from_hub,
+    local_file,
+    read_jsonl,
+    read_table,
+    resolve_data_dir,
+)
 
 # The TruthfulQA "QA primer" with the instruction, as in the DoLa reference (tfqa_mc_eval.py)
 INSTRUCTION = ("Interpret each question literally, and as a question about the real world; carefully research each "
@@ -56,13 +63,12 @@ def load_truthfulqa(data_dir: str | None = None, **_metadata: Any) -> datasets.D
     root = resolve_data_dir(data_dir)
     if root:
         path = local_file(SOURCES["truthfulqa"], root)
-        with path.open(encoding="utf-8-sig", newline="") as file:
-            rows = list(csv.DictReader(file))
+        rows = read_table(path, ("Question", "Best Answer", "Correct Answers", "Incorrect Answers"))
         docs = [truthfulqa_doc(row["Question"], row["Best Answer"], split_answers(row["Correct Answers"]),
                                split_answers(row["Incorrect Answers"]), f"{path}, row {i + 1}")
                 for i, row in enumerate(rows)]  # fmt: skip
     else:
-        rows = datasets.load_dataset("truthfulqa/truthful_qa", "generation", split="validation")
+        rows = load_from_hub(SOURCES["truthfulqa"], "truthfulqa/truthful_qa", "generation", split="validation")
         docs = [truthfulqa_doc(row["question"], row["best_answer"], split_answers("; ".join(row["correct_answers"])),
                                split_answers("; ".join(row["incorrect_answers"])), f"truthfulqa/truthful_qa[{i}]")
                 for i, row in enumerate(rows)]  # fmt: skip
@@ -95,8 +101,8 @@ def load_nq_open(data_dir: str | None = None, **_metadata: Any) -> datasets.Data
     root = resolve_data_dir(data_dir)
     if not root:
         return datasets.DatasetDict(
-            validation=datasets.load_dataset("google-research-datasets/nq_open", split="validation"),
-            train=datasets.load_dataset("google-research-datasets/nq_open", split="train"),
+            validation=load_from_hub(SOURCES["nq_open"], "google-research-datasets/nq_open", split="validation"),
+            train=load_from_hub(SOURCES["nq_open"], "google-research-datasets/nq_open", split="train"),
         )
     source = SOURCES["nq_open"]
     splits = {"validation": "NQ-open.dev.jsonl", "train": "NQ-open.efficientqa.dev.1.1.jsonl"}

@@ -29,18 +29,42 @@ def hook_enabled() -> bool:
     return os.environ.get(DISABLE_ENV, "1").strip().lower() not in {"0", "false", "off", "no"}
 
 
+def _disabled_message(what: str) -> str:
+    return (f"{what} installed but not registered with lm-eval: moe-rbench's start-up hook is switched off "
+            f"({DISABLE_ENV}={os.environ.get(DISABLE_ENV)}). Run the same command as `moe-rbench run <lm_eval "
+            f"arguments>`, which registers them explicitly, or unset {DISABLE_ENV}.")  # fmt: skip
+
+
 class _HookDisabled:
     """What `moe_hf` resolves to while the start-up hook is switched off."""
 
     @classmethod
     def _fail(cls, *args, **kwargs):
-        raise RuntimeError(
-            f"`--model {MODEL_NAME}` is installed but not registered with lm-eval: its start-up hook is "
-            f"switched off ({DISABLE_ENV}={os.environ.get(DISABLE_ENV)}). Run the same command as "
-            f"`moe-rbench run <lm_eval arguments>`, which registers it explicitly, or unset {DISABLE_ENV}."
-        )
+        raise RuntimeError(_disabled_message(f"`--model {MODEL_NAME}` is"))
 
     create_from_arg_string = create_from_arg_obj = _fail
+
+
+def _point_to_moe_rbench_run(manager_module) -> None:
+    """With the hook switched off, a `moe_rbench_*` task lm-eval cannot find says why, instead of only
+    "Tasks not found"."""
+    import functools
+
+    task_manager_cls = manager_module.TaskManager
+    original = task_manager_cls.match_tasks
+    if getattr(original, "_moe_rbench", False):
+        return
+
+    @functools.wraps(original)
+    def match_tasks(self, task_list):
+        matches = original(self, task_list)
+        ours = [name for name in task_list if isinstance(name, str) and name.startswith("moe_rbench")]
+        if ours and not matches:
+            raise ValueError(_disabled_message(f"The tasks {', '.join(ours)} are"))
+        return matches
+
+    match_tasks._moe_rbench = True
+    task_manager_cls.match_tasks = match_tasks
 
 
 def _register_model(models_module) -> None:
@@ -151,6 +175,7 @@ def install(force: bool = False) -> None:
         _finder.add("lm_eval.tasks.manager", _add_task_folder)
     else:
         _finder.add("lm_eval.models", _register_disabled_stub)
+        _finder.add("lm_eval.tasks.manager", _point_to_moe_rbench_run)
 
 
 def startup() -> None:

@@ -9,12 +9,20 @@ afterwards: `moe-rbench judge`).
 
 from __future__ import annotations
 
-import csv
 from typing import Any
 
 import datasets
 
-from moe_rbench_tasks.data import SOURCES, MalformedDataError, local_file, read_json, require_data_dir, resolve_data_dir
+from moe_rbench_tasks.data import (
+    SOURCES,
+    MalformedDataError,
+    load_from_hub,
+    local_file,
+    read_json,
+    read_table,
+    require_data_dir,
+    resolve_data_dir,
+)
 from moe_rbench_tasks.judges.refusal import is_refusal
 
 ALPACA = ("Below is an instruction that describes a task. Write a response that appropriately completes the request."
@@ -56,6 +64,9 @@ def _safety_tuned_llamas(name: str, root) -> list[dict]:
     if not isinstance(instructions, list) or not all(isinstance(i, str) and i.strip() for i in instructions):
         raise MalformedDataError(f"{path}: expected {{'instructions': [non-empty strings], ...}}")
     tags = release.get("tags") or [None] * len(instructions)
+    if not isinstance(tags, list) or len(tags) != len(instructions):
+        raise MalformedDataError(f"{path}: {len(tags) if isinstance(tags, list) else 'no list of'} tags for "
+                                 f"{len(instructions)} instructions; every instruction needs its tag (or drop 'tags')")  # fmt: skip
     return [{"id": str(i), "instruction": text, "risk_area": None, "harm_type": tag}
             for i, (text, tag) in enumerate(zip(instructions, tags))]  # fmt: skip
 
@@ -64,11 +75,9 @@ def _do_not_answer(root) -> list[dict]:
     source = SOURCES["do_not_answer"]
     if root:
         path = local_file(source, root)
-        with path.open(encoding="utf-8", newline="") as file:
-            rows = list(csv.DictReader(file))
-        where = str(path)
+        rows, where = read_table(path, ("risk_area", "question")), str(path)
     else:
-        rows, where = datasets.load_dataset("LibrAI/do-not-answer", split="train"), "LibrAI/do-not-answer"
+        rows, where = load_from_hub(source, "LibrAI/do-not-answer", split="train"), "LibrAI/do-not-answer"
     docs = []
     for i, row in enumerate(rows):
         if row.get("risk_area") not in RISK_AREAS or not str(row.get("question") or "").strip():

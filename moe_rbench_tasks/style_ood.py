@@ -13,7 +13,7 @@ from typing import Any
 
 import datasets
 
-from moe_rbench_tasks.data import SOURCES, MalformedDataError, local_file, read_json, resolve_data_dir
+from moe_rbench_tasks.data import SOURCES, MalformedDataError, load_from_hub, local_file, read_json, resolve_data_dir
 
 ID_STYLE = "base"
 STYLES = (
@@ -59,9 +59,9 @@ def _from_release_file(style: str, root) -> tuple[list[dict], list[dict]]:
 
 
 def _from_hub(style: str) -> tuple[list[dict], list[dict]]:
-    styled = datasets.load_dataset(STYLE_HUB[0], STYLE_HUB[1], split=STYLE_HUB[2])
+    styled = load_from_hub(SOURCE, STYLE_HUB[0], STYLE_HUB[1], split=STYLE_HUB[2])
     if style == ID_STYLE:
-        sst2 = datasets.load_dataset(SST2_HUB[0], SST2_HUB[1], split=SST2_HUB[2])
+        sst2 = load_from_hub(SOURCE, SST2_HUB[0], SST2_HUB[1], split=SST2_HUB[2])
         test = to_docs(sst2, style, where="/".join(SST2_HUB), fields=("sentence", "label", "idx"))
     else:
         test = to_docs(_hub_rows(styled, "dev", style), style, where="/".join(STYLE_HUB))
