@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from moe_rbench_models.errors import OptionError
 from moe_rbench_tasks.runs import Run, load_run
 
 STYLES = ["augment", "shake_w", "shake_p0", "shake_p06", "bible_p0", "bible_p06", "romantic_p0", "romantic_p06",
@@ -45,19 +46,19 @@ def _boss(suite: str, id_set: str, ood: list[str], title: str) -> TableSpec:
     return TableSpec(f"boss_{suite}", title, [
         Column(f"ID {id_set}", f"moe_rbench_boss_{suite}_{id_set}", role="id"),
         *(Column(name, f"moe_rbench_boss_{suite}_{name}") for name in ood),
-        Column("OOD mean", f"moe_rbench_boss_{suite}", "ood_acc", role="ood")])  # fmt: skip
+        Column("OOD mean", f"moe_rbench_boss_{suite}_ood", role="ood")])  # fmt: skip
 
 
 TABLES = [
     TableSpec("adversarial", "Adversarial robustness (accuracy)", [
         Column("SA (SNLI)", "moe_rbench_snli", role="id"),
         *(Column(f"RA R{r}", f"moe_rbench_anli_r{r}") for r in (1, 2, 3)),
-        Column("RA mean", "moe_rbench_adv", "ra_acc", role="ood"),
+        Column("RA mean", "moe_rbench_anli", role="ood"),
         Column("SNLI-hard", "moe_rbench_snli_hard")]),
     TableSpec("style_ood", "Style-OOD (accuracy)", [
         Column("ID (SST-2)", "moe_rbench_sst2", role="id"),
         *(Column(style, f"moe_rbench_style_{style}") for style in STYLES),
-        Column("OOD mean", "moe_rbench_ood", "ood_acc", role="ood")]),
+        Column("OOD mean", "moe_rbench_ood_styles", role="ood")]),
     _boss("sa", "amazon", ["dynasent", "semeval", "sst5"], "BOSS sentiment (accuracy)"),
     _boss("nli", "mnli", ["anli", "contract_nli", "wanli"], "BOSS NLI (accuracy)"),
     _boss("td", "civil_comments", ["adv_civil", "implicit_hate", "toxigen"], "BOSS toxicity (accuracy)"),
@@ -257,12 +258,12 @@ def make_report(run_paths: list[str], pairs: list[str], out_dir: str | Path, lab
     runs = [load_run(path, label) for path, label in zip(run_paths, labels or [None] * len(run_paths))]
     known = {run.label for run in runs}
     if len(known) != len(runs):
-        raise ValueError(f"Two runs have the same label ({', '.join(run.label for run in runs)}); give --label for each")
+        raise OptionError(f"Two runs have the same label ({', '.join(run.label for run in runs)}); give --label for each")
     parsed = []
     for pair in pairs:
         moe, equals, dense = pair.partition("=")
         if not equals or moe not in known or dense not in known:
-            raise ValueError(f"--pair {pair!r}: expected MOE=DENSE with labels of the given runs ({', '.join(sorted(known))})")
+            raise OptionError(f"--pair {pair!r}: expected MOE=DENSE with labels of the given runs ({', '.join(sorted(known))})")
         parsed.append((moe, dense))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -4,9 +4,9 @@ builds it, against the task's evaluated documents (fixture data, and the release
 from __future__ import annotations
 
 import pytest
+from conftest import FIXTURE_DATA
 
 import moe_rbench_tasks
-from conftest import FIXTURE_DATA
 from moe_rbench_tasks.hallucination import load_nq_open
 
 ZERO_SHOT = {"moe_rbench_truthfulqa_mc", "moe_rbench_safety_malicious", "moe_rbench_safety_cona",

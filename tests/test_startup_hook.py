@@ -11,8 +11,8 @@ import warnings
 from pathlib import Path
 
 import pytest
-
 from conftest import run
+
 from moe_rbench_tasks import TASKS_DIR, lm_eval_hook, with_our_tasks
 
 HEAVY = ("lm_eval", "torch", "transformers", "datasets", "numpy", "yaml", "accelerate")
