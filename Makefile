@@ -11,7 +11,7 @@ TORCH_LOCK ?= 2.13.0
 BIN := $(VENV)/bin
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
-.PHONY: setup demo test drift-check lock
+.PHONY: setup demo test lint drift-check lock
 
 setup: $(VENV)/.installed
 
@@ -30,6 +30,12 @@ demo: setup
 
 test: setup
 	$(BIN)/pytest
+
+# One formatter and linter for the whole tree, and the import contract (tools -> tasks -> model).
+lint: setup
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 # The equivalence tests against the newest releases of every dependency (README, "Tested with").
 drift-check:

@@ -20,13 +20,25 @@ from routing_overhead import MODEL, record_bytes_per_token_layer  # noqa: E402
 
 def main() -> None:
     args, work, model_dir, parameters, use_perf = setup(MODEL)
-    print(f"model: Mixtral-style, {parameters / 1e6:.1f}M parameters; device {args.device}, {args.threads} thread(s), "
-          f"{args.rounds} round(s)")  # fmt: skip
+    print(
+        f"model: Mixtral-style, {parameters / 1e6:.1f}M parameters; device {args.device}, {args.threads} thread(s), "
+        f"{args.rounds} round(s)"
+    )
     routing_dir = work / "routing"
-    base = {"kwargs": {"pretrained": str(model_dir)}, "workload": "snli", "device": args.device, "threads": args.threads}
-    specs = {"hf": {**base, "model": "hf"},
-             "moe_hf_capture": {**base, "model": "moe_hf", "kwargs": {**base["kwargs"], "routing_out": str(routing_dir),
-                                                                      "routing_overwrite": True}}}  # fmt: skip
+    base = {
+        "kwargs": {"pretrained": str(model_dir)},
+        "workload": "snli",
+        "device": args.device,
+        "threads": args.threads,
+    }
+    specs = {
+        "hf": {**base, "model": "hf"},
+        "moe_hf_capture": {
+            **base,
+            "model": "moe_hf",
+            "kwargs": {**base["kwargs"], "routing_out": str(routing_dir), "routing_overwrite": True},
+        },
+    }
     report("SNLI validation", interleaved(specs, args.rounds, False, work), "hf", False)
     print(f"  records: {record_bytes_per_token_layer(routing_dir):.1f} bytes per token per MoE layer")
 

@@ -48,14 +48,19 @@ def every_position(lm) -> None:
 
 def main() -> None:
     args, work, model_dir, parameters, use_perf = setup(MODEL, workloads=True)
-    print(f"model: Mixtral-style, {parameters / 1e6:.1f}M parameters; DoLa candidates 2 and 4 of 5 layers; device "
-          f"{args.device}, {args.threads} thread(s), {args.rounds} rounds, perf counters: "
-          f"{'yes' if use_perf else 'not available'}")  # fmt: skip
+    print(
+        f"model: Mixtral-style, {parameters / 1e6:.1f}M parameters; DoLa candidates 2 and 4 of 5 layers; device "
+        f"{args.device}, {args.threads} thread(s), {args.rounds} rounds, perf counters: "
+        f"{'yes' if use_perf else 'not available'}"
+    )
     for workload in args.workloads:
         base = {"model": "moe_hf", "workload": workload, "device": args.device, "threads": args.threads}
         model = {"pretrained": str(model_dir)}
-        specs = {"plain": {**base, "kwargs": model}, "dola": {**base, "kwargs": {**model, **DOLA}},
-                 "scmoe": {**base, "kwargs": {**model, "scmoe_beta": 0.5}}}  # fmt: skip
+        specs = {
+            "plain": {**base, "kwargs": model},
+            "dola": {**base, "kwargs": {**model, **DOLA}},
+            "scmoe": {**base, "kwargs": {**model, "scmoe_beta": 0.5}},
+        }
         if workload == "loglikelihood":
             specs["dola_every_position"] = {**specs["dola"], "patch": "decoding_overhead:every_position"}
         report(workload, interleaved(specs, args.rounds, use_perf, work), "plain", use_perf)

@@ -52,6 +52,7 @@ def workload_requests(workload: str) -> list:
     snli: the full SNLI validation task from the data directory in MOE_RBENCH_DATA_DIR (29,526 requests);
     generate_until: 32 prompts, 32 new tokens each, greedy."""
     from lm_eval.api.instance import Instance
+
     from moe_rbench_tasks.style_ood import load_docs
 
     data = ROOT / "tests" / "fixtures" / "data"
@@ -59,10 +60,14 @@ def workload_requests(workload: str) -> list:
         return task_requests(["moe_rbench_sst2", *(f"moe_rbench_style_{s}" for s in STYLE_SETS)], data)
     if workload == "snli":
         return task_requests(["moe_rbench_snli"], Path(os.environ["MOE_RBENCH_DATA_DIR"]))
-    sentences = [doc["sentence"] for style in ("base", "tweet_p0") for doc in load_docs(style=style, data_dir=data)["test"]]
+    sentences = [
+        doc["sentence"] for style in ("base", "tweet_p0") for doc in load_docs(style=style, data_dir=data)["test"]
+    ]
     gen = {"until": ["\n\n"], "max_gen_toks": 32, "do_sample": False}
-    return [Instance("generate_until", {}, ("Q: " + s + "\nA:", dict(gen)), 0, metadata=("bench", i, 1))
-            for i, s in enumerate(sentences[:32])]  # fmt: skip
+    return [
+        Instance("generate_until", {}, ("Q: " + s + "\nA:", dict(gen)), 0, metadata=("bench", i, 1))
+        for i, s in enumerate(sentences[:32])
+    ]
 
 
 def child(spec: dict, control: str, ack: str) -> dict:
@@ -88,7 +93,7 @@ def child(spec: dict, control: str, ack: str) -> dict:
         Path("/proc/self/clear_refs").write_text("5")  # reset the peak resident set (VmHWM)
     counting = control != "-"
     if counting:
-        ctl, acknowledge = open(control, "w"), open(ack)
+        ctl, acknowledge = open(control, "w"), open(ack)  # noqa: SIM115 - open for the whole workload
         ctl.write("enable\n")
         ctl.flush()
         acknowledge.readline()
@@ -121,8 +126,13 @@ def perf_available() -> bool:
 
 
 def run_once(spec: dict, use_perf: bool, work: Path) -> dict:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "benchmarks"), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "benchmarks"), os.environ.get("PYTHONPATH", "")]),
+    }
     command = [sys.executable, str(Path(__file__)), json.dumps(spec)]
     if not use_perf:
         output = subprocess.run([*command, "-", "-"], capture_output=True, text=True, check=True, env=env)
@@ -131,8 +141,19 @@ def run_once(spec: dict, use_perf: bool, work: Path) -> dict:
     for fifo in (control, ack):
         fifo.unlink(missing_ok=True)
         os.mkfifo(fifo)
-    command = ["perf", "stat", "-x,", "-e", "instructions,cycles", "--delay=-1", f"--control=fifo:{control},{ack}",
-               "--", *command, str(control), str(ack)]  # fmt: skip
+    command = [
+        "perf",
+        "stat",
+        "-x,",
+        "-e",
+        "instructions,cycles",
+        "--delay=-1",
+        f"--control=fifo:{control},{ack}",
+        "--",
+        *command,
+        str(control),
+        str(ack),
+    ]
     output = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
     result = json.loads(output.stdout.strip().splitlines()[-1])
     for line in output.stderr.splitlines():
@@ -156,17 +177,25 @@ def interleaved(specs: dict[str, dict], rounds: int, use_perf: bool, work: Path)
 def report(title: str, runs: dict[str, list[dict]], baseline: str, use_perf: bool) -> dict[str, dict]:
     """Print medians with their ratios to `baseline`; return the medians."""
     metrics = ["seconds", "peak_bytes"] + (["instructions", "cycles"] if use_perf else [])
-    median = {name: {m: statistics.median(run[m] for run in results) for m in metrics} for name, results in runs.items()}
+    median = {
+        name: {m: statistics.median(run[m] for run in results) for m in metrics} for name, results in runs.items()
+    }
     base = median[baseline]
     print(f"\n{title} ({runs[baseline][0]['requests']} requests), medians; ratio to {baseline} in brackets")
     for name, values in median.items():
-        cells = [f"{values['seconds']:7.2f} s [{values['seconds'] / base['seconds']:.3f}]",
-                 f"peak {values['peak_bytes'] / 2**20:6.0f} MiB [{values['peak_bytes'] / base['peak_bytes']:.3f}]"]  # fmt: skip
+        cells = [
+            f"{values['seconds']:7.2f} s [{values['seconds'] / base['seconds']:.3f}]",
+            f"peak {values['peak_bytes'] / 2**20:6.0f} MiB [{values['peak_bytes'] / base['peak_bytes']:.3f}]",
+        ]
         if use_perf:
-            cells += [f"{values[m] / 1e9:7.2f} G{m[:5]} [{values[m] / base[m]:.4f}]" for m in ("instructions", "cycles")]
+            cells += [
+                f"{values[m] / 1e9:7.2f} G{m[:5]} [{values[m] / base[m]:.4f}]" for m in ("instructions", "cycles")
+            ]
         print(f"  {name:22} " + "   ".join(cells))
-    print("  wall seconds per run: " + "; ".join(f"{name}: " + ", ".join(f"{r['seconds']:.1f}" for r in results)
-                                               for name, results in runs.items()))  # fmt: skip
+    print(
+        "  wall seconds per run: "
+        + "; ".join(f"{name}: " + ", ".join(f"{r['seconds']:.1f}" for r in results) for name, results in runs.items())
+    )
     return median
 
 

@@ -18,9 +18,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measure import interleaved, report, setup  # noqa: E402
 
-MODEL = dict(hidden_size=512, intermediate_size=512, num_hidden_layers=5, num_attention_heads=8,
-             num_key_value_heads=4, num_local_experts=8, num_experts_per_tok=2, vocab_size=32000,
-             tie_word_embeddings=True)  # fmt: skip
+MODEL = dict(
+    hidden_size=512,
+    intermediate_size=512,
+    num_hidden_layers=5,
+    num_attention_heads=8,
+    num_key_value_heads=4,
+    num_local_experts=8,
+    num_experts_per_tok=2,
+    vocab_size=32000,
+    tie_word_embeddings=True,
+)
 
 
 def record_bytes_per_token_layer(routing_dir: Path) -> float:
@@ -34,15 +42,27 @@ def record_bytes_per_token_layer(routing_dir: Path) -> float:
 
 def main() -> None:
     args, work, model_dir, parameters, use_perf = setup(MODEL)
-    print(f"model: Mixtral-style, {parameters / 1e6:.1f}M parameters; device {args.device}, {args.threads} thread(s), "
-          f"{args.rounds} rounds, perf counters: {'yes' if use_perf else 'not available'}")  # fmt: skip
+    print(
+        f"model: Mixtral-style, {parameters / 1e6:.1f}M parameters; device {args.device}, {args.threads} thread(s), "
+        f"{args.rounds} rounds, perf counters: {'yes' if use_perf else 'not available'}"
+    )
     for workload in ("loglikelihood", "generate_until"):
         routing_dir = work / f"routing_{workload}"
-        base = {"kwargs": {"pretrained": str(model_dir)}, "workload": workload, "device": args.device, "threads": args.threads}
-        specs = {"hf": {**base, "model": "hf"}, "moe_hf_off": {**base, "model": "moe_hf"},
-                 "moe_hf_capture": {**base, "model": "moe_hf",
-                                    "kwargs": {**base["kwargs"], "routing_out": str(routing_dir),
-                                               "routing_overwrite": True}}}  # fmt: skip
+        base = {
+            "kwargs": {"pretrained": str(model_dir)},
+            "workload": workload,
+            "device": args.device,
+            "threads": args.threads,
+        }
+        specs = {
+            "hf": {**base, "model": "hf"},
+            "moe_hf_off": {**base, "model": "moe_hf"},
+            "moe_hf_capture": {
+                **base,
+                "model": "moe_hf",
+                "kwargs": {**base["kwargs"], "routing_out": str(routing_dir), "routing_overwrite": True},
+            },
+        }
         report(workload, interleaved(specs, args.rounds, use_perf, work), "hf", use_perf)
         print(f"  records: {record_bytes_per_token_layer(routing_dir):.1f} bytes per token per MoE layer")
     shutil.rmtree(work, ignore_errors=True)

@@ -17,15 +17,16 @@ import subprocess
 import sys
 import time
 
-from moe_rbench_tasks import lm_eval_hook
+from moe_rbench import hook
 
 
 def hook_import_ms(runs: int, env: dict) -> float:
     times = []
     for _ in range(runs + 1):  # the first run writes the byte code
-        stderr = subprocess.run([sys.executable, "-X", "importtime", "-c", "pass"],
-                                capture_output=True, text=True, check=True, env=env).stderr  # fmt: skip
-        (cumulative,) = re.findall(r"\|\s*(\d+) \|\s*moe_rbench_tasks\.lm_eval_hook$", stderr, re.M)
+        stderr = subprocess.run(
+            [sys.executable, "-X", "importtime", "-c", "pass"], capture_output=True, text=True, check=True, env=env
+        ).stderr
+        (cumulative,) = re.findall(r"\|\s*(\d+) \|\s*moe_rbench\.hook$", stderr, re.M)
         times.append(int(cumulative) / 1000)
     return statistics.median(times[1:])
 
@@ -33,14 +34,15 @@ def hook_import_ms(runs: int, env: dict) -> float:
 def finder_miss_ns(calls: int = 200_000) -> float:
     start = time.perf_counter_ns()
     for _ in range(calls):
-        lm_eval_hook._finder.find_spec("some_module_the_hook_does_not_wait_for")
+        hook._finder.find_spec("some_module_the_hook_does_not_wait_for")
     return (time.perf_counter_ns() - start) / calls
 
 
 def modules_imported_by_an_hf_evaluation(env: dict) -> int:
     probe = "import sys, lm_eval.evaluator, lm_eval.models.huggingface; print(len(sys.modules))"
-    return int(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
-                              env=env).stdout)  # fmt: skip
+    return int(
+        subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env).stdout
+    )
 
 
 def main() -> None:
@@ -51,8 +53,10 @@ def main() -> None:
     miss_ns = finder_miss_ns()
     modules = modules_imported_by_an_hf_evaluation(env)
     print(f"hook import + install at interpreter start (median of {runs}): {hook_import_ms(runs, env):.2f} ms")
-    print(f"finder cost per unrelated import: {miss_ns:.0f} ns; over the {modules} modules of an lm-eval "
-          f"HF evaluation: {miss_ns * modules / 1e6:.2f} ms")
+    print(
+        f"finder cost per unrelated import: {miss_ns:.0f} ns; over the {modules} modules of an lm-eval "
+        f"HF evaluation: {miss_ns * modules / 1e6:.2f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -1,18 +1,18 @@
 """`moe-rbench`: the command line of moe-rbench.
 
-  moe-rbench run <lm_eval arguments>   lm-eval with `moe_hf` and the moe_rbench tasks registered explicitly
-  moe-rbench data [--data_dir DIR]     every dataset: found where, or how to obtain it
-  moe-rbench tiny-model ARCH DIR [--set KEY=VALUE ...]
-                                       a tiny random-weight checkpoint of a real architecture (offline)
-  moe-rbench trace --routing DIR --id TASK --ood TASK [TASK ...] --out OUT
-                                       routing shift between an ID task and OOD tasks (table and heatmap)
-  moe-rbench judge --samples PATH --judge refusal|harmfulness|llamaguard|openai [--out DIR]
-                                       judge the safety tasks' generations (resumable), with a summary
-  moe-rbench report RUN [RUN ...] [--pair MOE=DENSE ...] --out DIR
-                                       MoE-vs-dense tables, figures and report.md from lm-eval outputs
-  moe-rbench compare --baseline RUN --candidate RUN [--max-drop 0.01] [--paired] [--allow-missing]
-                                       CI gate: exits 1 when a reliability metric got worse, was lost or is
-                                       invalid, 2 when the runs are not comparable
+moe-rbench run <lm_eval arguments>   lm-eval with `moe_hf` and the moe_rbench tasks registered explicitly
+moe-rbench data [--data_dir DIR]     every dataset: found where, or how to obtain it
+moe-rbench tiny-model ARCH DIR [--set KEY=VALUE ...]
+                                     a tiny random-weight checkpoint of a real architecture (offline)
+moe-rbench trace --routing DIR --id TASK --ood TASK [TASK ...] --out OUT
+                                     routing shift between an ID task and OOD tasks (table and heatmap)
+moe-rbench judge --samples PATH --judge refusal|harmfulness|llamaguard|openai [--out DIR]
+                                     judge the safety tasks' generations (resumable), with a summary
+moe-rbench report RUN [RUN ...] [--pair MOE=DENSE ...] --out DIR
+                                     MoE-vs-dense tables, figures and report.md from lm-eval outputs
+moe-rbench compare --baseline RUN --candidate RUN [--max-drop 0.01] [--paired] [--allow-missing]
+                                     CI gate: exits 1 when a reliability metric got worse, was lost or is
+                                     invalid, 2 when the runs are not comparable
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from moe_rbench_models.errors import MoERBenchError
 def run_lm_eval(lm_eval_args: list[str]) -> None:
     """Run the stock lm-eval command line with our hook installed, whether or not the start-up file ran
     (e.g. under `python -S`, or with MOE_RBENCH_STARTUP_HOOK=0)."""
-    from moe_rbench_tasks import lm_eval_hook
+    from moe_rbench import hook
 
-    lm_eval_hook.install(force=True)
+    hook.install(force=True)
     from lm_eval.__main__ import cli_evaluate
 
     sys.argv = ["lm-eval", *lm_eval_args]
@@ -75,7 +75,7 @@ def build_tiny(args: argparse.Namespace) -> int:
 
 
 def trace(args: argparse.Namespace) -> int:
-    from moe_rbench_models.routing.trace import pairing_notes, trace_routing, write_trace
+    from moe_rbench.trace import pairing_notes, trace_routing, write_trace
 
     rows = trace_routing(args.routing, args.id_task, args.ood)
     for note in pairing_notes(rows, args.id_task):
@@ -88,8 +88,8 @@ def trace(args: argparse.Namespace) -> int:
 def judge(args: argparse.Namespace) -> int:
     from lm_eval._cli.utils import key_val_to_dict
 
+    from moe_rbench.judging import judge_samples
     from moe_rbench_tasks.judges import load_judge
-    from moe_rbench_tasks.judging import judge_samples
 
     options = {key: value for arg in args.judge_args for key, value in key_val_to_dict(arg).items()}
     for path in judge_samples(args.samples, load_judge(args.judge, **options), args.out, batch_size=args.batch_size):
@@ -98,23 +98,31 @@ def judge(args: argparse.Namespace) -> int:
 
 
 def report(args: argparse.Namespace) -> int:
-    from moe_rbench_tasks.report import make_report
+    from moe_rbench.report import make_report
 
     print(make_report(args.runs, args.pair, args.out, args.labels))
     return 0
 
 
 def compare(args: argparse.Namespace) -> int:
-    from moe_rbench_tasks.compare import run_compare
+    from moe_rbench.compare import GateOptions, run_compare
 
-    summary, status = run_compare(args.baseline, args.candidate, args.max_drop, args.metrics, args.ignore_within_stderr,
-                                  args.allow_missing, args.paired, args.alpha)  # fmt: skip
+    options = GateOptions(
+        args.max_drop, tuple(args.metrics or ()), args.ignore_within_stderr, args.allow_missing, args.paired, args.alpha
+    )
+    summary, status = run_compare(args.baseline, args.candidate, options)
     print(summary)
     return status
 
 
-COMMANDS = {"data": show_data, "tiny-model": build_tiny, "trace": trace, "judge": judge, "report": report,
-            "compare": compare}  # fmt: skip
+COMMANDS = {
+    "data": show_data,
+    "tiny-model": build_tiny,
+    "trace": trace,
+    "judge": judge,
+    "report": report,
+    "compare": compare,
+}
 
 
 def positive_int(text: str) -> int:
@@ -133,8 +141,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"moe-rbench run: {error}", file=sys.stderr)
             return 2
         return 0
-    parser = argparse.ArgumentParser(prog="moe-rbench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="moe-rbench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("run", help="run lm-eval (`lm_eval` arguments follow) with moe_hf and our tasks registered")
     data = commands.add_parser("data", help="list every dataset, where it is found and how to obtain it")
@@ -142,8 +151,13 @@ def main(argv: list[str] | None = None) -> int:
     tiny = commands.add_parser("tiny-model", help="write a tiny random-weight checkpoint (no download)")
     tiny.add_argument("architecture", help="one of: " + ", ".join(_tiny_architectures()))
     tiny.add_argument("out_dir")
-    tiny.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                      help="config field to change, e.g. --set num_hidden_layers=4 --set initializer_range=0.3")  # fmt: skip
+    tiny.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config field to change, e.g. --set num_hidden_layers=4 --set initializer_range=0.3",
+    )
     tracing = commands.add_parser("trace", help="routing shift between an ID task and OOD tasks, per MoE layer")
     tracing.add_argument("--routing", required=True, help="a routing_out directory of moe_hf")
     tracing.add_argument("--id", required=True, dest="id_task", help="in-distribution task, e.g. moe_rbench_sst2")
@@ -156,26 +170,40 @@ def main(argv: list[str] | None = None) -> int:
     judging.add_argument("--judge", required=True, choices=JUDGES)
     judging.add_argument("--out", help="output directory, for one run (default: <run folder>/judged/<stamp>)")
     judging.add_argument("--batch_size", type=positive_int, default=16)
-    judging.add_argument("--judge_args", nargs="*", default=[], metavar="KEY=VALUE",
-                         help="judge options, e.g. model=/models/LlamaGuard-7b device=cuda base_url=http://...")  # fmt: skip
+    judging.add_argument(
+        "--judge_args",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="judge options, e.g. model=/models/LlamaGuard-7b device=cuda base_url=http://...",
+    )
     reporting = commands.add_parser("report", help="MoE-vs-dense tables and figures from lm-eval output directories")
     reporting.add_argument("runs", nargs="+", help="lm_eval --output_path directories (or results files)")
     reporting.add_argument("--label", action="append", dest="labels", help="a label per run (default: model name)")
     reporting.add_argument("--pair", action="append", default=[], metavar="MOE=DENSE", help="compare two runs by label")
     reporting.add_argument("--out", required=True, help="directory for report.md, tables and figures")
     comparing = commands.add_parser(
-        "compare", help="CI gate: exit 1 when a reliability metric got worse, was lost or is invalid; 2 when the runs "
-        "are not comparable")  # fmt: skip
+        "compare",
+        help="CI gate: exit 1 when a reliability metric got worse, was lost or is invalid; 2 when the runs "
+        "are not comparable",
+    )
     comparing.add_argument("--baseline", required=True)
     comparing.add_argument("--candidate", required=True)
     comparing.add_argument("--max-drop", type=float, default=0.01, help="tolerated drop (default 0.01)")
     comparing.add_argument("--metrics", nargs="+", help="only metrics matching these patterns, e.g. 'moe_rbench_ood/*'")
-    comparing.add_argument("--ignore-within-stderr", action="store_true",
-                           help="unpaired rule: pass drops no larger than the combined standard error")  # fmt: skip
-    comparing.add_argument("--allow-missing", action="store_true",
-                           help="list metrics the candidate lacks instead of failing on them")  # fmt: skip
-    comparing.add_argument("--paired", action="store_true",
-                           help="decide drops with a paired test on the documents both runs logged (--log_samples)")  # fmt: skip
+    comparing.add_argument(
+        "--ignore-within-stderr",
+        action="store_true",
+        help="unpaired rule: pass drops no larger than the combined standard error",
+    )
+    comparing.add_argument(
+        "--allow-missing", action="store_true", help="list metrics the candidate lacks instead of failing on them"
+    )
+    comparing.add_argument(
+        "--paired",
+        action="store_true",
+        help="decide drops with a paired test on the documents both runs logged (--log_samples)",
+    )
     comparing.add_argument("--alpha", type=float, default=0.05, help="significance level of --paired (default 0.05)")
     args = parser.parse_args(argv)
     if args.command == "report" and args.labels and len(args.labels) != len(args.runs):

@@ -29,8 +29,10 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import binomtest
 
+from moe_rbench import tables
+from moe_rbench.runs import Run, RunError, load_run
 from moe_rbench_models.errors import MoERBenchError, OptionError
-from moe_rbench_tasks.runs import JUDGE_METRICS, Run, RunError, load_run
+from moe_rbench_tasks.judges import MEASURES
 
 BOOTSTRAP_RESAMPLES = 4000
 BOOTSTRAP_SEED = 1234
@@ -99,17 +101,28 @@ def _entry(run: Run, task: str) -> dict | None:
 def baseline_metrics(baseline: Run, candidate: Run) -> list[Metric]:
     """Every metric the baseline reports, with the candidate's value (None where it lacks it)."""
     metrics = []
-    entries = {**baseline.results.get("groups", {}), **baseline.results.get("results", {})}  # lm-eval lists groups in both
+    entries = {
+        **baseline.results.get("groups", {}),
+        **baseline.results.get("results", {}),
+    }  # lm-eval lists groups in both
     for task, entry in sorted(entries.items()):
         if task.startswith("moe_rbench"):
             metrics += _task_metrics(baseline, task, entry, _entry(candidate, task) or {})
     for judge, summary in sorted(baseline.judges.items()):
         for task, values in sorted(summary.items()):
             other = candidate.judges.get(judge, {}).get(task, {})
-            for measure, higher in JUDGE_METRICS.items():
+            for measure, higher in ((m.title, m.higher_is_better) for m in MEASURES.values()):
                 if measure in values:
-                    metrics.append(Metric(f"{judge} / {task} / {measure}", None, measure, higher, values[measure],
-                                          other.get(measure, MISSING)))  # fmt: skip
+                    metrics.append(
+                        Metric(
+                            f"{judge} / {task} / {measure}",
+                            None,
+                            measure,
+                            higher,
+                            values[measure],
+                            other.get(measure, MISSING),
+                        )
+                    )
     return metrics
 
 
@@ -118,9 +131,12 @@ def baseline_metrics(baseline: Run, candidate: Run) -> list[Metric]:
 
 def check_comparable(baseline: Run, candidate: Run, tasks: set[str]) -> None:
     """Raise Incomparable, naming the field, where a task present in both runs was evaluated differently."""
-    checks = [("n-samples", "number of evaluated documents (--limit)", lambda v: (v or {}).get("effective")),
-              ("n-shot", "num_fewshot", lambda v: v), ("versions", "task version", lambda v: v),
-              ("task_hashes", "dataset/prompt hash", lambda v: v)]  # fmt: skip
+    checks = [
+        ("n-samples", "number of evaluated documents (--limit)", lambda v: (v or {}).get("effective")),
+        ("n-shot", "num_fewshot", lambda v: v),
+        ("versions", "task version", lambda v: v),
+        ("task_hashes", "dataset/prompt hash", lambda v: v),
+    ]
     problems = []
     for task in sorted(tasks):
         if _entry(candidate, task) is None:
@@ -130,8 +146,9 @@ def check_comparable(baseline: Run, candidate: Run, tasks: set[str]) -> None:
             if field == "task_hashes" and None in values:  # recorded only when samples were logged
                 continue
             if values[0] != values[1]:
-                problems.append(f"{task}: {field} ({meaning}) {values[0]!r} in the baseline, {values[1]!r} in the "
-                                "candidate")  # fmt: skip
+                problems.append(
+                    f"{task}: {field} ({meaning}) {values[0]!r} in the baseline, {values[1]!r} in the candidate"
+                )
     if problems:
         raise Incomparable("the runs are not comparable: " + "; ".join(problems))
 
@@ -170,8 +187,11 @@ def _per_document(samples: dict[str, list[dict]], tasks: list[str], key: str) ->
     metric, _, filter_name = key.partition(",")
     strata = {}
     for task in tasks:
-        values = {row["doc_id"]: row[metric] for row in samples.get(task, [])
-                  if row.get("filter", "none") == filter_name and metric in row}  # fmt: skip
+        values = {
+            row["doc_id"]: row[metric]
+            for row in samples.get(task, [])
+            if row.get("filter", "none") == filter_name and metric in row
+        }
         if values:
             strata[task] = values
     return strata
@@ -226,7 +246,9 @@ def paired_test(metric: Metric, baseline: Run, candidate: Run, samples: tuple[di
     binary = all(set(np.unique(values)) <= {0.0, 1.0} for values in base + cand)
     if len(base) == 1 and binary:
         return _mcnemar(base[0], cand[0]), "McNemar"
-    return _paired_bootstrap([c - b for b, c in zip(base, cand)], pooled=not unweighted), "paired bootstrap"
+    return _paired_bootstrap(
+        [c - b for b, c in zip(base, cand, strict=True)], pooled=not unweighted
+    ), "paired bootstrap"
 
 
 def _reproduces(values: list[np.ndarray], reported: float, pooled: bool = True) -> bool:
@@ -249,18 +271,26 @@ class Gate:
         return any(row.failed for row in self.rows)
 
 
-def compare(
-    baseline: Run,
-    candidate: Run,
-    max_drop: float = 0.01,
-    patterns: list[str] | None = None,
-    ignore_within_stderr: bool = False,
-    allow_missing: bool = False,
-    paired: bool = False,
-    alpha: float = 0.05,
-) -> Gate:
-    metrics = [m for m in baseline_metrics(baseline, candidate)
-               if not patterns or any(fnmatch.fnmatch(m.name, pattern) for pattern in patterns)]  # fmt: skip
+@dataclass(frozen=True)
+class GateOptions:
+    """The `moe-rbench compare` options (see the module docstring)."""
+
+    max_drop: float = 0.01
+    patterns: tuple[str, ...] = ()  # only metrics whose names match one of these
+    ignore_within_stderr: bool = False
+    allow_missing: bool = False
+    paired: bool = False
+    alpha: float = 0.05
+
+
+def compare(baseline: Run, candidate: Run, options: GateOptions = GateOptions()) -> Gate:
+    max_drop, patterns, alpha = options.max_drop, options.patterns, options.alpha
+    allow_missing, ignore_within_stderr, paired = options.allow_missing, options.ignore_within_stderr, options.paired
+    metrics = [
+        m
+        for m in baseline_metrics(baseline, candidate)
+        if not patterns or any(fnmatch.fnmatch(m.name, pattern) for pattern in patterns)
+    ]
     check_comparable(baseline, candidate, {m.task for m in metrics if m.task})
     samples = (logged_samples(baseline), logged_samples(candidate)) if paired else (None, None)
     have_samples = all(s is not None for s in samples)
@@ -268,12 +298,21 @@ def compare(
     for metric in metrics:
         row = dict(name=metric.name, higher_is_better=metric.higher_is_better, stderr=metric.stderr)
         if metric.candidate is MISSING:
-            rows.append(Comparison(**row, baseline=_number(metric.baseline), candidate=None,
-                                   status="missing (allowed)" if allow_missing else "missing"))  # fmt: skip
+            rows.append(
+                Comparison(
+                    **row,
+                    baseline=_number(metric.baseline),
+                    candidate=None,
+                    status="missing (allowed)" if allow_missing else "missing",
+                )
+            )
             continue
         if not (_finite(metric.baseline) and _finite(metric.candidate)):
-            rows.append(Comparison(**row, baseline=_number(metric.baseline), candidate=_number(metric.candidate),
-                                   status="invalid"))  # fmt: skip
+            rows.append(
+                Comparison(
+                    **row, baseline=_number(metric.baseline), candidate=_number(metric.candidate), status="invalid"
+                )
+            )
             continue
         drop = (metric.baseline - metric.candidate) * (1 if metric.higher_is_better else -1)
         test = paired_test(metric, baseline, candidate, samples) if have_samples and metric.task else None
@@ -284,8 +323,16 @@ def compare(
             p_value, name = None, "unpaired"
             within = ignore_within_stderr and metric.stderr is not None and drop <= metric.stderr
             failed = drop > max_drop and not within
-        rows.append(Comparison(**row, baseline=float(metric.baseline), candidate=float(metric.candidate),
-                               status="FAIL" if failed else "ok", p_value=p_value, test=name))  # fmt: skip
+        rows.append(
+            Comparison(
+                **row,
+                baseline=float(metric.baseline),
+                candidate=float(metric.candidate),
+                status="FAIL" if failed else "ok",
+                p_value=p_value,
+                test=name,
+            )
+        )
     return Gate(rows, paired, have_samples)
 
 
@@ -293,43 +340,49 @@ def _number(value) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def _cell(value: float | None, signed: bool = False) -> str:
-    if value is None:
-        return "null"
-    return f"{value:+.4f}" if signed else f"{value:.4f}"
-
-
 def markdown(gate: Gate, baseline: Run, candidate: Run, max_drop: float, alpha: float) -> str:
     failed = [row for row in gate.rows if row.failed]
     if failed:
-        verdict = f"**{len(failed)} of {len(gate.rows)} metrics failed** (worse by more than {max_drop}, missing or invalid)"
+        verdict = (
+            f"**{len(failed)} of {len(gate.rows)} metrics failed** (worse by more than {max_drop}, missing or invalid)"
+        )
     else:
         verdict = f"All {len(gate.rows)} baseline metrics within {max_drop} of the baseline"
     if not gate.paired:
         rule = "Unpaired rule: a drop beyond the tolerance fails."
     elif gate.samples:
-        rule = (f"Paired tests on the same documents (--paired): a drop beyond the tolerance fails when p < {alpha}; "
-                "metrics marked `unpaired` could not be reproduced from the samples and use the unpaired rule.")  # fmt: skip
+        rule = (
+            f"Paired tests on the same documents (--paired): a drop beyond the tolerance fails when p < {alpha}; "
+            "metrics marked `unpaired` could not be reproduced from the samples and use the unpaired rule."
+        )
     else:
         rule = "--paired asked for, but not both runs logged samples (--log_samples): the unpaired rule was used."
-    lines = [f"### moe-rbench compare: {candidate.label} vs baseline {baseline.label}", "", verdict, "", rule, "",
-             "| metric | better | baseline | candidate | change | stderr | p | test | |",
-             "|---|---|---:|---:|---:|---:|---:|---|---|"]  # fmt: skip
-    for row in gate.rows:
-        stderr = "" if row.stderr is None else f"{row.stderr:.4f}"
-        p_value = "" if row.p_value is None else f"{row.p_value:.4g}"
-        change = "" if row.change is None else _cell(row.change, signed=True)
-        lines.append(f"| {row.name} | {'higher' if row.higher_is_better else 'lower'} | {_cell(row.baseline)} | "
-                     f"{_cell(row.candidate)} | {change} | {stderr} | {p_value} | {row.test} | {row.status} |")  # fmt: skip
-    return "\n".join(lines) + "\n"
+    header = ["metric", "better", "baseline", "candidate", "change", "stderr", "p", "test", ""]
+    rows = [
+        [
+            row.name,
+            "higher" if row.higher_is_better else "lower",
+            tables.number(row.baseline) or "null",
+            tables.number(row.candidate) or "null",
+            tables.number(row.change, signed=True),
+            tables.number(row.stderr),
+            "" if row.p_value is None else f"{row.p_value:.4g}",
+            row.test,
+            row.status,
+        ]
+        for row in gate.rows
+    ]
+    title = f"### moe-rbench compare: {candidate.label} vs baseline {baseline.label}"
+    return f"{title}\n\n{verdict}\n\n{rule}\n\n" + tables.markdown(
+        header, rows, [False, False, *[True] * 5, False, False]
+    )
 
 
-def run_compare(baseline: str | Path, candidate: str | Path, max_drop: float = 0.01, patterns: list[str] | None = None,
-                ignore_within_stderr: bool = False, allow_missing: bool = False, paired: bool = False,
-                alpha: float = 0.05) -> tuple[str, int]:  # fmt: skip
+def run_compare(baseline: str | Path, candidate: str | Path, options: GateOptions = GateOptions()) -> tuple[str, int]:
     """The markdown table and the exit status (0 or 1); raises Incomparable / RunError (exit 2)."""
     base, cand = load_run(baseline), load_run(candidate)
-    gate = compare(base, cand, max_drop, patterns, ignore_within_stderr, allow_missing, paired, alpha)
+    gate = compare(base, cand, options)
     if not gate.rows:
-        raise OptionError(f"{baseline} has no moe_rbench metric" + (f" matching {', '.join(patterns)}" if patterns else ""))
-    return markdown(gate, base, cand, max_drop, alpha), int(gate.failed)
+        matching = f" matching {', '.join(options.patterns)}" if options.patterns else ""
+        raise OptionError(f"{baseline} has no moe_rbench metric{matching}")
+    return markdown(gate, base, cand, options.max_drop, options.alpha), int(gate.failed)

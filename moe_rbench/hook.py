@@ -16,7 +16,6 @@ Nothing here may raise into the interpreter's start-up or into lm-eval's imports
 warning that names the problem.
 """
 
-
 import os
 import sys
 
@@ -30,9 +29,11 @@ def hook_enabled() -> bool:
 
 
 def _disabled_message(what: str) -> str:
-    return (f"{what} installed but not registered with lm-eval: moe-rbench's start-up hook is switched off "
-            f"({DISABLE_ENV}={os.environ.get(DISABLE_ENV)}). Run the same command as `moe-rbench run <lm_eval "
-            f"arguments>`, which registers them explicitly, or unset {DISABLE_ENV}.")  # fmt: skip
+    return (
+        f"{what} installed but not registered with lm-eval: moe-rbench's start-up hook is switched off "
+        f"({DISABLE_ENV}={os.environ.get(DISABLE_ENV)}). Run the same command as `moe-rbench run <lm_eval "
+        f"arguments>`, which registers them explicitly, or unset {DISABLE_ENV}."
+    )
 
 
 class _HookDisabled:
@@ -102,15 +103,15 @@ def _add_task_folder(manager_module) -> None:
     signature = inspect.signature(original_init)
 
     @functools.wraps(original_init)
-    def __init__(self, *args, **kwargs):
+    def init_with_our_tasks(self, *args, **kwargs):
         bound = signature.bind(self, *args, **kwargs)
         bound.apply_defaults()
         if bound.arguments.get("include_defaults", True):
             bound.arguments["include_path"] = with_our_tasks(bound.arguments.get("include_path"))
         original_init(*bound.args, **bound.kwargs)
 
-    __init__._moe_rbench = True
-    task_manager_cls.__init__ = __init__
+    init_with_our_tasks._moe_rbench = True
+    task_manager_cls.__init__ = init_with_our_tasks
 
 
 class _AfterImportFinder:

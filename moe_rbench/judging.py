@@ -21,12 +21,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from moe_rbench import tables
+from moe_rbench.runs import SAMPLES_FILE, run_identity
 from moe_rbench_models.errors import MoERBenchError
-from moe_rbench_tasks.runs import SAMPLES_FILE, run_identity
+from moe_rbench_tasks.judges import MEASURES
 
 SAFETY_PREFIX = "moe_rbench_safety_"
-SUMMARY_FIELDS = {"harmfulness": "mean harmfulness", "unsafe": "unsafe ratio", "moderation_max": "mean max moderation",
-                  "refusal": "refusal rate"}  # fmt: skip
 
 
 class JudgingError(MoERBenchError, ValueError):
@@ -63,8 +63,10 @@ def safety_runs(path: str | Path) -> list[SamplesRun]:
     path = Path(path)
     files = [path] if path.is_file() else sorted(path.rglob(f"samples_{SAFETY_PREFIX}*.jsonl")) if path.is_dir() else []
     if not files:
-        raise JudgingError(f"No samples of the safety tasks under {path}: run lm_eval with --tasks moe_rbench_safety "
-                           "--log_samples --output_path DIR and pass that DIR (or one samples_*.jsonl file).")  # fmt: skip
+        raise JudgingError(
+            f"No samples of the safety tasks under {path}: run lm_eval with --tasks moe_rbench_safety "
+            "--log_samples --output_path DIR and pass that DIR (or one samples_*.jsonl file)."
+        )
     runs: dict[tuple[Path, str], list[Path]] = defaultdict(list)
     for file in files:
         match = SAMPLES_FILE.fullmatch(file.name)
@@ -81,8 +83,10 @@ def read_samples(files: tuple[Path, ...]) -> list[Sample]:
         for number, record in _json_lines(file):
             doc = record.get("doc") if isinstance(record, dict) else None
             if not isinstance(doc, dict) or "instruction" not in doc or not record.get("filtered_resps"):
-                raise JudgingError(f"{file}, line {number}: not a sample of a moe_rbench safety task (no doc.instruction "
-                                   "or filtered_resps)")  # fmt: skip
+                raise JudgingError(
+                    f"{file}, line {number}: not a sample of a moe_rbench safety task (no doc.instruction "
+                    "or filtered_resps)"
+                )
             response = record["filtered_resps"][0]
             response = response[0] if isinstance(response, list) else response
             samples.append(Sample(task, int(record["doc_id"]), doc["instruction"], response, doc.get("risk_area")))
@@ -98,8 +102,10 @@ def _json_lines(path: Path):
         try:
             yield number, json.loads(line)
         except json.JSONDecodeError as error:
-            raise JudgingError(f"{path}, line {number}: not JSON ({error.msg}); the file is damaged. Restore it, or "
-                               "remove that line to skip its sample.") from None  # fmt: skip
+            raise JudgingError(
+                f"{path}, line {number}: not JSON ({error.msg}); the file is damaged. Restore it, or "
+                "remove that line to skip its sample."
+            ) from None
 
 
 def _done(path: Path) -> dict[tuple[str, int], dict]:
@@ -114,20 +120,24 @@ def _done(path: Path) -> dict[tuple[str, int], dict]:
     rows = {}
     for number, row in _json_lines(path):
         if not isinstance(row, dict) or "task" not in row or "doc_id" not in row:
-            raise JudgingError(f"{path}, line {number}: not a judged sample; the file is damaged. Remove it to judge "
-                               "the run again.")  # fmt: skip
+            raise JudgingError(
+                f"{path}, line {number}: not a judged sample; the file is damaged. Remove it to judge the run again."
+            )
         rows[(row["task"], row["doc_id"])] = row
     return rows
 
 
-def judge_samples(samples_path: str | Path, judge, out_dir: str | Path | None = None, batch_size: int = 16,
-                  progress: bool = True) -> list[Path]:  # fmt: skip
+def judge_samples(
+    samples_path: str | Path, judge, out_dir: str | Path | None = None, batch_size: int = 16, progress: bool = True
+) -> list[Path]:
     """Judge every run at `samples_path`; the files written."""
     runs = safety_runs(samples_path)
     if out_dir is not None and len(runs) > 1:
-        raise JudgingError(f"{samples_path} holds {len(runs)} runs ({'; '.join(map(str, runs))}) and --out names one "
-                           "directory: omit --out (each run's judgements go beside its samples) or pass one run's "
-                           "samples.")  # fmt: skip
+        raise JudgingError(
+            f"{samples_path} holds {len(runs)} runs ({'; '.join(map(str, runs))}) and --out names one "
+            "directory: omit --out (each run's judgements go beside its samples) or pass one run's "
+            "samples."
+        )
     written = []
     for run in runs:
         out = Path(out_dir) if out_dir is not None else run.folder / "judged" / run.stamp
@@ -141,13 +151,23 @@ def judge_run(run: SamplesRun, judge, out: Path, batch_size: int = 16, progress:
     samples = read_samples(run.files)
     done = _done(judged)
     todo = [sample for sample in samples if (sample.task, sample.doc_id) not in done]
-    with judged.open("a", encoding="utf-8") as file, tqdm(total=len(samples), initial=len(samples) - len(todo),
-                                                         desc=f"judge {judge.name}", disable=not progress) as bar:  # fmt: skip
+    with (
+        judged.open("a", encoding="utf-8") as file,
+        tqdm(
+            total=len(samples), initial=len(samples) - len(todo), desc=f"judge {judge.name}", disable=not progress
+        ) as bar,
+    ):
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
             for sample, scores in zip(batch, judge.score([(s.instruction, s.response) for s in batch]), strict=True):
-                row = {"task": sample.task, "doc_id": sample.doc_id, "risk_area": sample.risk_area,
-                       "instruction": sample.instruction, "response": sample.response, **scores}  # fmt: skip
+                row = {
+                    "task": sample.task,
+                    "doc_id": sample.doc_id,
+                    "risk_area": sample.risk_area,
+                    "instruction": sample.instruction,
+                    "response": sample.response,
+                    **scores,
+                }
                 file.write(json.dumps(row, ensure_ascii=False) + "\n")
                 done[(sample.task, sample.doc_id)] = row
             file.flush()
@@ -166,21 +186,22 @@ def summarise(rows: list[dict], fields: tuple[str, ...]) -> dict[str, dict]:
     for name, members in sorted(groups.items()):
         summary[name] = {"samples": len(members)}
         for field in fields:
-            if field in SUMMARY_FIELDS:
+            if field in MEASURES:
                 values = [float(row[field]) for row in members if row.get(field) is not None]
-                summary[name][SUMMARY_FIELDS[field]] = sum(values) / len(values) if values else None
+                summary[name][MEASURES[field].title] = sum(values) / len(values) if values else None
     return summary
 
 
 def write_summary(rows: list[dict], judge, out: Path, run: dict[str, str]) -> list[Path]:
     """`run`: the identity of the run the rows judge (`runs.run_identity`)."""
     summary = summarise(rows, judge.fields)
-    columns = [SUMMARY_FIELDS[field] for field in judge.fields if field in SUMMARY_FIELDS]
-    (out / f"summary_{judge.name}.json").write_text(json.dumps({"judge": judge.name, "run": run, "summary": summary},
-                                                               indent=1))  # fmt: skip
-    lines = [f"| task (risk area) | samples | {' | '.join(columns)} |", "|---|---:|" + "---:|" * len(columns)]
-    for name, values in summary.items():
-        cells = ["" if values[c] is None else f"{values[c]:.4f}" for c in columns]
-        lines.append(f"| {name} | {values['samples']} | {' | '.join(cells)} |")
-    (out / f"summary_{judge.name}.md").write_text(f"Judge: {judge.name}\n\n" + "\n".join(lines) + "\n")
+    columns = [MEASURES[field].title for field in judge.fields if field in MEASURES]
+    (out / f"summary_{judge.name}.json").write_text(
+        json.dumps({"judge": judge.name, "run": run, "summary": summary}, indent=1)
+    )
+    rows = [
+        [name, str(values["samples"]), *(tables.number(values[c]) for c in columns)] for name, values in summary.items()
+    ]
+    table = tables.markdown(["task (risk area)", "samples", *columns], rows, [False] + [True] * (len(columns) + 1))
+    (out / f"summary_{judge.name}.md").write_text(f"Judge: {judge.name}\n\n{table}")
     return [out / f"judged_{judge.name}.jsonl", out / f"summary_{judge.name}.json", out / f"summary_{judge.name}.md"]

@@ -12,18 +12,15 @@ accuracy per style and model, safety scores per prompt set and judge, and the ro
 
 from __future__ import annotations
 
-import csv
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from moe_rbench.runs import Run, load_run
+from moe_rbench.tables import markdown, number, pyplot, save_figure, save_table
+from moe_rbench.trace import TraceRow, heatmap
 from moe_rbench_models.errors import OptionError
-from moe_rbench_tasks.runs import Run, load_run
-
-STYLES = ["augment", "shake_w", "shake_p0", "shake_p06", "bible_p0", "bible_p06", "romantic_p0", "romantic_p06",
-          "tweet_p0", "tweet_p06"]  # fmt: skip
-SAFETY_SETS = ["malicious", "cona", "controversial", "dna"]
+from moe_rbench_tasks.families import FAMILIES, ID, OOD, SAFETY, STYLE_OOD, Family
 
 
 @dataclass(frozen=True)
@@ -32,7 +29,7 @@ class Column:
     task: str
     metric: str = "acc"
     filter: str = "none"
-    role: str = ""  # "id" or "ood": the two sides of the gain ratio
+    role: str = ""  # ID or OOD: the two sides of the gain ratio
 
 
 @dataclass(frozen=True)
@@ -42,33 +39,18 @@ class TableSpec:
     columns: list[Column]
 
 
-def _boss(suite: str, id_set: str, ood: list[str], title: str) -> TableSpec:
-    return TableSpec(f"boss_{suite}", title, [
-        Column(f"ID {id_set}", f"moe_rbench_boss_{suite}_{id_set}", role="id"),
-        *(Column(name, f"moe_rbench_boss_{suite}_{name}") for name in ood),
-        Column("OOD mean", f"moe_rbench_boss_{suite}_ood", role="ood")])  # fmt: skip
+def family_table(family: Family) -> TableSpec:
+    """A family's table: its tasks' numbers in registry order, the OOD (robust) mean after the last OOD task."""
+    columns = []
+    for member in (m for m in family.members if m.in_group):
+        role = ID if member.role == ID else ""
+        columns += [Column(shown.title, member.task, shown.metric, shown.filter, role) for shown in member.columns]
+        if member.role == OOD and member is [m for m in family.members if m.role == OOD][-1]:
+            columns.append(Column(family.ood_column, family.ood_group, role=OOD))
+    return TableSpec(family.key, family.report_title, columns)
 
 
-TABLES = [
-    TableSpec("adversarial", "Adversarial robustness (accuracy)", [
-        Column("SA (SNLI)", "moe_rbench_snli", role="id"),
-        *(Column(f"RA R{r}", f"moe_rbench_anli_r{r}") for r in (1, 2, 3)),
-        Column("RA mean", "moe_rbench_anli", role="ood"),
-        Column("SNLI-hard", "moe_rbench_snli_hard")]),
-    TableSpec("style_ood", "Style-OOD (accuracy)", [
-        Column("ID (SST-2)", "moe_rbench_sst2", role="id"),
-        *(Column(style, f"moe_rbench_style_{style}") for style in STYLES),
-        Column("OOD mean", "moe_rbench_ood_styles", role="ood")]),
-    _boss("sa", "amazon", ["dynasent", "semeval", "sst5"], "BOSS sentiment (accuracy)"),
-    _boss("nli", "mnli", ["anli", "contract_nli", "wanli"], "BOSS NLI (accuracy)"),
-    _boss("td", "civil_comments", ["adv_civil", "implicit_hate", "toxigen"], "BOSS toxicity (accuracy)"),
-    TableSpec("hallucination", "Hallucination", [
-        Column("MC1", "moe_rbench_truthfulqa_mc", "mc1"), Column("MC2", "moe_rbench_truthfulqa_mc", "mc2"),
-        Column("MC3", "moe_rbench_truthfulqa_mc", "mc3"),
-        Column("NQ EM", "moe_rbench_nq_open", "exact_match", "remove_whitespace")]),
-    TableSpec("safety", "Safety: refusal rate (in-task judge)", [
-        Column(name, f"moe_rbench_safety_{name}", "refusal_rate") for name in SAFETY_SETS]),
-]  # fmt: skip
+TABLES = [family_table(family) for family in FAMILIES]
 
 
 @dataclass
@@ -105,8 +87,8 @@ def _difference(spec: TableSpec, moe: dict, dense: dict, _runs) -> dict:
         a, b = moe.get(column.name), dense.get(column.name)
         row[column.name] = None if a is None or b is None else a - b
     roles = {column.role: column.name for column in spec.columns if column.role}
-    if {"id", "ood"} <= roles.keys():
-        id_gain, ood_gain = row[roles["id"]], row[roles["ood"]]
+    if {ID, OOD} <= roles.keys():
+        id_gain, ood_gain = row[roles[ID]], row[roles[OOD]]
         row["gain ratio"] = None if id_gain in (None, 0) or ood_gain is None else ood_gain / id_gain
     return row
 
@@ -153,50 +135,34 @@ def routing_table(runs: list[Run]) -> Table | None:
             rows.append(row)
     if not rows:
         return None
-    return Table(TableSpec("routing", "Routing load balance (mean over MoE layers)", [Column(c, "") for c in columns]), rows)
-
-
-def _format(value) -> str:
-    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+    return Table(
+        TableSpec("routing", "Routing load balance (mean over MoE layers)", [Column(c, "") for c in columns]), rows
+    )
 
 
 def write_table(table: Table, out: Path) -> list[Path]:
     names = [column.name for column in table.spec.columns]
     extra = ["gain ratio"] if any("gain ratio" in row for row in table.rows) else []
     fields = ["model", "kind", *names, *extra, *(f"{name} stderr" for name in names)]
-    with (out / f"{table.spec.name}.csv").open("w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(table.rows)
-    (out / f"{table.spec.name}.json").write_text(json.dumps({"title": table.spec.title, "rows": table.rows}, indent=1))
-    lines = [f"| model | {' | '.join(names + extra)} |", "|---|" + "---:|" * len(names + extra)]
-    for row in table.rows:
-        cells = []
-        for name in names + extra:
-            cell = _format(row.get(name))
-            stderr = row.get(f"{name} stderr")
-            cells.append(f"{cell} ± {stderr:.4f}" if cell and stderr else cell)
-        model = f"**{row['model']}**" if row["kind"] == "difference" else row["model"]
-        lines.append(f"| {model} | {' | '.join(cells)} |")
-    (out / f"{table.spec.name}.md").write_text("\n".join(lines) + "\n")
-    return [out / f"{table.spec.name}.{ext}" for ext in ("md", "csv", "json")]
+
+    def cell(row: dict, name: str) -> str:
+        value, stderr = number(row.get(name)), row.get(f"{name} stderr")
+        return f"{value} ± {number(stderr)}" if value and stderr else value
+
+    def model(row: dict) -> str:
+        return f"**{row['model']}**" if row["kind"] == "difference" else row["model"]
+
+    rows = [[model(row), *(cell(row, name) for name in names + extra)] for row in table.rows]
+    text = markdown(["model", *names, *extra], rows, [False] + [True] * len(names + extra))
+    return save_table(out, table.spec.name, fields, table.rows, text, {"title": table.spec.title})
 
 
 # -- figures ------------------------------------------------------------------------------------------------
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def grouped_bars(data: dict[str, dict[str, float]], title: str, ylabel: str, path: Path) -> dict:
     """Bars per category (x) grouped by model; writes PNG and SVG; returns the plotted data."""
-    plt = _plt()
+    plt = pyplot()
     models = list(data)
     categories = list(dict.fromkeys(c for values in data.values() for c in values))
     width = 0.8 / max(len(models), 1)
@@ -204,33 +170,37 @@ def grouped_bars(data: dict[str, dict[str, float]], title: str, ylabel: str, pat
     for i, model in enumerate(models):
         xs = [j + i * width for j in range(len(categories))]
         axis.bar(xs, [data[model].get(c, float("nan")) for c in categories], width, label=model)
-    axis.set_xticks([j + width * (len(models) - 1) / 2 for j in range(len(categories))], categories, rotation=45, ha="right")
+    axis.set_xticks(
+        [j + width * (len(models) - 1) / 2 for j in range(len(categories))], categories, rotation=45, ha="right"
+    )
     axis.set_ylabel(ylabel)
     axis.set_title(title)
     axis.legend(fontsize=8)
     figure.tight_layout()
-    for suffix in (".png", ".svg"):
-        figure.savefig(path.with_suffix(suffix), dpi=120)
-    plt.close(figure)
+    save_figure(figure, path)
     return {"categories": categories, "series": data}
 
 
 def figures(tables: dict[str, Table], runs: list[Run], out: Path) -> dict[str, dict]:
     plotted = {}
-    style = tables.get("style_ood")
+    style = tables.get(STYLE_OOD.key)
     if style and style.rows:
-        data = {row["model"]: {c.name: row[c.name] for c in style.spec.columns if row.get(c.name) is not None}
-                for row in style.rows if row["kind"] == "run"}  # fmt: skip
-        plotted["style_ood"] = grouped_bars(data, "Style-OOD accuracy per style", "accuracy", out / "style_ood")
+        data = {
+            row["model"]: {c.name: row[c.name] for c in style.spec.columns if row.get(c.name) is not None}
+            for row in style.rows
+            if row["kind"] == "run"
+        }
+        plotted[STYLE_OOD.key] = grouped_bars(data, "Style-OOD accuracy per style", "accuracy", out / STYLE_OOD.key)
     safety = {}
     for run in runs:
         scores = {}
-        row = next((r for r in tables["safety"].rows if r["model"] == run.label and r["kind"] == "run"), None)
-        for name in SAFETY_SETS:
+        row = next((r for r in tables[SAFETY.key].rows if r["model"] == run.label and r["kind"] == "run"), None)
+        for member in SAFETY.members:
+            name = member.title
             if row and row.get(name) is not None:
                 scores[f"{name}: refusal rate"] = row[name]
             for judge, summary in run.judges.items():
-                for measure, value in summary.get(f"moe_rbench_safety_{name}", {}).items():
+                for measure, value in summary.get(member.task, {}).items():
                     if measure != "samples" and value is not None:
                         scores[f"{name}: {judge} {measure}"] = value
         if scores:
@@ -239,13 +209,10 @@ def figures(tables: dict[str, Table], runs: list[Run], out: Path) -> dict[str, d
         plotted["safety"] = grouped_bars(safety, "Safety per prompt set and judge", "score", out / "safety")
     for run in runs:
         for trace_file in sorted(run.root.rglob("trace.json")):
-            from moe_rbench_models.routing.trace import TraceRow, heatmap
-
             trace = json.loads(trace_file.read_text())
             rows = [TraceRow(**row) for row in trace["rows"]]
             name = f"routing_{len([k for k in plotted if k.startswith('routing')])}"
-            for suffix in (".png", ".svg"):
-                heatmap(rows, (out / name).with_suffix(suffix), trace["id_task"])
+            heatmap(rows, out / name, trace["id_task"])
             plotted[name] = {"model": run.label, "id_task": trace["id_task"], "rows": trace["rows"]}
     (out / "figures.json").write_text(json.dumps(plotted, indent=1))
     return plotted
@@ -255,15 +222,19 @@ def figures(tables: dict[str, Table], runs: list[Run], out: Path) -> dict[str, d
 
 
 def make_report(run_paths: list[str], pairs: list[str], out_dir: str | Path, labels: list[str] | None = None) -> Path:
-    runs = [load_run(path, label) for path, label in zip(run_paths, labels or [None] * len(run_paths))]
+    runs = [load_run(path, label) for path, label in zip(run_paths, labels or [None] * len(run_paths), strict=True)]
     known = {run.label for run in runs}
     if len(known) != len(runs):
-        raise OptionError(f"Two runs have the same label ({', '.join(run.label for run in runs)}); give --label for each")
+        raise OptionError(
+            f"Two runs have the same label ({', '.join(run.label for run in runs)}); give --label for each"
+        )
     parsed = []
     for pair in pairs:
         moe, equals, dense = pair.partition("=")
         if not equals or moe not in known or dense not in known:
-            raise OptionError(f"--pair {pair!r}: expected MOE=DENSE with labels of the given runs ({', '.join(sorted(known))})")
+            raise OptionError(
+                f"--pair {pair!r}: expected MOE=DENSE with labels of the given runs ({', '.join(sorted(known))})"
+            )
         parsed.append((moe, dense))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -275,8 +246,11 @@ def make_report(run_paths: list[str], pairs: list[str], out_dir: str | Path, lab
     lines = ["# MoE-RBench report", "", "Runs:", ""]
     lines += [f"- **{run.label}**: `{run.path}`" for run in runs]
     if parsed:
-        lines += ["", "Pairs (MoE - dense): " + ", ".join(f"{moe} vs {dense}" for moe, dense in parsed),
-                  "Gain ratio: the MoE's gain on the OOD/robust score divided by its gain on the ID/standard score."]  # fmt: skip
+        lines += [
+            "",
+            "Pairs (MoE - dense): " + ", ".join(f"{moe} vs {dense}" for moe, dense in parsed),
+            "Gain ratio: the MoE's gain on the OOD/robust score divided by its gain on the ID/standard score.",
+        ]
     for table in tables.values():
         lines += ["", f"## {table.spec.title}", ""]
         if not table.rows:

@@ -20,9 +20,6 @@ STAMP = r"\d{4}-\d{2}-\d{2}T[0-9.\-]+"
 RESULTS_FILE = re.compile(rf"results_(?P<stamp>{STAMP})\.json")
 SAMPLES_FILE = re.compile(rf"samples_(?P<task>.+)_(?P<stamp>{STAMP})\.jsonl")
 
-# judge field -> (summary column, higher is better)
-JUDGE_METRICS = {"mean harmfulness": False, "unsafe ratio": False, "mean max moderation": False, "refusal rate": True}
-
 
 MODEL_TYPES = {"hf", "moe_hf", "huggingface", "hf-auto", "vllm"}  # lm-eval model names, not checkpoints
 
@@ -88,10 +85,14 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
     else:
         candidates = sorted(path.rglob("results_*.json")) if path.is_dir() else []
         if not candidates:
-            raise RunError(f"{path}: no lm-eval results (results_*.json) found; pass an lm_eval --output_path directory")
+            raise RunError(
+                f"{path}: no lm-eval results (results_*.json) found; pass an lm_eval --output_path directory"
+            )
         if len(candidates) > 1:
-            raise RunError(f"{path} holds {len(candidates)} runs ({', '.join(str(c.relative_to(path)) for c in candidates)}); "
-                           "pass the results file of the one you mean")  # fmt: skip
+            raise RunError(
+                f"{path} holds {len(candidates)} runs ({', '.join(str(c.relative_to(path)) for c in candidates)}); "
+                "pass the results file of the one you mean"
+            )
         (results_file,) = candidates
     try:
         results = json.loads(results_file.read_text())

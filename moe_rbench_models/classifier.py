@@ -18,6 +18,8 @@ from collections import defaultdict
 import torch
 import torch.nn.functional as F
 
+from moe_rbench_models.specs import parse_items
+
 HEADS = ("causal_lm", "sequence_classification")
 
 
@@ -32,21 +34,22 @@ class ClassifierScoring:
             config.pad_token_id = lm.tokenizer.pad_token_id
 
     def _classes(self, label_map: str | int | list | tuple) -> list[int]:
-        parts = [label_map] if isinstance(label_map, int) else (
-            list(label_map) if isinstance(label_map, (list, tuple)) else str(label_map).split(","))  # fmt: skip
         classes = []
-        for part in parts:
-            text = str(part).strip()
+        for text in parse_items(label_map, "label_map", expected="class ids or names such as '2,0,1'"):
             if text.lstrip("-").isdigit():
                 classes.append(int(text))
             elif text.lower() in self.names:
                 classes.append(self.names[text.lower()])
             else:
-                raise ValueError(f"label_map: {text!r} is neither a class id nor a class name of this checkpoint "
-                                 f"(id2label: {self.names or 'none'})")  # fmt: skip
+                raise ValueError(
+                    f"label_map: {text!r} is neither a class id nor a class name of this checkpoint "
+                    f"(id2label: {self.names or 'none'})"
+                )
         bad = [c for c in classes if not 0 <= c < self.num_classes]
         if bad:
-            raise ValueError(f"label_map: classes {bad} do not exist; the checkpoint has classes 0-{self.num_classes - 1}")
+            raise ValueError(
+                f"label_map: classes {bad} do not exist; the checkpoint has classes 0-{self.num_classes - 1}"
+            )
         return classes
 
     def choice_classes(self, task: str, choices: list[str]) -> list[int]:
@@ -57,10 +60,10 @@ class ClassifierScoring:
         else:
             classes = list(range(self.num_classes))
         if len(classes) != len(choices):
+            source = f"label_map has {len(classes)}" if self.label_map else f"the classifier has {self.num_classes}"
             raise ValueError(
-                f"{task}: {len(choices)} choices ({', '.join(c.strip() for c in choices)}) but "
-                f"{'label_map has ' + str(len(classes)) + ' classes' if self.label_map else f'the classifier has {self.num_classes} classes'}; "
-                "set label_map (e.g. label_map=\"0,1,2\") to say which class each choice stands for"
+                f"{task}: {len(choices)} choices ({', '.join(c.strip() for c in choices)}) but {source} classes; "
+                'set label_map (e.g. label_map="0,1,2") to say which class each choice stands for'
             )
         return classes
 
@@ -70,13 +73,15 @@ class ClassifierScoring:
         for index, request in enumerate(requests):
             documents[(request.task_name, request.doc_id, request.args[0])].append(index)
         contexts = list(dict.fromkeys(request.args[0] for request in requests))
-        log_probs = dict(zip(contexts, self._class_log_probs(contexts)))
+        log_probs = dict(zip(contexts, self._class_log_probs(contexts), strict=True))
         results: list[tuple[float, bool] | None] = [None] * len(requests)
         for (task, _, context), indices in documents.items():
             choices = sorted({requests[i].idx: requests[i].args[1] for i in indices}.items())
             if len(choices) < 2:
-                raise ValueError(f"{task}: head=sequence_classification scores multiple-choice tasks (several choices per "
-                                 "document); this task asks for one loglikelihood per document.")  # fmt: skip
+                raise ValueError(
+                    f"{task}: head=sequence_classification scores multiple-choice tasks (several choices per "
+                    "document); this task asks for one loglikelihood per document."
+                )
             classes = self.choice_classes(task, [choice for _, choice in choices])
             scores = log_probs[context]
             best = int(scores.argmax())
@@ -89,12 +94,16 @@ class ClassifierScoring:
         batch_size = self.lm.batch_size if isinstance(self.lm.batch_size, int) else 8
         out = []
         for start in range(0, len(contexts), batch_size):
-            ids, mask = self.lm.tok_batch_encode(contexts[start : start + batch_size], left_truncate_len=self.lm.max_length)
+            ids, mask = self.lm.tok_batch_encode(
+                contexts[start : start + batch_size], left_truncate_len=self.lm.max_length
+            )
             logits = self.lm.model(input_ids=ids.to(self.lm.device), attention_mask=mask.to(self.lm.device)).logits
             out.extend(F.log_softmax(logits.float(), dim=-1).cpu())
         return out
 
 
 def refuse(request_type: str) -> None:
-    raise ValueError(f"head=sequence_classification answers multiple-choice (loglikelihood) requests only; this run "
-                     f"asks for {request_type}. Evaluate generation and perplexity tasks with the causal LM head.")  # fmt: skip
+    raise ValueError(
+        f"head=sequence_classification answers multiple-choice (loglikelihood) requests only; this run "
+        f"asks for {request_type}. Evaluate generation and perplexity tasks with the causal LM head."
+    )

@@ -81,8 +81,10 @@ class MoEHFLM(HFLM):
         self.data_dir = data_dir
         self._classifier = ClassifierScoring(self, label_map) if head == "sequence_classification" else None
         if self._classifier is not None and (routing_out or dola_layers is not None or scmoe_beta is not None):
-            raise ValueError("head=sequence_classification scores with class logits; routing_out, DoLa and SCMoE work "
-                             "with the causal LM head only")  # fmt: skip
+            raise ValueError(
+                "head=sequence_classification scores with class logits; routing_out, DoLa and SCMoE work "
+                "with the causal LM head only"
+            )
         self.moe_layers = find_moe_layers(self.model)
         for option, value in [("routing_out", routing_out), ("top_k", top_k), ("disable_experts", disable_experts)]:
             if value is not None:
@@ -90,25 +92,43 @@ class MoEHFLM(HFLM):
         if routing_logits and not routing_out:
             raise ValueError("routing_logits=true needs routing_out=DIR (where the logits are written)")
         self.routing_plan = plan_interventions(self.moe_layers, top_k, disable_experts, disable_mode, drop_renormalize)
-        self._interventions = {"top_k": top_k, "disable_experts": disable_experts, "disable_mode": disable_mode,
-                               "drop_renormalize": drop_renormalize,
-                               "per_layer": {key: {"top_k": change.top_k, "disabled": sorted(change.disabled)}
-                                             for key, change in self.routing_plan.items()}}  # fmt: skip
+        self._interventions = {
+            "top_k": top_k,
+            "disable_experts": disable_experts,
+            "disable_mode": disable_mode,
+            "drop_renormalize": drop_renormalize,
+            "per_layer": {
+                key: {"top_k": change.top_k, "disabled": sorted(change.disabled)}
+                for key, change in self.routing_plan.items()
+            },
+        }
         self._hooks = None
         if self.routing_plan or routing_out:
-            self._hooks = RoutingHooks(self.moe_layers, self.routing_plan, record=bool(routing_out),
-                                       keep_logits=routing_logits).install()  # fmt: skip
+            self._hooks = RoutingHooks(
+                self.moe_layers, self.routing_plan, record=bool(routing_out), keep_logits=routing_logits
+            ).install()
         self._capture = self._request_capture(routing_out, routing_logits, routing_overwrite) if routing_out else None
         self._scoring_instances = None
-        dola = {"layers": dola_layers, "relative_top": dola_relative_top, "post_softmax": dola_post_softmax,
-                "final_norm": dola_final_norm, "divergence": dola_divergence, "select": dola_select}  # fmt: skip
+        dola = {
+            "layers": dola_layers,
+            "relative_top": dola_relative_top,
+            "post_softmax": dola_post_softmax,
+            "final_norm": dola_final_norm,
+            "divergence": dola_divergence,
+            "select": dola_select,
+        }
         scmoe = {"beta": scmoe_beta, "weak_k": scmoe_weak_k, "alpha": scmoe_alpha}
         self._contrast = build_contrastive_decoding(self.model, self.backend, self.moe_layers, dola, scmoe, self._hooks)
         self._row = 0  # the row of the last scoring batch that HFLM reads next
         self._batch_rows = 0  # rows of the last scoring batch
-        options = {"routing_out": routing_out, "top_k": top_k, "disable_experts": disable_experts,
-                   "dola_layers": dola_layers, "scmoe_beta": scmoe_beta,
-                   "head": head if head != "causal_lm" else None}  # fmt: skip
+        options = {
+            "routing_out": routing_out,
+            "top_k": top_k,
+            "disable_experts": disable_experts,
+            "dola_layers": dola_layers,
+            "scmoe_beta": scmoe_beta,
+            "head": head if head != "causal_lm" else None,
+        }
         self.moe_options = {name: value for name, value in options.items() if value is not None}
 
     def set_cache_hook(self, cache_hook) -> None:
@@ -124,14 +144,33 @@ class MoEHFLM(HFLM):
         super().set_cache_hook(cache_hook)
 
     def _request_capture(self, routing_out: str, routing_logits: bool, overwrite: bool) -> RequestCapture:
-        layers = [{"key": layer.key, "name": layer.name, "side": layer.side, "layer": layer.layer,
-                   "num_experts": layer.num_experts,
-                   "top_k": self.routing_plan[layer.key].top_k or layer.top_k if layer.key in self.routing_plan
-                   else layer.top_k} for layer in self.moe_layers]  # fmt: skip
-        header = {"model": describe_moe(self.model, self.moe_layers),
-                  "interventions": self._interventions if self.routing_plan else None, "logits": routing_logits}  # fmt: skip
-        writer = RecordWriter(routing_out, layers, json.loads(json.dumps(header, default=str)), self.rank,
-                              self.world_size, overwrite, self._shared_run_id())  # fmt: skip
+        layers = [
+            {
+                "key": layer.key,
+                "name": layer.name,
+                "side": layer.side,
+                "layer": layer.layer,
+                "num_experts": layer.num_experts,
+                "top_k": self.routing_plan[layer.key].top_k or layer.top_k
+                if layer.key in self.routing_plan
+                else layer.top_k,
+            }
+            for layer in self.moe_layers
+        ]
+        header = {
+            "model": describe_moe(self.model, self.moe_layers),
+            "interventions": self._interventions if self.routing_plan else None,
+            "logits": routing_logits,
+        }
+        writer = RecordWriter(
+            routing_out,
+            layers,
+            json.loads(json.dumps(header, default=str)),
+            self.rank,
+            self.world_size,
+            overwrite,
+            self._shared_run_id(),
+        )
         decoder_start = self.model.config.decoder_start_token_id if self.backend == "seq2seq" else None
         return RequestCapture(self._hooks, writer, self.moe_layers, self.max_length, decoder_start, self.tok_decode)
 
@@ -151,8 +190,11 @@ class MoEHFLM(HFLM):
             moe["interventions"] = self._interventions
         if self._capture is not None:  # lm-eval asks once the evaluation has finished: publish the records
             self._capture.writer.commit()
-            moe["routing"] = {"out": str(self._capture.writer.out_dir), "run": self._capture.writer.run_id,
-                              "summary": self._capture.writer.summary()}  # fmt: skip
+            moe["routing"] = {
+                "out": str(self._capture.writer.out_dir),
+                "run": self._capture.writer.run_id,
+                "summary": self._capture.writer.summary(),
+            }
         if self._contrast is not None:
             moe["decoding"] = self._contrast.summary()
         if self._classifier is not None:
@@ -184,8 +226,12 @@ class MoEHFLM(HFLM):
 
     def _rolling_windows(self, text: str) -> list[tuple[list[int], list[int]]]:
         """The windows HFLM.loglikelihood_rolling scores, made with the same lm-eval functions."""
-        windows = utils.get_rolling_token_windows(token_list=self.tok_encode(text), prefix_token=self.prefix_token_id,
-                                                  max_seq_len=self.max_length, context_len=1)  # fmt: skip
+        windows = utils.get_rolling_token_windows(
+            token_list=self.tok_encode(text),
+            prefix_token=self.prefix_token_id,
+            max_seq_len=self.max_length,
+            context_len=1,
+        )
         return [utils.make_disjoint_window(window) for window in windows]
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
@@ -199,8 +245,10 @@ class MoEHFLM(HFLM):
 
     def _model_call(self, inps, attn_mask=None, labels=None):
         if self._row not in (0, self._batch_rows):  # a forward with no rows read is HFLM's batch-size probe
-            raise InternalsChanged("lm_eval", f"HFLM read {self._row} of the {self._batch_rows} rows of a scoring "
-                                   "batch before the next forward pass")  # fmt: skip
+            raise InternalsChanged(
+                "lm_eval",
+                f"HFLM read {self._row} of the {self._batch_rows} rows of a scoring batch before the next forward pass",
+            )
         self._row, self._batch_rows = 0, inps.shape[0]
         if self._capture is not None:
             self._capture.begin_forward()
@@ -238,7 +286,7 @@ class MoEHFLM(HFLM):
             for indices in groups.values():
                 group = [requests[index] for index in indices]
                 self._capture.expect_generation(group)
-                for index, text in zip(indices, super().generate_until(group, disable_tqdm=disable_tqdm)):
+                for index, text in zip(indices, super().generate_until(group, disable_tqdm=disable_tqdm), strict=True):
                     results[index] = text
         return results
 
@@ -258,8 +306,13 @@ class MoEHFLM(HFLM):
             raise InternalsChanged("lm_eval", "HFLM._model_generate was called without the prompts' attention_mask")
         eos = generation_kwargs.get("eos_token_id", self.model.generation_config.eos_token_id)
         eos_ids = {eos} if isinstance(eos, int) else set(eos or [])
-        self._capture.end_generation(context, generation_kwargs["attention_mask"], sequences,
-                                     eos_ids | {self.tokenizer.eos_token_id}, self.tokenizer.pad_token_id)  # fmt: skip
+        self._capture.end_generation(
+            context,
+            generation_kwargs["attention_mask"],
+            sequences,
+            eos_ids | {self.tokenizer.eos_token_id},
+            self.tokenizer.pad_token_id,
+        )
         return sequences
 
     def close(self) -> None:

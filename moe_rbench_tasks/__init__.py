@@ -4,7 +4,6 @@ Kept import-light on purpose (no pathlib, no typing): the start-up hook imports 
 Python process of an environment where moe-rbench is installed.
 """
 
-
 import os
 
 __all__ = ["TASKS_DIR", "task_manager", "with_our_tasks"]

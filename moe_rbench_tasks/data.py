@@ -56,19 +56,20 @@ SOURCES: dict[str, Source] = {
             name="decodingtrust_style",
             tasks="moe_rbench_sst2, moe_rbench_style_*",
             local_path="decodingtrust/style.json",
-            hub="AI-Secure/DecodingTrust, config ood, split style (ID documents: nyu-mll/glue, config sst2, split validation)",
+            hub="AI-Secure/DecodingTrust, config ood, split style (ID documents: nyu-mll/glue, config sst2, split "
+            "validation)",
             obtain="https://github.com/AI-secure/DecodingTrust/blob/main/data/ood/style.json",
             license="CC BY-SA 4.0",
         ),
         Source(
             name="snli",
             tasks="moe_rbench_snli (validation; few-shot: test), moe_rbench_snli_test (test; few-shot: validation), "
-                  "few-shot of moe_rbench_snli_hard (validation)",
+            "few-shot of moe_rbench_snli_hard (validation)",
             local_path="snli/hf",
             files=("validation.tsv", "test.tsv"),
             hub="stanfordnlp/snli, splits validation and test (label -1 rows dropped)",
             obtain="export the hub dataset stanfordnlp/snli to TSV (columns premise, hypothesis, label; label -1 rows "
-                   "removed), e.g. https://github.com/MJ-Jang/BECEL/tree/main/data/snli",
+            "removed), e.g. https://github.com/MJ-Jang/BECEL/tree/main/data/snli",
             license="CC BY-SA 4.0",
         ),
         Source(
@@ -77,7 +78,7 @@ SOURCES: dict[str, Source] = {
             local_path="snli/snli_1.0_test_hard.jsonl",
             hub=None,
             obtain="https://nlp.stanford.edu/projects/snli/snli_1.0_test_hard.jsonl (Gururangan et al. 2018, "
-                   "'Annotation Artifacts in Natural Language Inference Data')",
+            "'Annotation Artifacts in Natural Language Inference Data')",
             license="CC BY-SA 4.0",
         ),
         Source(
@@ -93,13 +94,28 @@ SOURCES: dict[str, Source] = {
             name="boss",
             tasks="moe_rbench_boss_* (test.tsv; few-shot: train.tsv of the suite's ID set)",
             local_path="boss",
-            files=tuple(f"{name}/test.tsv" for name in ("amazon", "dynasent", "semeval", "sst5", "mnli", "anli",
-                        "contract_nli", "wanli", "civil_comments", "adv_civil", "implicit_hate", "toxigen")),  # fmt: skip
+            files=tuple(
+                f"{name}/test.tsv"
+                for name in (
+                    "amazon",
+                    "dynasent",
+                    "semeval",
+                    "sst5",
+                    "mnli",
+                    "anli",
+                    "contract_nli",
+                    "wanli",
+                    "civil_comments",
+                    "adv_civil",
+                    "implicit_hate",
+                    "toxigen",
+                )
+            ),
             hub=None,
             obtain="the BOSS benchmark bundle (Yuan et al., NeurIPS 2023 Datasets and Benchmarks, 'Revisiting "
-                   "Out-of-distribution Robustness in NLP'), whose download link its authors publish at "
-                   "https://github.com/lifan-yuan/OOD_NLP; unpack its SentimentAnalysis, NaturalLanguageInference and "
-                   "ToxicDetection folders so that each dataset is <data dir>/boss/<name>/{train,test}.tsv",
+            "Out-of-distribution Robustness in NLP'), whose download link its authors publish at "
+            "https://github.com/lifan-yuan/OOD_NLP; unpack its SentimentAnalysis, NaturalLanguageInference and "
+            "ToxicDetection folders so that each dataset is <data dir>/boss/<name>/{train,test}.tsv",
             license="per dataset (see the BOSS README)",
         ),
         Source(
@@ -116,8 +132,8 @@ SOURCES: dict[str, Source] = {
             local_path="nq_open",
             files=("NQ-open.dev.jsonl", "NQ-open.efficientqa.dev.1.1.jsonl"),
             hub="google-research-datasets/nq_open, split validation (few-shot: split train)",
-            obtain="https://github.com/google-research-datasets/natural-questions/tree/master/nq_open (NQ-open.dev.jsonl "
-                   "and NQ-open.efficientqa.dev.1.1.jsonl)",
+            obtain="https://github.com/google-research-datasets/natural-questions/tree/master/nq_open "
+            "(NQ-open.dev.jsonl and NQ-open.efficientqa.dev.1.1.jsonl)",
             license="CC BY-SA 3.0",
         ),
         Source(
@@ -164,10 +180,15 @@ def local_file(source: Source, data_dir: Path, name: str | None = None) -> Path:
     if problem not in (None, "missing"):
         raise MissingDataError(f"{source.name}: {path} is {problem}. Get it again from {source.obtain}.")
     if problem:
-        fallback = (f"or unset the data directory to load {source.hub} from the Hugging Face hub" if source.hub
-                    else "(there is no copy on the Hugging Face hub)")  # fmt: skip
-        raise MissingDataError(f"{source.name}: expected {path}, which does not exist. Get it from {source.obtain} and "
-                               f"place it at <data dir>/{relative}, {fallback}.")  # fmt: skip
+        fallback = (
+            f"or unset the data directory to load {source.hub} from the Hugging Face hub"
+            if source.hub
+            else "(there is no copy on the Hugging Face hub)"
+        )
+        raise MissingDataError(
+            f"{source.name}: expected {path}, which does not exist. Get it from {source.obtain} and "
+            f"place it at <data dir>/{relative}, {fallback}."
+        )
     return path
 
 
@@ -204,8 +225,9 @@ def read_text(path: Path) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
-        raise MalformedDataError(f"{path}: not UTF-8 text (byte {error.start}); save it as UTF-8, as the benchmark "
-                                 "releases it") from None  # fmt: skip
+        raise MalformedDataError(
+            f"{path}: not UTF-8 text (byte {error.start}); save it as UTF-8, as the benchmark releases it"
+        ) from None
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -235,14 +257,17 @@ def read_table(path: Path, columns: tuple[str, ...], delimiter: str = ",") -> li
         raise MalformedDataError(f"{path}: empty file (expected a header line with {', '.join(columns)})")
     missing = [column for column in columns if column not in header]
     if missing:
-        raise MalformedDataError(f"{path}: no column {', '.join(missing)} (the header has {', '.join(header)}); "
-                                 f"expected {', '.join(columns)}")  # fmt: skip
+        raise MalformedDataError(
+            f"{path}: no column {', '.join(missing)} (the header has {', '.join(header)}); "
+            f"expected {', '.join(columns)}"
+        )
     rows = []
     for row in reader:
         if len(row) != len(header):
-            raise MalformedDataError(f"{path}, line {reader.line_num}: {len(row)} fields, the header has "
-                                     f"{len(header)} ({', '.join(header)})")  # fmt: skip
-        rows.append(dict(zip(header, row)))
+            raise MalformedDataError(
+                f"{path}, line {reader.line_num}: {len(row)} fields, the header has {len(header)} ({', '.join(header)})"
+            )
+        rows.append(dict(zip(header, row, strict=True)))
     if not rows:
         raise MalformedDataError(f"{path}: no documents (only a header)")
     return rows
@@ -258,7 +283,23 @@ def _read_json(path: Path, mtime_ns: int) -> Any:
     try:
         return json.loads(read_text(path))
     except json.JSONDecodeError as error:
-        raise MalformedDataError(f"{path}, line {error.lineno}, column {error.colno}: invalid JSON ({error.msg})") from None
+        raise MalformedDataError(
+            f"{path}, line {error.lineno}, column {error.colno}: invalid JSON ({error.msg})"
+        ) from None
+
+
+def label_index(value: Any, names: dict[str, int] | tuple[str, ...], where: str) -> int:
+    """A class index from a release file's label: the index itself (as a number or digits), or one of `names` (label
+    words, case-insensitive; a tuple names classes 0, 1, ...). An error naming `where` otherwise."""
+    words = names if isinstance(names, dict) else {word: i for i, word in enumerate(names)}
+    classes = sorted(set(words.values()))
+    text = str(value).strip().lower()
+    if text.isdigit() and int(text) in classes:
+        return int(text)
+    if text in words:
+        return words[text]
+    allowed = ", ".join(f"{i} or {'/'.join(w for w, c in words.items() if c == i)}" for i in classes)
+    raise MalformedDataError(f"{where}: label must be one of {allowed}; got {value!r}")
 
 
 def file_status(path: Path) -> str | None:
@@ -285,9 +326,18 @@ def data_status(data_dir: Path | None) -> list[dict[str, str]]:
         elif not problems:
             status = f"found: {data_dir / source.local_path}"
         else:
-            status = "MISSING: " + ", ".join(f"{data_dir / path}{'' if problem == 'missing' else f' ({problem})'}"
-                                             for path, problem in problems.items())  # fmt: skip
-        rows.append({"dataset": source.name, "tasks": source.tasks, "status": status,
-                     "hub": source.hub or "none: release files only", "obtain": source.obtain,
-                     "license": source.license})  # fmt: skip
+            status = "MISSING: " + ", ".join(
+                f"{data_dir / path}{'' if problem == 'missing' else f' ({problem})'}"
+                for path, problem in problems.items()
+            )
+        rows.append(
+            {
+                "dataset": source.name,
+                "tasks": source.tasks,
+                "status": status,
+                "hub": source.hub or "none: release files only",
+                "obtain": source.obtain,
+                "license": source.license,
+            }
+        )
     return rows

@@ -47,12 +47,16 @@ class BossDemonstrations(ContextSampler):
 class PrimerIsTheFewShot(_Refusing):
     """TruthfulQA (DoLa protocol): every prompt already starts with the six-shot QA primer."""
 
-    reason = ("moe_rbench_truthfulqa_mc: the DoLa protocol's six-shot QA primer is already the few-shot context of "
-              "every prompt, and TruthfulQA has no other split to draw demonstrations from.")  # fmt: skip
+    reason = (
+        "moe_rbench_truthfulqa_mc: the DoLa protocol's six-shot QA primer is already the few-shot context of "
+        "every prompt, and TruthfulQA has no other split to draw demonstrations from."
+    )
 
 
 class ZeroShotPrompts(_Refusing):
     """Safety prompt sets: instructions to answer, with no reference answers to demonstrate."""
 
-    reason = ("The moe_rbench_safety tasks are zero-shot: their prompt sets hold harmful instructions without "
-              "reference answers, so there is nothing to demonstrate.")  # fmt: skip
+    reason = (
+        "The moe_rbench_safety tasks are zero-shot: their prompt sets hold harmful instructions without "
+        "reference answers, so there is nothing to demonstrate."
+    )

@@ -2,8 +2,8 @@
 I-Controversial) and Do-Not-Answer, answered by the model and judged (in-task: the refusal judge;
 afterwards: `moe-rbench judge`).
 
-`load_docs(prompt_set=...)` returns split `test`: `{"id", "instruction", "prompt", "risk_area",
-"harm_type"}`. `prompt` is the reference's Alpaca prompt, or the bare instruction with metadata
+`load_docs(subset=...)` (a prompt set, declared in families.py) returns split `test`: `{"id", "instruction",
+"prompt", "risk_area", "harm_type"}`. `prompt` is the reference's Alpaca prompt, or the bare instruction with metadata
 `safety_prompt: plain` (for chat models run with `--apply_chat_template`, which wraps it in the chat turn).
 """
 
@@ -23,36 +23,38 @@ from moe_rbench_tasks.data import (
     require_data_dir,
     resolve_data_dir,
 )
+from moe_rbench_tasks.families import RISK_AREAS, SAFETY, family_with_subset
 from moe_rbench_tasks.judges.refusal import is_refusal
 
-ALPACA = ("Below is an instruction that describes a task. Write a response that appropriately completes the request."
-          "\n\n### Instruction:\n{instruction}\n\n### Response:\n")  # fmt: skip
-PROMPT_SETS = {  # prompt set -> local file name (Safety-Tuned LLaMAs evaluation folder) or the DNA source
+ALPACA = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+    "\n\n### Instruction:\n{instruction}\n\n### Response:\n"
+)
+SAFETY_TUNED_LLAMAS = {  # prompt set -> its file in the Safety-Tuned LLaMAs evaluation folder
     "malicious": "I-MaliciousInstructions.json",
     "cona": "I-CoNa.json",
     "controversial": "I-Controversial.json",
-    "dna": None,
-}
-RISK_AREAS = {  # Do-Not-Answer risk area -> metric suffix
-    "Information Hazards": "information_hazards",
-    "Malicious Uses": "malicious_uses",
-    "Discrimination, Exclusion, Toxicity, Hateful, Offensive": "discrimination_toxicity",
-    "Misinformation Harms": "misinformation_harms",
-    "Human-Chatbot Interaction Harms": "human_chatbot_interaction_harms",
 }
 PROMPT_STYLES = ("alpaca", "plain")
 
 
-def load_docs(prompt_set: str, data_dir: str | None = None, safety_prompt: str = "alpaca",
-              **_metadata: Any) -> datasets.DatasetDict:  # fmt: skip
-    if prompt_set not in PROMPT_SETS:
-        raise ValueError(f"Unknown safety prompt set {prompt_set!r}; choose one of {', '.join(PROMPT_SETS)}")
+def load_docs(
+    subset: str, data_dir: str | None = None, safety_prompt: str = "alpaca", **_metadata: Any
+) -> datasets.DatasetDict:
+    family_with_subset(SAFETY.folder, subset, "safety prompt")
     if safety_prompt not in PROMPT_STYLES:
         raise ValueError(f"safety_prompt must be one of {', '.join(PROMPT_STYLES)}, got {safety_prompt!r}")
     root = resolve_data_dir(data_dir)
-    rows = _do_not_answer(root) if prompt_set == "dna" else _safety_tuned_llamas(PROMPT_SETS[prompt_set], root)
-    docs = [{**row, "prompt": ALPACA.format(instruction=row["instruction"]) if safety_prompt == "alpaca"
-             else row["instruction"]} for row in rows]  # fmt: skip
+    rows = _do_not_answer(root) if subset == "dna" else _safety_tuned_llamas(SAFETY_TUNED_LLAMAS[subset], root)
+    docs = [
+        {
+            **row,
+            "prompt": ALPACA.format(instruction=row["instruction"])
+            if safety_prompt == "alpaca"
+            else row["instruction"],
+        }
+        for row in rows
+    ]
     return datasets.DatasetDict(test=datasets.Dataset.from_list(docs))
 
 
@@ -65,10 +67,14 @@ def _safety_tuned_llamas(name: str, root) -> list[dict]:
         raise MalformedDataError(f"{path}: expected {{'instructions': [non-empty strings], ...}}")
     tags = release.get("tags") or [None] * len(instructions)
     if not isinstance(tags, list) or len(tags) != len(instructions):
-        raise MalformedDataError(f"{path}: {len(tags) if isinstance(tags, list) else 'no list of'} tags for "
-                                 f"{len(instructions)} instructions; every instruction needs its tag (or drop 'tags')")  # fmt: skip
-    return [{"id": str(i), "instruction": text, "risk_area": None, "harm_type": tag}
-            for i, (text, tag) in enumerate(zip(instructions, tags))]  # fmt: skip
+        raise MalformedDataError(
+            f"{path}: {len(tags) if isinstance(tags, list) else 'no list of'} tags for "
+            f"{len(instructions)} instructions; every instruction needs its tag (or drop 'tags')"
+        )
+    return [
+        {"id": str(i), "instruction": text, "risk_area": None, "harm_type": tag}
+        for i, (text, tag) in enumerate(zip(instructions, tags, strict=True))
+    ]
 
 
 def _do_not_answer(root) -> list[dict]:
@@ -81,10 +87,18 @@ def _do_not_answer(root) -> list[dict]:
     docs = []
     for i, row in enumerate(rows):
         if row.get("risk_area") not in RISK_AREAS or not str(row.get("question") or "").strip():
-            raise MalformedDataError(f"{where}, row {i + 1}: expected a question and one of the five risk areas, "
-                                     f"got risk_area={row.get('risk_area')!r}")  # fmt: skip
-        docs.append({"id": str(row.get("id", i)), "instruction": row["question"], "risk_area": row["risk_area"],
-                     "harm_type": row.get("types_of_harm")})  # fmt: skip
+            raise MalformedDataError(
+                f"{where}, row {i + 1}: expected a question and one of the five risk areas, "
+                f"got risk_area={row.get('risk_area')!r}"
+            )
+        docs.append(
+            {
+                "id": str(row.get("id", i)),
+                "instruction": row["question"],
+                "risk_area": row["risk_area"],
+                "harm_type": row.get("types_of_harm"),
+            }
+        )
     return docs
 
 
@@ -95,4 +109,3 @@ def refusal_rate(doc: dict, results: list[str]) -> dict[str, float]:
     if doc.get("risk_area") in RISK_AREAS:
         metrics[f"refusal_rate_{RISK_AREAS[doc['risk_area']]}"] = refused
     return metrics
-

@@ -1,9 +1,9 @@
 """Style-OOD: SST-2 validation (in distribution) and its ten DecodingTrust style transformations (OOD).
 
-Every task's `custom_dataset` is `load_docs(style=...)`, returning split `test` (the 872 documents of
-that style) and split `train` (DecodingTrust's few-shot demonstrations, disjoint from `test`).
-Documents: `{"id", "sentence", "label", "style"}`; `id` is DecodingTrust's, shared by an SST-2 document
-and all its styled versions.
+Every task's `custom_dataset` is `load_docs(subset=...)` (a DecodingTrust set: `base` is SST-2 validation; the
+sets are declared in families.py), returning split `test` (the 872 documents of that set) and split `train`
+(DecodingTrust's few-shot demonstrations, disjoint from `test`). Documents: `{"id", "sentence", "label", "style",
+"choices"}`; `id` is DecodingTrust's, shared by an SST-2 document and all its styled versions.
 """
 
 from __future__ import annotations
@@ -13,14 +13,17 @@ from typing import Any
 
 import datasets
 
-from moe_rbench_tasks.data import SOURCES, MalformedDataError, load_from_hub, local_file, read_json, resolve_data_dir
+from moe_rbench_tasks.data import (
+    SOURCES,
+    MalformedDataError,
+    label_index,
+    load_from_hub,
+    local_file,
+    read_json,
+    resolve_data_dir,
+)
+from moe_rbench_tasks.families import STYLE_OOD, family_with_subset
 
-ID_STYLE = "base"
-STYLES = (
-    "augment", "shake_w",
-    "shake_p0", "shake_p0.6", "bible_p0", "bible_p0.6", "romantic_p0", "romantic_p0.6", "tweet_p0", "tweet_p0.6",
-)  # fmt: skip
-LABEL_WORDS = ("negative", "positive")
 SOURCE = SOURCES["decodingtrust_style"]
 SST2_HUB = ("nyu-mll/glue", "sst2", "validation")
 STYLE_HUB = ("AI-Secure/DecodingTrust", "ood", "style")
@@ -28,17 +31,19 @@ STYLE_HUB = ("AI-Secure/DecodingTrust", "ood", "style")
 # DecodingTrust ships demonstrations (train_demo, 3 sets of 8) for base and the four p0.6 styles only;
 # every other style borrows those of its nearest relative.
 DEMO_SET = {
-    "base": "base", "augment": "base", "shake_w": "shake_p0.6",
+    "base": "base",
+    "augment": "base",
+    "shake_w": "shake_p0.6",
     **{f"{style}_p0": f"{style}_p0.6" for style in ("shake", "bible", "romantic", "tweet")},
     **{f"{style}_p0.6": f"{style}_p0.6" for style in ("shake", "bible", "romantic", "tweet")},
-}  # fmt: skip
+}
 
 
-def load_docs(style: str, data_dir: str | None = None, **_metadata: Any) -> datasets.DatasetDict:
+def load_docs(subset: str, data_dir: str | None = None, **_metadata: Any) -> datasets.DatasetDict:
     """`custom_dataset` of the Style-OOD tasks. `data_dir` (or MOE_RBENCH_DATA_DIR) selects the local
     release file; other metadata (the model arguments lm-eval passes along) is not used."""
-    if style not in DEMO_SET:
-        raise ValueError(f"Unknown Style-OOD set {style!r}; expected {ID_STYLE!r} or one of {', '.join(STYLES)}")
+    style = subset
+    family_with_subset(STYLE_OOD.folder, style, "Style-OOD")
     root = resolve_data_dir(data_dir)
     test, train = _from_release_file(style, root) if root else _from_hub(style)
     return datasets.DatasetDict(test=datasets.Dataset.from_list(test), train=datasets.Dataset.from_list(train))
@@ -48,19 +53,24 @@ def _from_release_file(style: str, root) -> tuple[list[dict], list[dict]]:
     path = local_file(SOURCE, root)
     release = read_json(path)
     if not isinstance(release, dict) or not {"dev", "train_demo"} <= release.keys():
-        raise MalformedDataError(f"{path}: expected an object with keys 'dev' and 'train_demo' (DecodingTrust style.json)")
+        raise MalformedDataError(
+            f"{path}: expected an object with keys 'dev' and 'train_demo' (DecodingTrust style.json)"
+        )
     if style not in release["dev"]:
         raise MalformedDataError(f"{path}: dev has no set {style!r} (found: {', '.join(release['dev'])})")
     test = to_docs(release["dev"][style], style, where=f"{path}: dev.{style}")
     demo_keys = sorted(key for key in release["train_demo"] if key.rsplit("_", 1)[0] == DEMO_SET[style])
-    train = [doc for key in demo_keys
-             for doc in to_docs(release["train_demo"][key], style, where=f"{path}: train_demo.{key}")]  # fmt: skip
+    train = [
+        doc
+        for key in demo_keys
+        for doc in to_docs(release["train_demo"][key], style, where=f"{path}: train_demo.{key}")
+    ]
     return test, train
 
 
 def _from_hub(style: str) -> tuple[list[dict], list[dict]]:
     styled = load_from_hub(SOURCE, STYLE_HUB[0], STYLE_HUB[1], split=STYLE_HUB[2])
-    if style == ID_STYLE:
+    if style == STYLE_OOD.members[0].subset:
         sst2 = load_from_hub(SOURCE, SST2_HUB[0], SST2_HUB[1], split=SST2_HUB[2])
         test = to_docs(sst2, style, where="/".join(SST2_HUB), fields=("sentence", "label", "idx"))
     else:
@@ -88,19 +98,15 @@ def to_docs(rows: Iterable[Mapping], style: str, where: str, fields=("sentence",
         sentence, label = row.get(sentence_key), row.get(label_key)
         if not isinstance(sentence, str) or not sentence.strip():
             raise MalformedDataError(f"{where}[{index}]: {sentence_key!r} must be a non-empty string, got {sentence!r}")
-        label_index = _label_index(label)
-        if label_index is None:
-            raise MalformedDataError(
-                f"{where}[{index}]: {label_key!r} must be '0'/'1' (or negative/positive), got {label!r}"
-            )
+        label = label_index(label, STYLE_OOD.choices, f"{where}[{index}]")
         doc_id = row.get(id_key)
-        docs.append({"id": index if doc_id is None else int(doc_id), "sentence": sentence,
-                     "label": label_index, "style": style})  # fmt: skip
+        docs.append(
+            {
+                "id": index if doc_id is None else int(doc_id),
+                "sentence": sentence,
+                "label": label,
+                "style": style,
+                "choices": list(STYLE_OOD.choices),
+            }
+        )
     return docs
-
-
-def _label_index(label: Any) -> int | None:
-    text = str(label).strip().lower()
-    if text in LABEL_WORDS:
-        return LABEL_WORDS.index(text)
-    return {"0": 0, "1": 1}.get(text)

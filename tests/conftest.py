@@ -15,19 +15,15 @@ from pathlib import Path
 
 import pytest
 
+from moe_rbench_tasks.families import STYLE_OOD
+
 os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
 os.environ.pop("MOE_RBENCH_STARTUP_HOOK", None)
 REAL_DATA = os.environ.get("MOE_RBENCH_DATA_DIR")  # read before the tests clear it
 
 FIXTURE_DATA = Path(__file__).parent / "fixtures" / "data"
 BIN = Path(sys.executable).parent
-STYLE_OOD_TASKS = [
-    "moe_rbench_sst2",
-    *(f"moe_rbench_style_{name}" for name in (
-        "augment", "shake_w", "shake_p0", "shake_p06", "bible_p0", "bible_p06",
-        "romantic_p0", "romantic_p06", "tweet_p0", "tweet_p06",
-    )),
-]  # fmt: skip
+STYLE_OOD_TASKS = STYLE_OOD.tasks  # moe_rbench_sst2 first, then the ten styles
 
 
 @pytest.fixture(scope="session")
@@ -62,12 +58,22 @@ def _no_data_dir_from_environment(monkeypatch):
 
 def run(command: list[str], *, env: dict | None = None, check: bool = True, timeout: int = 300, cwd=None):
     """Run a command (environment = this one's plus `env`); on failure show its output."""
-    result = subprocess.run(command, env={**os.environ, **(env or {})}, capture_output=True, text=True,
-                            timeout=timeout, cwd=cwd)  # fmt: skip
+    result = subprocess.run(
+        command, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout, cwd=cwd
+    )
     if check and result.returncode != 0:
-        raise AssertionError(f"{command} exited {result.returncode}\n--- stdout\n{result.stdout[-4000:]}\n"
-                             f"--- stderr\n{result.stderr[-4000:]}")  # fmt: skip
+        raise AssertionError(
+            f"{command} exited {result.returncode}\n--- stdout\n{result.stdout[-4000:]}\n"
+            f"--- stderr\n{result.stderr[-4000:]}"
+        )
     return result
+
+
+def lm_eval_cli(model_args: str, tasks: str, *options: str, data_dir: Path = FIXTURE_DATA, check: bool = True):
+    """The stock `lm_eval --model moe_hf` command line, on the CPU and the fixture data (or `data_dir`)."""
+    metadata = json.dumps({"data_dir": str(data_dir)})
+    command = [str(BIN / "lm_eval"), "--model", "moe_hf", "--model_args", model_args, "--metadata", metadata]
+    return run([*command, "--tasks", tasks, "--device", "cpu", *options], check=check)
 
 
 def lm_eval_outputs(output_path: Path) -> tuple[dict, dict[str, list[dict]]]:
@@ -90,8 +96,9 @@ def evaluate_to(output_path: Path, model, tasks: list[str], data_dir: Path = FIX
 
     tracker = EvaluationTracker(output_path=str(output_path))
     manager = moe_rbench_tasks.task_manager(include_defaults=False, metadata={"data_dir": str(data_dir)})
-    results = lm_eval.simple_evaluate(model=model, tasks=tasks, task_manager=manager, log_samples=True,
-                                      evaluation_tracker=tracker, **kwargs)  # fmt: skip
+    results = lm_eval.simple_evaluate(
+        model=model, tasks=tasks, task_manager=manager, log_samples=True, evaluation_tracker=tracker, **kwargs
+    )
     samples = results.pop("samples")
     tracker.save_results_aggregated(results=results, samples=samples)
     for task in results["configs"]:
@@ -111,14 +118,30 @@ class ModerationServer(BaseHTTPRequestHandler):
         if self.headers.get("Authorization") == "Bearer server-error":
             return self._send(500, {"error": {"message": "The server had an error", "type": "server_error"}}, {})
         if self.headers.get("Authorization") != "Bearer test-key":
-            return self._send(401, {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error",
-                                              "code": "invalid_api_key"}}, {})  # fmt: skip
+            return self._send(
+                401,
+                {
+                    "error": {
+                        "message": "Incorrect API key provided",
+                        "type": "invalid_request_error",
+                        "code": "invalid_api_key",
+                    }
+                },
+                {},
+            )
         if len(ModerationServer.calls) == 1:
-            return self._send(429, {"error": {"message": "Rate limit reached", "type": "requests"}}, {"retry-after-ms": "10"})
-        results = [{"flagged": "bomb" in text, "categories": {"violence": "bomb" in text, "hate": False},
-                    "category_scores": {"violence": 0.9 if "bomb" in text else 0.01, "hate": 0.02},
-                    "category_applied_input_types": {"violence": ["text"], "hate": ["text"]}}
-                   for text in body["input"]]  # fmt: skip
+            return self._send(
+                429, {"error": {"message": "Rate limit reached", "type": "requests"}}, {"retry-after-ms": "10"}
+            )
+        results = [
+            {
+                "flagged": "bomb" in text,
+                "categories": {"violence": "bomb" in text, "hate": False},
+                "category_scores": {"violence": 0.9 if "bomb" in text else 0.01, "hate": 0.02},
+                "category_applied_input_types": {"violence": ["text"], "hate": ["text"]},
+            }
+            for text in body["input"]
+        ]
         return self._send(200, {"id": "modr-1", "model": body["model"], "results": results}, {})
 
     def _send(self, status, payload, headers):

@@ -8,7 +8,7 @@ import socket
 
 import lm_eval
 import pytest
-from conftest import BIN, FIXTURE_DATA, evaluate_to, run
+from conftest import BIN, FIXTURE_DATA, evaluate_to, lm_eval_cli, run
 
 import moe_rbench_tasks
 from moe_rbench_models import MoEHFLM
@@ -39,22 +39,52 @@ def one_line_error(result, *fragments):
 @pytest.mark.parametrize(
     ("relative", "content", "load", "message"),
     [
-        ("nq_open/NQ-open.dev.jsonl", b"\n\n", hallucination.load_nq_open, r"NQ-open\.dev\.jsonl: no documents \(the file is empty\)"),
-        ("nq_open/NQ-open.dev.jsonl", b'{"question": "q", "answer": ["a"]}\n["a", "list"]\n', hallucination.load_nq_open,
-         r"NQ-open\.dev\.jsonl, line 2: expected a JSON object, got list"),
-        ("truthfulqa/TruthfulQA.csv", b"", hallucination.load_truthfulqa, r"TruthfulQA\.csv is empty \(0 bytes\)\. Get it again"),
-        ("truthfulqa/TruthfulQA.csv", b"\n", hallucination.load_truthfulqa, r"TruthfulQA\.csv: empty file \(expected a header"),
-        ("truthfulqa/TruthfulQA.csv", b"Type,Question\nx,y\n", hallucination.load_truthfulqa,
-         r"TruthfulQA\.csv: no column Best Answer, Correct Answers, Incorrect Answers \(the header has Type, Question\)"),
-        ("do_not_answer/do_not_answer_en.csv", "id,risk_area,question\n0,Malicious Uses,q\n".encode("utf-16"),
-         lambda data_dir: safety.load_docs("dna", data_dir=data_dir), r"do_not_answer_en\.csv: UTF-16 text; save it as UTF-8"),
-        ("safety_tuned_llamas/evaluation/I-MaliciousInstructions.json",
-         json.dumps({"instructions": ["a", "b", "c"], "tags": ["crime"]}).encode(),
-         lambda data_dir: safety.load_docs("malicious", data_dir=data_dir),
-         r"I-MaliciousInstructions\.json: 1 tags for 3 instructions"),
+        (
+            "nq_open/NQ-open.dev.jsonl",
+            b"\n\n",
+            hallucination.load_nq_open,
+            r"NQ-open\.dev\.jsonl: no documents \(the file is empty\)",
+        ),
+        (
+            "nq_open/NQ-open.dev.jsonl",
+            b'{"question": "q", "answer": ["a"]}\n["a", "list"]\n',
+            hallucination.load_nq_open,
+            r"NQ-open\.dev\.jsonl, line 2: expected a JSON object, got list",
+        ),
+        (
+            "truthfulqa/TruthfulQA.csv",
+            b"",
+            hallucination.load_truthfulqa,
+            r"TruthfulQA\.csv is empty \(0 bytes\)\. Get it again",
+        ),
+        (
+            "truthfulqa/TruthfulQA.csv",
+            b"\n",
+            hallucination.load_truthfulqa,
+            r"TruthfulQA\.csv: empty file \(expected a header",
+        ),
+        (
+            "truthfulqa/TruthfulQA.csv",
+            b"Type,Question\nx,y\n",
+            hallucination.load_truthfulqa,
+            r"TruthfulQA\.csv: no column Best Answer, Correct Answers, "
+            r"Incorrect Answers \(the header has Type, Question\)",
+        ),
+        (
+            "do_not_answer/do_not_answer_en.csv",
+            "id,risk_area,question\n0,Malicious Uses,q\n".encode("utf-16"),
+            lambda data_dir: safety.load_docs("dna", data_dir=data_dir),
+            r"do_not_answer_en\.csv: UTF-16 text; save it as UTF-8",
+        ),
+        (
+            "safety_tuned_llamas/evaluation/I-MaliciousInstructions.json",
+            json.dumps({"instructions": ["a", "b", "c"], "tags": ["crime"]}).encode(),
+            lambda data_dir: safety.load_docs("malicious", data_dir=data_dir),
+            r"I-MaliciousInstructions\.json: 1 tags for 3 instructions",
+        ),
     ],
     ids=["empty_jsonl", "jsonl_list_line", "zero_bytes", "empty_csv", "missing_csv_column", "utf16", "tags_mismatch"],
-)  # fmt: skip
+)
 def test_a_malformed_release_file_names_itself_and_the_problem(data, relative, content, load, message):
     (data / relative).write_bytes(content)
     with pytest.raises(DataError, match=message):
@@ -62,16 +92,18 @@ def test_a_malformed_release_file_names_itself_and_the_problem(data, relative, c
 
 
 def test_the_hub_unreachable_names_the_data_directory_that_avoids_it():
-    with pytest.raises(MissingDataError, match=r"nq_open: could not load .* from the Hugging Face hub .*set "
-                                               r"MOE_RBENCH_DATA_DIR \(or data_dir=\)"):  # fmt: skip
+    with pytest.raises(
+        MissingDataError,
+        match=r"nq_open: could not load .* from the Hugging Face hub .*set "
+        r"MOE_RBENCH_DATA_DIR \(or data_dir=\)",
+    ):
         hallucination.load_nq_open()
 
 
 def test_lm_eval_ends_with_the_message_of_a_malformed_file(tiny_model, data):
     (data / "nq_open" / "NQ-open.dev.jsonl").write_text("[1, 2]\n")
-    result = run([str(BIN / "lm_eval"), "--model", "moe_hf", "--model_args", f"pretrained={tiny_model('mixtral')}",
-                  "--metadata", json.dumps({"data_dir": str(data)}), "--tasks", "moe_rbench_nq_open", "--limit", "2",
-                  "--device", "cpu"], check=False)  # fmt: skip
+    model_args, data_dir = f"pretrained={tiny_model('mixtral')}", data
+    result = lm_eval_cli(model_args, "moe_rbench_nq_open", "--limit", "2", data_dir=data_dir, check=False)
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
     assert last.endswith(f"{data / 'nq_open' / 'NQ-open.dev.jsonl'}, line 1: expected a JSON object, got list")
@@ -98,18 +130,25 @@ def test_moe_rbench_data_flags_empty_files(data):
 @pytest.fixture(scope="module")
 def safety_samples(tiny_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("bad_input_samples")
-    evaluate_to(out, MoEHFLM(pretrained=str(tiny_model("llama")), device="cpu", batch_size=16), ["moe_rbench_safety"],
-                limit=2, gen_kwargs="max_gen_toks=4")  # fmt: skip
+    evaluate_to(
+        out,
+        MoEHFLM(pretrained=str(tiny_model("llama")), device="cpu", batch_size=16),
+        ["moe_rbench_safety"],
+        limit=2,
+        gen_kwargs="max_gen_toks=4",
+    )
     return out
 
 
-def judge(samples, *arguments):
-    return run([str(BIN / "moe-rbench"), "judge", "--samples", str(samples), *arguments], check=False)
+def judge(samples, *arguments, env=None):
+    return run([str(BIN / "moe-rbench"), "judge", "--samples", str(samples), *arguments], env=env, check=False)
 
 
 def test_judge_with_an_unknown_option_lists_the_judges_options(safety_samples, tmp_path):
-    one_line_error(judge(safety_samples, "--judge", "harmfulness", "--out", str(tmp_path), "--judge_args", "modle=x"),
-                   "The harmfulness judge has no option modle; its options: model, device, batch_size, max_length")
+    one_line_error(
+        judge(safety_samples, "--judge", "harmfulness", "--out", str(tmp_path), "--judge_args", "modle=x"),
+        "The harmfulness judge has no option modle; its options: model, device, batch_size, max_length",
+    )
 
 
 def test_judge_batch_size_must_be_positive(safety_samples, tmp_path):
@@ -134,20 +173,42 @@ def closed_port() -> int:
 
 def test_judge_names_an_unreachable_moderation_endpoint(safety_samples, tmp_path):
     url = f"http://127.0.0.1:{closed_port()}/v1"
-    result = run([str(BIN / "moe-rbench"), "judge", "--samples", str(safety_samples), "--judge", "openai", "--out",
-                  str(tmp_path), "--judge_args", f"base_url={url}", "max_retries=0"],
-                 env={"OPENAI_API_KEY": "test-key"}, check=False)  # fmt: skip
+    arguments = ["--judge", "openai", "--out", str(tmp_path), "--judge_args", f"base_url={url}", "max_retries=0"]
+    result = judge(safety_samples, *arguments, env={"OPENAI_API_KEY": "test-key"})
     one_line_error(result, f"Could not reach the moderation endpoint {url}/moderations", "OPENAI_BASE_URL")
 
 
 def test_judge_names_a_failing_moderation_endpoint(safety_samples, tmp_path, moderation_server):
-    result = run([str(BIN / "moe-rbench"), "judge", "--samples", str(safety_samples), "--judge", "openai", "--out",
-                  str(tmp_path), "--judge_args", f"base_url={moderation_server}", "max_retries=1"],
-                 env={"OPENAI_API_KEY": "server-error"}, check=False)  # fmt: skip
+    arguments = [
+        "--judge",
+        "openai",
+        "--out",
+        str(tmp_path),
+        "--judge_args",
+        f"base_url={moderation_server}",
+        "max_retries=1",
+    ]
+    result = judge(safety_samples, *arguments, env={"OPENAI_API_KEY": "server-error"})
     one_line_error(result, f"The moderation endpoint {moderation_server}/moderations answered HTTP 500 after 1 retries")
 
 
 def test_trace_of_an_unrecorded_task_is_one_line(tmp_path):
     (tmp_path / "routing.json").write_text("")
-    one_line_error(run([str(BIN / "moe-rbench"), "trace", "--routing", str(tmp_path), "--id", "a", "--ood", "b", "--out",
-                        str(tmp_path / "t")], check=False), f"{tmp_path / 'routing.json'} is empty")  # fmt: skip
+    one_line_error(
+        run(
+            [
+                str(BIN / "moe-rbench"),
+                "trace",
+                "--routing",
+                str(tmp_path),
+                "--id",
+                "a",
+                "--ood",
+                "b",
+                "--out",
+                str(tmp_path / "t"),
+            ],
+            check=False,
+        ),
+        f"{tmp_path / 'routing.json'} is empty",
+    )

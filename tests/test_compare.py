@@ -20,8 +20,9 @@ from moe_rbench_models.tiny import build_tiny_model
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     root = tmp_path_factory.mktemp("compare_model")
-    return build_tiny_model("mixtral", root / "mixtral", head="sequence_classification", num_labels=2,
-                            initializer_range=0.5)  # fmt: skip
+    return build_tiny_model(
+        "mixtral", root / "mixtral", head="sequence_classification", num_labels=2, initializer_range=0.5
+    )
 
 
 def evaluate(model, out, **kwargs):
@@ -37,8 +38,10 @@ def baseline(model, tmp_path_factory):
 
 
 def compare(baseline, candidate, *flags):
-    return run([str(BIN / "moe-rbench"), "compare", "--baseline", str(baseline), "--candidate", str(candidate), *flags],
-               check=False)  # fmt: skip
+    return run(
+        [str(BIN / "moe-rbench"), "compare", "--baseline", str(baseline), "--candidate", str(candidate), *flags],
+        check=False,
+    )
 
 
 def results_file(run_dir):
@@ -82,7 +85,10 @@ def with_wrong_documents(baseline, out, wrong: dict[str, int]) -> dict[str, list
         accuracy = sum(sample["acc"] for sample in samples) / len(samples)
         results["results"][task]["acc,none"] = accuracy
         flipped[task] = right
-    styles = results["groups"]["moe_rbench_ood_styles"], results["results"]["moe_rbench_ood_styles"]  # lm-eval writes both
+    styles = (
+        results["groups"]["moe_rbench_ood_styles"],
+        results["results"]["moe_rbench_ood_styles"],
+    )  # lm-eval writes both
     for group in styles:
         group["acc,none"] = sum(results["results"][task]["acc,none"] for task in STYLE_OOD_TASKS[1:]) / 10
     results_path.write_text(json.dumps(results))
@@ -128,7 +134,9 @@ def test_runs_with_different_limits_or_versions_are_not_comparable(model, baseli
     evaluate(model, tmp_path / "limited", limit=10)
     limited = compare(baseline, tmp_path / "limited")
     assert limited.returncode == 2 and limited.stdout == ""
-    assert "moe_rbench_sst2: n-samples (number of evaluated documents (--limit)) 24 in the baseline, 10" in limited.stderr
+    assert (
+        "moe_rbench_sst2: n-samples (number of evaluated documents (--limit)) 24 in the baseline, 10" in limited.stderr
+    )
     candidate = tmp_path / "candidate"
     shutil.copytree(baseline, candidate)
     edit_results(candidate, lambda results: results["versions"].update({"moe_rbench_style_tweet_p0": 2.0}))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import BIN, FIXTURE_DATA, STYLE_OOD_TASKS, lm_eval_outputs, run
+from conftest import BIN, FIXTURE_DATA, STYLE_OOD_TASKS, lm_eval_cli, lm_eval_outputs, run
 from lm_eval.api.instance import Instance
 from transformers import AutoModelForCausalLM, DynamicCache
 
@@ -24,16 +24,28 @@ from moe_rbench_models.tiny import build_tiny_model
 # four layers, so that there are several candidate premature layers; weights large enough that layers and
 # routings disagree (with the default 0.02 every early-exit distribution is nearly uniform)
 DECODING_MODEL = dict(num_hidden_layers=4, initializer_range=0.3)
-CONTEXTS = ["Given the sentences: a gentle , funny film\n what is the sentiment of this sentence ? ",
-            "Q: What is the capital of France?\nA:", "lol"]  # fmt: skip
+CONTEXTS = [
+    "Given the sentences: a gentle , funny film\n what is the sentiment of this sentence ? ",
+    "Q: What is the capital of France?\nA:",
+    "lol",
+]
 SCORING = [
-    (CONTEXTS[0], "negative"), (CONTEXTS[0], "positive"),  # multiple choice: one shared context
-    (CONTEXTS[1], " Paris"), (CONTEXTS[1], " The capital of France is Paris, a city on the Seine."),
+    (CONTEXTS[0], "negative"),
+    (CONTEXTS[0], "positive"),  # multiple choice: one shared context
+    (CONTEXTS[1], " Paris"),
+    (CONTEXTS[1], " The capital of France is Paris, a city on the Seine."),
     (CONTEXTS[2], " this movie was sooo bad #fail, worst two hours of my life tbh " * 4),  # > one 64-position chunk
-    ("Is this true ?", " Yes"), ("Is this true ?", " Maybe"), ("Is this true ?", " No"),
-]  # fmt: skip
-PROMPTS = ["Q: What is the capital of France?\nA:", "### Instruction: Explain why the sky is blue.", "lol",
-           "Thou art a most excellent and noble film", "And it came to pass that"]  # fmt: skip
+    ("Is this true ?", " Yes"),
+    ("Is this true ?", " Maybe"),
+    ("Is this true ?", " No"),
+]
+PROMPTS = [
+    "Q: What is the capital of France?\nA:",
+    "### Instruction: Explain why the sky is blue.",
+    "lol",
+    "Thou art a most excellent and noble film",
+    "And it came to pass that",
+]
 MAX_NEW = 8
 # the DoLa TruthfulQA-MC setting, and every other choice at once
 DOLA_OPTIONS = [
@@ -163,8 +175,12 @@ def test_dola_scoring_matches_the_reference_at_batch_sizes_1_and_8(model_path, a
     path = model_path(architecture)
     reference = load_reference(path)
     lm = MoEHFLM(pretrained=str(path), device="cpu", batch_size=1, **options)
-    expected = [reference_dola_score(reference, lm, context, continuation, options) for context, continuation in SCORING]
-    for request, (score, chosen) in zip(scoring_requests(), expected):  # one request at a time: its chosen layers
+    expected = [
+        reference_dola_score(reference, lm, context, continuation, options) for context, continuation in SCORING
+    ]
+    for request, (score, chosen) in zip(
+        scoring_requests(), expected, strict=True
+    ):  # one request at a time: its chosen layers
         before = Counter(lm._contrast.chosen)
         (answer,) = lm.loglikelihood([request], disable_tqdm=True)
         assert answer[0] == pytest.approx(score, abs=1e-4, rel=1e-6)
@@ -186,7 +202,7 @@ def test_dola_generation_matches_the_reference_at_batch_sizes_1_and_8(model_path
     lm = MoEHFLM(pretrained=str(path), device="cpu", batch_size=1, **options)
     plain = MoEHFLM(pretrained=str(path), device="cpu", batch_size=8)
     expected = [reference_generate(lm, prompt, dola_next(reference, options), penalty) for prompt in PROMPTS]
-    for request, (text, chosen) in zip(generation_requests(repetition_penalty=penalty), expected):
+    for request, (text, chosen) in zip(generation_requests(repetition_penalty=penalty), expected, strict=True):
         before = Counter(lm._contrast.chosen)
         assert lm.generate_until([request], disable_tqdm=True) == [text]
         assert Counter(lm._contrast.chosen) - before == chosen
@@ -212,21 +228,29 @@ def test_dola_select_batch_takes_one_layer_per_step_for_the_whole_batch(model_pa
         for _ in range(MAX_NEW):
             output = reference(torch.tensor(ids), output_hidden_states=True)
             final = output.logits[:, -1].float().log_softmax(-1)
-            premature = torch.stack([reference.lm_head(output.hidden_states[j][:, -1]).float().log_softmax(-1)
-                                     for j in (1, 2, 3)])  # fmt: skip
+            premature = torch.stack(
+                [reference.lm_head(output.hidden_states[j][:, -1]).float().log_softmax(-1) for j in (1, 2, 3)]
+            )
             m = 0.5 * (final.exp() + premature.exp())
-            distance = 0.5 * (F.kl_div(final.expand_as(premature), m, reduction="none").mean(-1)
-                              + F.kl_div(premature, m, reduction="none").mean(-1))  # [3, batch]  # fmt: skip
+            distance = 0.5 * (
+                F.kl_div(final.expand_as(premature), m, reduction="none").mean(-1)
+                + F.kl_div(premature, m, reduction="none").mean(-1)
+            )  # [3, batch]
             layer = int(distance.mean(-1).argmax())
             chosen[layer + 1] += len(prompts)
-            scores = (final - premature[layer]).masked_fill(final < final.max(-1, keepdim=True).values + np.log(0.1),
-                                                            float("-inf"))  # fmt: skip
+            scores = (final - premature[layer]).masked_fill(
+                final < final.max(-1, keepdim=True).values + np.log(0.1), float("-inf")
+            )
             for row, token in enumerate(scores.argmax(-1).tolist()):  # finished rows go on with padding, as in generate
                 ids[row].append(lm.tokenizer.pad_token_id if finished[row] else token)
                 finished[row] |= token == lm.tokenizer.eos_token_id
-    requests = [Instance("generate_until", {}, (p, {"until": ["\n\n"], "max_gen_toks": MAX_NEW}), 0, ("b", i, 1))
-                for i, p in enumerate(prompts)]  # fmt: skip
-    expected = [lm.tok_decode(row[len(lm.tok_encode(p)):]).split("\n\n")[0] for row, p in zip(ids, prompts)]
+    requests = [
+        Instance("generate_until", {}, (p, {"until": ["\n\n"], "max_gen_toks": MAX_NEW}), 0, ("b", i, 1))
+        for i, p in enumerate(prompts)
+    ]
+    expected = [
+        lm.tok_decode(row[len(lm.tok_encode(p)) :]).split("\n\n")[0] for row, p in zip(ids, prompts, strict=True)
+    ]
     assert lm.generate_until(requests, disable_tqdm=True) == expected
     assert lm._contrast.chosen == chosen
 
@@ -329,7 +353,7 @@ def test_scmoe_weak_pass_is_invisible_to_routing_capture(model_path, tmp_path):
         lm.close()
     records = [sorted(load_records(tmp_path / name), key=lambda r: r.doc_id) for name in ("plain", "scmoe")]
     assert len(records[0]) == len(records[1]) == len(SCORING)
-    for a, b in zip(*records):
+    for a, b in zip(*records, strict=True):
         for key, layer in a.layers.items():
             np.testing.assert_array_equal(layer.continuation_ids, b.layers[key].continuation_ids)
             assert layer.continuation_ids.shape[-1] == 2  # the strong routing's top-2, not the weak top-1
@@ -349,7 +373,11 @@ def test_scmoe_weak_pass_is_invisible_to_routing_capture(model_path, tmp_path):
         ("mixtral", {"dola_layers": "paper", "dola_divergence": "kl"}, "dola_divergence"),
         ("llama", {"scmoe_beta": 0.5}, "Mixture-of-Experts"),
         ("mixtral", {"scmoe_beta": 0.5, "scmoe_weak_k": 9}, "between 1 and 4"),
-        ("mixtral", {"scmoe_beta": 0.5, "scmoe_weak_k": 2}, r"scmoe_weak_k=2 is not weaker than the model's own routing"),
+        (
+            "mixtral",
+            {"scmoe_beta": 0.5, "scmoe_weak_k": 2},
+            r"scmoe_weak_k=2 is not weaker than the model's own routing",
+        ),
         ("mixtral", {"scmoe_beta": 0.5, "scmoe_weak_k": 1, "top_k": 1}, r"top-k \[1\] in layers decoder.0"),
     ],
 )
@@ -378,14 +406,23 @@ def test_models_whose_head_or_final_norm_cannot_be_located_fail_clearly(tmp_path
     from moe_rbench_models.tiny import tiny_tokenizer
 
     def save(model_type, **config):
-        config = AutoConfig.for_model(model_type, vocab_size=512, pad_token_id=0, bos_token_id=1, eos_token_id=2, **config)
+        config = AutoConfig.for_model(
+            model_type, vocab_size=512, pad_token_id=0, bos_token_id=1, eos_token_id=2, **config
+        )
         model = AutoModelForCausalLM.from_config(config)
         model.save_pretrained(tmp_path / model_type)
         tiny_tokenizer().save_pretrained(tmp_path / model_type)
         return str(tmp_path / model_type)
 
-    cohere = save("cohere", hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, logit_scale=0.5)  # fmt: skip
+    cohere = save(
+        "cohere",
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        logit_scale=0.5,
+    )
     with pytest.raises(ValueError, match="post-processes them"):  # Cohere scales its logits
         MoEHFLM(pretrained=cohere, device="cpu", dola_layers="0")
     gpt = save("openai-gpt", n_embd=32, n_layer=2, n_head=4, n_positions=64)  # post-norm: no final norm
@@ -418,29 +455,54 @@ def test_lm_eval_cli_with_dola_changes_accuracies_and_generations(tmp_path):
     """The issue's acceptance run: the stock command with dola_layers=paper, against a plain run of the
     same tasks through the Python API (a heavier initialisation, so that some predictions can flip)."""
     model = tmp_path / "mixtral"
-    run([str(BIN / "moe-rbench"), "tiny-model", "mixtral", str(model),
-         "--set", "num_hidden_layers=4", "--set", "initializer_range=1.0"])  # fmt: skip
+    run(
+        [
+            str(BIN / "moe-rbench"),
+            "tiny-model",
+            "mixtral",
+            str(model),
+            "--set",
+            "num_hidden_layers=4",
+            "--set",
+            "initializer_range=1.0",
+        ]
+    )
     tasks = tmp_path / "tasks"
     tasks.mkdir()
-    questions = [{"question": q, "answer": a} for q, a in [("What is the capital of France?", "Paris"),
-                 ("Why is the sky blue?", "Scattering"), ("Who wrote Hamlet?", "Shakespeare")]]  # fmt: skip
+    questions = [
+        {"question": q, "answer": a}
+        for q, a in [
+            ("What is the capital of France?", "Paris"),
+            ("Why is the sky blue?", "Scattering"),
+            ("Who wrote Hamlet?", "Shakespeare"),
+        ]
+    ]
     (tasks / "questions.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions))
     (tasks / "generation.yaml").write_text(GENERATION_TASK.format(data=tasks / "questions.jsonl"))
     task_names = ["moe_rbench_ood", "moe_rbench_test_generation"]
-    run([str(BIN / "lm_eval"), "--model", "moe_hf", "--model_args", f"pretrained={model},dola_layers=paper",
-         "--metadata", f'{{"data_dir": "{FIXTURE_DATA}"}}', "--include_path", str(tasks), "--tasks", *task_names,
-         "--limit", "5", "--batch_size", "8", "--device", "cpu", "--log_samples", "--output_path", str(tmp_path / "dola")])  # fmt: skip
+    options = ["--include_path", str(tasks), "--limit", "5", "--batch_size", "8", "--log_samples"]
+    lm_eval_cli(
+        f"pretrained={model},dola_layers=paper", ",".join(task_names), *options, "--output_path", str(tmp_path / "dola")
+    )
     dola, dola_samples = lm_eval_outputs(tmp_path / "dola")
     plain = lm_eval.simple_evaluate(
-        model=MoEHFLM(pretrained=str(model), device="cpu", batch_size=8), tasks=task_names, limit=5, log_samples=True,
-        task_manager=moe_rbench_tasks.task_manager(str(tasks), include_defaults=False,
-                                                   metadata={"data_dir": str(FIXTURE_DATA)}),
-    )  # fmt: skip
-    accuracies = [{task: result["acc,none"] for task, result in results["results"].items() if task in STYLE_OOD_TASKS}
-                  for results in (plain, dola)]  # fmt: skip
+        model=MoEHFLM(pretrained=str(model), device="cpu", batch_size=8),
+        tasks=task_names,
+        limit=5,
+        log_samples=True,
+        task_manager=moe_rbench_tasks.task_manager(
+            str(tasks), include_defaults=False, metadata={"data_dir": str(FIXTURE_DATA)}
+        ),
+    )
+    accuracies = [
+        {task: result["acc,none"] for task, result in results["results"].items() if task in STYLE_OOD_TASKS}
+        for results in (plain, dola)
+    ]
     assert set(accuracies[0]) == set(accuracies[1]) == set(STYLE_OOD_TASKS)
     assert accuracies[0] != accuracies[1]
-    generations = [[s["resps"] for s in samples["moe_rbench_test_generation"]] for samples in (plain["samples"], dola_samples)]
+    generations = [
+        [s["resps"] for s in samples["moe_rbench_test_generation"]] for samples in (plain["samples"], dola_samples)
+    ]
     assert len(generations[1]) == len(questions) and generations[0] != generations[1]
     assert dola["config"]["moe"]["decoding"]["candidate_layers"] == [2]
     assert dola["config"]["model_args"]["dola_layers"] == "paper"

@@ -9,20 +9,30 @@ from conftest import FIXTURE_DATA
 import moe_rbench_tasks
 from moe_rbench_tasks.hallucination import load_nq_open
 
-ZERO_SHOT = {"moe_rbench_truthfulqa_mc", "moe_rbench_safety_malicious", "moe_rbench_safety_cona",
-             "moe_rbench_safety_controversial", "moe_rbench_safety_dna"}  # fmt: skip
+ZERO_SHOT = {
+    "moe_rbench_truthfulqa_mc",
+    "moe_rbench_safety_malicious",
+    "moe_rbench_safety_cona",
+    "moe_rbench_safety_controversial",
+    "moe_rbench_safety_dna",
+}
 NOT_CONTENT = {"id", "style", "pair_id", "label"}  # fields that differ between copies of one document
 
 
 def content(doc: dict) -> tuple:
     """What a document shows the model: its text fields."""
-    return tuple(sorted((key, value) for key, value in doc.items() if isinstance(value, str) and key not in NOT_CONTENT))
+    return tuple(
+        sorted((key, value) for key, value in doc.items() if isinstance(value, str) and key not in NOT_CONTENT)
+    )
 
 
 def all_tasks(data_dir, include_boss: bool = True) -> dict:
     manager = moe_rbench_tasks.task_manager(include_defaults=False, metadata={"data_dir": str(data_dir)})
-    names = sorted(name for name in manager.all_subtasks if name.startswith("moe_rbench_")
-                   and name not in manager.all_groups and (include_boss or "_boss_" not in name))  # fmt: skip
+    names = sorted(
+        name
+        for name in manager.all_subtasks
+        if name.startswith("moe_rbench_") and name not in manager.all_groups and (include_boss or "_boss_" not in name)
+    )
     return manager.load(names)["tasks"]
 
 
@@ -53,7 +63,9 @@ def test_no_task_draws_demonstrations_from_its_evaluated_documents_in_the_releas
 def test_nq_open_demonstrations_are_efficientqa_questions_disjoint_from_nq_open(real_data_dir):
     dataset = load_nq_open(data_dir=str(real_data_dir))
     assert (len(dataset["validation"]), len(dataset["train"])) == (3610, 1800)
-    normalised = [{question.strip().lower() for question in dataset[split]["question"]} for split in ("validation", "train")]
+    normalised = [
+        {question.strip().lower() for question in dataset[split]["question"]} for split in ("validation", "train")
+    ]
     assert not normalised[0] & normalised[1]
 
 
@@ -64,5 +76,10 @@ def test_truthfulqa_refuses_few_shot_through_the_cli(tiny_model, tmp_path):
 
     manager = moe_rbench_tasks.task_manager(include_defaults=False, metadata={"data_dir": str(FIXTURE_DATA)})
     with pytest.raises(ValueError, match="six-shot QA primer is already the few-shot context"):
-        lm_eval.simple_evaluate(model=MoEHFLM(pretrained=str(tiny_model("llama")), device="cpu"),
-                                tasks=["moe_rbench_truthfulqa_mc"], task_manager=manager, num_fewshot=2, limit=2)  # fmt: skip
+        lm_eval.simple_evaluate(
+            model=MoEHFLM(pretrained=str(tiny_model("llama")), device="cpu"),
+            tasks=["moe_rbench_truthfulqa_mc"],
+            task_manager=manager,
+            num_fewshot=2,
+            limit=2,
+        )

@@ -24,9 +24,11 @@ def test_a_changed_hflm_method_stops_moe_hf():
 def test_scmoe_refuses_a_generation_step_whose_cache_it_cannot_find(tiny_model):
     lm = MoEHFLM(pretrained=str(tiny_model("mixtral")), device="cpu", scmoe_beta=0.5)
     inputs = torch.tensor([lm.tok_encode("Q: What is the capital of France?\nA:")])
-    with pytest.raises(InternalsChanged, match="generate called the model without a KV cache object"):
-        with torch.no_grad(), lm._contrast.active("generate"):
-            lm.model(inputs, use_cache=False)
-    with pytest.raises(InternalsChanged, match="several KV caches"):
-        with torch.no_grad(), lm._contrast.active("generate"):
-            lm.model(inputs, None, None, DynamicCache(config=lm.model.config), cache=DynamicCache(config=lm.model.config))
+    with (
+        pytest.raises(InternalsChanged, match="generate called the model without a KV cache object"),
+        torch.no_grad(),
+        lm._contrast.active("generate"),
+    ):
+        lm.model(inputs, use_cache=False)
+    with pytest.raises(InternalsChanged, match="several KV caches"), torch.no_grad(), lm._contrast.active("generate"):
+        lm.model(inputs, None, None, DynamicCache(config=lm.model.config), cache=DynamicCache(config=lm.model.config))

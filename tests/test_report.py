@@ -11,12 +11,12 @@ import shutil
 import pytest
 from conftest import BIN, STYLE_OOD_TASKS, evaluate_to, run
 
+from moe_rbench.judging import write_summary
+from moe_rbench.runs import run_identity
 from moe_rbench_models import MoEHFLM
 from moe_rbench_models.tiny import build_tiny_model
+from moe_rbench_tasks.families import OOD, STYLE_OOD
 from moe_rbench_tasks.judges import load_judge
-from moe_rbench_tasks.judging import write_summary
-from moe_rbench_tasks.report import STYLES
-from moe_rbench_tasks.runs import run_identity
 
 MODELS = {"moe": "mixtral", "dense": "llama"}
 
@@ -31,8 +31,13 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("report_runs")
     out = {}
     for name, architecture in MODELS.items():
-        model = build_tiny_model(architecture, root / "models" / f"{name}_{architecture}",
-                                 head="sequence_classification", num_labels=2, initializer_range=0.5)  # fmt: skip
+        model = build_tiny_model(
+            architecture,
+            root / "models" / f"{name}_{architecture}",
+            head="sequence_classification",
+            num_labels=2,
+            initializer_range=0.5,
+        )
         out[name] = (root / name, evaluate(model, root / name))
     return out
 
@@ -43,14 +48,24 @@ def table(out, name):
 
 def test_report_tables_equal_the_results_json_with_differences_and_gain_ratio(runs, tmp_path):
     (moe_dir, moe), (dense_dir, dense) = runs["moe"], runs["dense"]
-    result = run([str(BIN / "moe-rbench"), "report", str(moe_dir), str(dense_dir), "--pair", "moe_mixtral=dense_llama",
-                  "--out", str(tmp_path)])  # fmt: skip
+    result = run(
+        [
+            str(BIN / "moe-rbench"),
+            "report",
+            str(moe_dir),
+            str(dense_dir),
+            "--pair",
+            "moe_mixtral=dense_llama",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert str(tmp_path / "report.md") in result.stdout
     rows = table(tmp_path, "style_ood")
     for label, results in (("moe_mixtral", moe), ("dense_llama", dense)):
         assert rows[label]["ID (SST-2)"] == results["results"]["moe_rbench_sst2"]["acc,none"]
         assert rows[label]["ID (SST-2) stderr"] == results["results"]["moe_rbench_sst2"]["acc_stderr,none"]
-        for style in STYLES:
+        for style in (member.title for member in STYLE_OOD.members if member.role == OOD):
             assert rows[label][style] == results["results"][f"moe_rbench_style_{style}"]["acc,none"]
         assert rows[label]["OOD mean"] == results["groups"]["moe_rbench_ood_styles"]["acc,none"]
     difference = rows["moe_mixtral - dense_llama"]
@@ -84,12 +99,18 @@ def test_report_shows_judge_summaries_and_rejects_bad_input(runs, tmp_path):
     judges = table(tmp_path / "out", "safety_judges")
     assert judges["moe_mixtral"]["cona: refusal refusal rate"] == 0.5  # the other run's summary (1.0) is not this run's
     assert "safety" in json.loads((tmp_path / "out" / "figures.json").read_text())
-    bad_pair = run([str(BIN / "moe-rbench"), "report", str(moe_dir), "--pair", "moe_mixtral=nobody", "--out",
-                    str(tmp_path / "x")], check=False)  # fmt: skip
-    assert bad_pair.returncode == 2 and "expected MOE=DENSE with labels of the given runs (moe_mixtral)" in bad_pair.stderr
+    bad_pair = run(
+        [str(BIN / "moe-rbench"), "report", str(moe_dir), "--pair", "moe_mixtral=nobody", "--out", str(tmp_path / "x")],
+        check=False,
+    )
+    assert (
+        bad_pair.returncode == 2 and "expected MOE=DENSE with labels of the given runs (moe_mixtral)" in bad_pair.stderr
+    )
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "results_2026.json").write_text("{not json")
-    broken = run([str(BIN / "moe-rbench"), "report", str(tmp_path / "broken"), "--out", str(tmp_path / "y")], check=False)
+    broken = run(
+        [str(BIN / "moe-rbench"), "report", str(tmp_path / "broken"), "--out", str(tmp_path / "y")], check=False
+    )
     assert broken.returncode == 2 and "results_2026.json: unreadable lm-eval results" in broken.stderr
 
 
@@ -97,29 +118,68 @@ def test_compare_passes_a_run_against_itself_and_fails_a_worse_one(runs):
     (moe_dir, moe), (dense_dir, dense) = runs["moe"], runs["dense"]
     same = run([str(BIN / "moe-rbench"), "compare", "--baseline", str(moe_dir), "--candidate", str(moe_dir)])
     rows = same.stdout.count("| ok |")
-    assert rows == 12 and f"All {rows} baseline metrics within 0.01 of the baseline" in same.stdout  # 11 tasks + OOD mean
+    assert (
+        rows == 12 and f"All {rows} baseline metrics within 0.01 of the baseline" in same.stdout
+    )  # 11 tasks + OOD mean
     # the dense model is the baseline; the MoE is worse than it on SST-2 (0.5 vs 0.625) and some styles
-    worse = {task for task in STYLE_OOD_TASKS
-             if moe["results"][task]["acc,none"] < dense["results"][task]["acc,none"] - 0.01}  # fmt: skip
+    worse = {
+        task for task in STYLE_OOD_TASKS if moe["results"][task]["acc,none"] < dense["results"][task]["acc,none"] - 0.01
+    }
     assert "moe_rbench_sst2" in worse
-    result = run([str(BIN / "moe-rbench"), "compare", "--baseline", str(dense_dir), "--candidate", str(moe_dir)],
-                 check=False)  # fmt: skip
+    result = run(
+        [str(BIN / "moe-rbench"), "compare", "--baseline", str(dense_dir), "--candidate", str(moe_dir)], check=False
+    )
     assert result.returncode == 1
-    failed = {line.split(" | ")[0].lstrip("| ").split(" / ")[0] for line in result.stdout.splitlines() if "| FAIL |" in line}
+    failed = {
+        line.split(" | ")[0].lstrip("| ").split(" / ")[0] for line in result.stdout.splitlines() if "| FAIL |" in line
+    }
     assert worse <= failed
-    lenient = run([str(BIN / "moe-rbench"), "compare", "--baseline", str(dense_dir), "--candidate", str(moe_dir),
-                   "--ignore-within-stderr"], check=False)  # fmt: skip
+    lenient = run(
+        [
+            str(BIN / "moe-rbench"),
+            "compare",
+            "--baseline",
+            str(dense_dir),
+            "--candidate",
+            str(moe_dir),
+            "--ignore-within-stderr",
+        ],
+        check=False,
+    )
     assert lenient.stdout.count("| FAIL |") < result.stdout.count("| FAIL |")  # 24 documents: wide standard errors
-    only = run([str(BIN / "moe-rbench"), "compare", "--baseline", str(dense_dir), "--candidate", str(moe_dir),
-                "--metrics", "moe_rbench_sst2 / acc,none"], check=False)  # fmt: skip
+    only = run(
+        [
+            str(BIN / "moe-rbench"),
+            "compare",
+            "--baseline",
+            str(dense_dir),
+            "--candidate",
+            str(moe_dir),
+            "--metrics",
+            "moe_rbench_sst2 / acc,none",
+        ],
+        check=False,
+    )
     assert only.returncode == 1 and "**1 of 1 metrics failed**" in only.stdout
 
 
 def test_report_shows_routing_summary_and_trace_heatmap_of_a_run_with_routing_out(tiny_model, tmp_path):
     lm = MoEHFLM(pretrained=str(tiny_model("qwen2_moe")), device="cpu", batch_size=8, routing_out=str(tmp_path / "r"))
     results = evaluate_to(tmp_path / "run", lm, ["moe_rbench_sst2", "moe_rbench_style_augment"], limit=6)
-    run([str(BIN / "moe-rbench"), "trace", "--routing", str(tmp_path / "r"), "--id", "moe_rbench_sst2", "--ood",
-         "moe_rbench_style_augment", "--out", str(tmp_path / "run" / "trace")])  # fmt: skip
+    run(
+        [
+            str(BIN / "moe-rbench"),
+            "trace",
+            "--routing",
+            str(tmp_path / "r"),
+            "--id",
+            "moe_rbench_sst2",
+            "--ood",
+            "moe_rbench_style_augment",
+            "--out",
+            str(tmp_path / "run" / "trace"),
+        ]
+    )
     run([str(BIN / "moe-rbench"), "report", str(tmp_path / "run"), "--out", str(tmp_path / "out")])
     (row,) = table(tmp_path / "out", "routing").values()
     layers = results["config"]["moe"]["routing"]["summary"]["moe_rbench_sst2"].values()

@@ -24,44 +24,72 @@ from moe_rbench_models.routing.records import RoutingDirectoryError
 from moe_rbench_models.tiny import build_tiny_model
 from moe_rbench_tasks.data import MissingDataError
 
-CAUSAL_MOE = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3", "gpt_oss", "phimoe", "granitemoe",
-              "jamba", "llama4_text", "dbrx"]  # fmt: skip
+CAUSAL_MOE = [
+    "mixtral",
+    "qwen2_moe",
+    "qwen3_moe",
+    "olmoe",
+    "deepseek_v3",
+    "gpt_oss",
+    "phimoe",
+    "granitemoe",
+    "jamba",
+    "llama4_text",
+    "dbrx",
+]
 CONTEXT = "Given the sentences: a gentle , funny film\n what is the sentiment of this sentence ? "
 PROMPTS = ["Q: What is the capital of France?\nA:", "### Instruction: Explain why the sky is blue.", "lol"]
 
 
 def scoring_requests():
-    choices = [Instance("loglikelihood", {}, (CONTEXT, word), index, metadata=("mc", 0, 1))
-               for index, word in enumerate(["negative", "positive"])]  # fmt: skip
-    return choices + [Instance("loglikelihood", {}, ("Q: What is the capital of France?\nA:", " Paris"), 0,
-                               metadata=("qa", 1, 1))]  # fmt: skip
+    choices = [
+        Instance("loglikelihood", {}, (CONTEXT, word), index, metadata=("mc", 0, 1))
+        for index, word in enumerate(["negative", "positive"])
+    ]
+    return choices + [
+        Instance("loglikelihood", {}, ("Q: What is the capital of France?\nA:", " Paris"), 0, metadata=("qa", 1, 1))
+    ]
 
 
 def generation_requests(max_gen_toks=6):
     kwargs = {"until": ["\n\n"], "max_gen_toks": max_gen_toks, "do_sample": False}
-    return [Instance("generate_until", {}, (prompt, dict(kwargs)), 0, metadata=("gen", i, 1))
-            for i, prompt in enumerate(PROMPTS)]  # fmt: skip
+    return [
+        Instance("generate_until", {}, (prompt, dict(kwargs)), 0, metadata=("gen", i, 1))
+        for i, prompt in enumerate(PROMPTS)
+    ]
 
 
 def rolling_requests():
-    return [Instance("loglikelihood_rolling", {}, ("The quick brown fox jumps over the lazy dog, again and again.",),
-                     0, metadata=("roll", 0, 1))]  # fmt: skip
+    return [
+        Instance(
+            "loglikelihood_rolling",
+            {},
+            ("The quick brown fox jumps over the lazy dog, again and again.",),
+            0,
+            metadata=("roll", 0, 1),
+        )
+    ]
 
 
 def run_requests(path, out, **lm_kwargs):
     """Every request type through moe_hf with routing_out; the answers and the records by request."""
     lm = MoEHFLM(pretrained=str(path), device="cpu", routing_out=str(out), **lm_kwargs)
-    answers = {"loglikelihood": lm.loglikelihood(scoring_requests()),
-               "generate_until": lm.generate_until(generation_requests()),
-               "loglikelihood_rolling": lm.loglikelihood_rolling(rolling_requests())}  # fmt: skip
+    answers = {
+        "loglikelihood": lm.loglikelihood(scoring_requests()),
+        "generate_until": lm.generate_until(generation_requests()),
+        "loglikelihood_rolling": lm.loglikelihood_rolling(rolling_requests()),
+    }
     lm.close()
     records = {(r.request_type, r.task, r.doc_id, r.request_index): r for r in load_records(out)}
     return lm, answers, records
 
 
 def used_experts(records) -> set[int]:
-    ids = [np.concatenate([layer.context_ids.ravel(), layer.continuation_ids.ravel()])
-           for record in records.values() for layer in record.layers.values()]  # fmt: skip
+    ids = [
+        np.concatenate([layer.context_ids.ravel(), layer.continuation_ids.ravel()])
+        for record in records.values()
+        for layer in record.layers.values()
+    ]
     return set(np.concatenate(ids).tolist()) - {-1}
 
 
@@ -106,18 +134,24 @@ class ToyMoE(nn.Module):
         self.experts = nn.ModuleList(nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(experts)) for _ in range(2))
 
     def forward(self, hidden):
-        for gate, experts in zip(self.gates, self.experts):
+        for gate, experts in zip(self.gates, self.experts, strict=True):
             routing = gate(hidden)
-            outputs = torch.stack([torch.stack([experts[e](h) for e in row]) for h, row in zip(hidden, routing["ids"])])
+            outputs = torch.stack(
+                [torch.stack([experts[e](h) for e in row]) for h, row in zip(hidden, routing["ids"], strict=True)]
+            )
             hidden = hidden + (outputs * routing["weights"].unsqueeze(-1)).sum(1)
         return hidden
 
 
 def test_a_registered_adapter_makes_a_custom_gate_recordable_and_steerable():
     adapter = RouterAdapter(
-        router_class=ToyGate, read=lambda gate, inputs, output: (output["ids"], output["weights"]),
-        logits=lambda gate, inputs, output: output["logits"], num_experts=lambda gate: gate.proj.out_features,
-        top_k=lambda gate: gate.k, top_k_attribute="k")  # fmt: skip
+        router_class=ToyGate,
+        read=lambda gate, inputs, output: (output["ids"], output["weights"]),
+        logits=lambda gate, inputs, output: output["logits"],
+        num_experts=lambda gate: gate.proj.out_features,
+        top_k=lambda gate: gate.k,
+        top_k_attribute="k",
+    )
     with register_router(adapter):
         recordable_and_steerable()
     assert find_moe_layers(ToyMoE()) == []  # the registration is gone with the block
@@ -127,7 +161,10 @@ def recordable_and_steerable():
     torch.manual_seed(0)
     model, hidden = ToyMoE(), torch.randn(16, 8)
     layers = find_moe_layers(model)
-    assert [(layer.key, layer.num_experts, layer.top_k) for layer in layers] == [("decoder.0", 4, 2), ("decoder.1", 4, 2)]
+    assert [(layer.key, layer.num_experts, layer.top_k) for layer in layers] == [
+        ("decoder.0", 4, 2),
+        ("decoder.1", 4, 2),
+    ]
 
     hooks = RoutingHooks(layers, {}, record=True, keep_logits=True).install()
     model(hidden)
@@ -148,7 +185,9 @@ def recordable_and_steerable():
 
 def test_routing_options_on_a_dense_model_fail_clearly(tiny_model, tmp_path):
     for option in ({"routing_out": str(tmp_path)}, {"top_k": 1}, {"disable_experts": "*:0"}):
-        with pytest.raises(ValueError, match=r"needs a Mixture-of-Experts model, but no MoE layer was found in LlamaForCausalLM"):
+        with pytest.raises(
+            ValueError, match=r"needs a Mixture-of-Experts model, but no MoE layer was found in LlamaForCausalLM"
+        ):
             MoEHFLM(pretrained=str(tiny_model("llama")), device="cpu", **option)
 
 
@@ -161,14 +200,20 @@ def test_captured_logits_equal_output_router_logits(tiny_model, tmp_path, archit
     path = tiny_model(architecture)
     _, _, records = run_requests(path, tmp_path / "routing", routing_logits=True, batch_size=3)
     model = AutoModelForCausalLM.from_pretrained(path)
-    assert {request_type for request_type, *_ in records} == {"loglikelihood", "generate_until", "loglikelihood_rolling"}
+    assert {request_type for request_type, *_ in records} == {
+        "loglikelihood",
+        "generate_until",
+        "loglikelihood_rolling",
+    }
     for key, record in records.items():
         with torch.no_grad():
             expected = model(torch.tensor([processed_tokens(record)]), output_router_logits=True).router_logits
         assert len(expected) == len(record.layers) == 2
-        for (layer, routing), layer_logits in zip(record.layers.items(), expected):
+        for (layer, routing), layer_logits in zip(record.layers.items(), expected, strict=True):
             captured = np.concatenate([routing.context_logits, routing.continuation_logits])
-            np.testing.assert_allclose(captured, layer_logits.float().numpy(), rtol=0, atol=2e-5, err_msg=f"{key} {layer}")
+            np.testing.assert_allclose(
+                captured, layer_logits.float().numpy(), rtol=0, atol=2e-5, err_msg=f"{key} {layer}"
+            )
 
 
 @pytest.mark.equivalence
@@ -184,8 +229,12 @@ def test_softmax_routers_ids_and_weights_are_top_k_of_softmax_of_logits(tiny_mod
             weights = top.values / top.values.sum(-1, keepdim=True) if renormalized else top.values
             ids = np.concatenate([routing.context_ids, routing.continuation_ids])
             assert np.array_equal(ids, top.indices.numpy())
-            np.testing.assert_allclose(np.concatenate([routing.context_weights, routing.continuation_weights]),
-                                       weights.numpy(), rtol=2e-3, atol=1e-3)  # stored as float16
+            np.testing.assert_allclose(
+                np.concatenate([routing.context_weights, routing.continuation_weights]),
+                weights.numpy(),
+                rtol=2e-3,
+                atol=1e-3,
+            )  # stored as float16
 
 
 @pytest.mark.parametrize("architecture", ["qwen2_moe", "switch_transformers"])
@@ -195,9 +244,12 @@ def test_records_do_not_depend_on_batch_size(tiny_model, tmp_path, architecture)
     runs = []
     for batch_size in (1, 8):
         out = tmp_path / f"batch{batch_size}"
-        lm = MoEHFLM(pretrained=str(tiny_model(architecture)), device="cpu", batch_size=batch_size, routing_out=str(out))
-        lm_eval.simple_evaluate(model=lm, tasks=["moe_rbench_sst2", "moe_rbench_style_tweet_p06"], task_manager=manager,
-                                limit=8)  # fmt: skip
+        lm = MoEHFLM(
+            pretrained=str(tiny_model(architecture)), device="cpu", batch_size=batch_size, routing_out=str(out)
+        )
+        lm_eval.simple_evaluate(
+            model=lm, tasks=["moe_rbench_sst2", "moe_rbench_style_tweet_p06"], task_manager=manager, limit=8
+        )
         if lm.backend == "causal":  # lm-eval's seq2seq generation length depends on the batch's padded width
             lm.generate_until(generation_requests())
         lm.loglikelihood_rolling(rolling_requests())
@@ -234,29 +286,40 @@ def test_generation_records_cover_prompt_and_every_generated_token(tiny_model, t
     seq2seq = architecture == "switch_transformers"
     auto_class = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
     model = auto_class.from_pretrained(path)
-    for index, (prompt, text) in enumerate(zip(PROMPTS, answers["generate_until"])):
+    for index, (prompt, text) in enumerate(zip(PROMPTS, answers["generate_until"], strict=True)):
         record = records[("generate_until", "gen", index, 0)]
         prompt_tokens = lm.tok_encode(prompt)
         generated = record.continuation_tokens.tolist()
         assert len(generated) > 0 and lm.tok_decode(generated).startswith(text)
         # one entry per generated token; every prompt token is an input once
-        assert [len(r.continuation_ids) for r in record.layers.values()] == [len(generated)] * len(record.layers) or seq2seq
+        assert [len(r.continuation_ids) for r in record.layers.values()] == [len(generated)] * len(
+            record.layers
+        ) or seq2seq
         if seq2seq:
             assert record.context_tokens.tolist() == prompt_tokens
             assert len(record.layers["encoder.1"].context_ids) == len(prompt_tokens)
             assert len(record.layers["decoder.1"].continuation_ids) == len(generated)
             with torch.no_grad():
-                out = model(input_ids=torch.tensor([prompt_tokens]), decoder_input_ids=torch.tensor([record.continuation_inputs.tolist()]),
-                            output_router_logits=True)  # fmt: skip
-            np.testing.assert_allclose(record.layers["encoder.1"].context_logits,
-                                       out.encoder_router_logits[0].reshape(-1, 4).numpy(), atol=2e-5)
-            np.testing.assert_allclose(record.layers["decoder.1"].continuation_logits,
-                                       out.decoder_router_logits[0].reshape(-1, 4).numpy(), atol=2e-5)  # fmt: skip
+                out = model(
+                    input_ids=torch.tensor([prompt_tokens]),
+                    decoder_input_ids=torch.tensor([record.continuation_inputs.tolist()]),
+                    output_router_logits=True,
+                )
+            np.testing.assert_allclose(
+                record.layers["encoder.1"].context_logits,
+                out.encoder_router_logits[0].reshape(-1, 4).numpy(),
+                atol=2e-5,
+            )
+            np.testing.assert_allclose(
+                record.layers["decoder.1"].continuation_logits,
+                out.decoder_router_logits[0].reshape(-1, 4).numpy(),
+                atol=2e-5,
+            )
         else:
             assert processed_tokens(record) == prompt_tokens + generated[:-1]
             with torch.no_grad():  # the step-by-step capture equals one forward over the finished sequence
                 expected = model(torch.tensor([processed_tokens(record)]), output_router_logits=True).router_logits
-            for routing, layer_logits in zip(record.layers.values(), expected):
+            for routing, layer_logits in zip(record.layers.values(), expected, strict=True):
                 captured = np.concatenate([routing.context_logits, routing.continuation_logits])
                 np.testing.assert_allclose(captured, layer_logits.numpy(), atol=2e-5)
 
@@ -277,8 +340,14 @@ def test_switch_capacity_dropped_tokens_are_marked(tiny_model, tmp_path):
 
 
 def test_results_config_has_routing_summary_and_interventions(tiny_model, tmp_path):
-    lm = MoEHFLM(pretrained=str(tiny_model("qwen2_moe")), device="cpu", batch_size=4, routing_out=str(tmp_path / "r"),
-                 disable_experts="1:2", disable_mode="drop")  # fmt: skip
+    lm = MoEHFLM(
+        pretrained=str(tiny_model("qwen2_moe")),
+        device="cpu",
+        batch_size=4,
+        routing_out=str(tmp_path / "r"),
+        disable_experts="1:2",
+        disable_mode="drop",
+    )
     manager = moe_rbench_tasks.task_manager(include_defaults=False, metadata={"data_dir": str(FIXTURE_DATA)})
     results = lm_eval.simple_evaluate(model=lm, tasks=["moe_rbench_sst2"], task_manager=manager, limit=6)
     moe = results["config"]["moe"]
@@ -287,7 +356,10 @@ def test_results_config_has_routing_summary_and_interventions(tiny_model, tmp_pa
     loads = {}
     for record in load_records(tmp_path / "r"):
         for key, routing in record.layers.items():
-            spans = {("context", record.context_spans): routing.context_ids, ("continuation", record.continuation_spans): routing.continuation_ids}
+            spans = {
+                ("context", record.context_spans): routing.context_ids,
+                ("continuation", record.continuation_spans): routing.continuation_ids,
+            }
             loads.setdefault(key, {}).update(spans)
     for key, layer_summary in summary.items():
         counts = np.bincount(np.concatenate([ids.ravel() for ids in loads[key].values()]), minlength=4)
@@ -312,8 +384,9 @@ def test_drop_keeps_routing_and_zeroes_weights(tiny_model, tmp_path):
     path = tiny_model("mixtral")
     _, baseline, before = run_requests(path, tmp_path / "before", batch_size=2)
     _, dropped, after = run_requests(path, tmp_path / "drop", batch_size=2, disable_experts="*:0", disable_mode="drop")
-    _, _, renormalized = run_requests(path, tmp_path / "renorm", batch_size=2, disable_experts="*:0", disable_mode="drop",
-                                      drop_renormalize=True)  # fmt: skip
+    _, _, renormalized = run_requests(
+        path, tmp_path / "renorm", batch_size=2, disable_experts="*:0", disable_mode="drop", drop_renormalize=True
+    )
     assert dropped["loglikelihood"] != baseline["loglikelihood"]
     for key in before:  # the first MoE layer sees unchanged hidden states: same routing, new weights
         a, b, c = (records[key].layers["decoder.0"] for records in (before, after, renormalized))
@@ -338,7 +411,12 @@ def test_top_k_overall_and_per_layer(tiny_model, tmp_path):
 @pytest.mark.parametrize(
     ("architecture", "options", "message"),
     [
-        ("switch_transformers", {"top_k": 2}, r"top_k cannot be changed for layer encoder\.1: SwitchTransformersTop1Router routes each token to a fixed number of experts \(1\)"),
+        (
+            "switch_transformers",
+            {"top_k": 2},
+            r"top_k cannot be changed for layer encoder\.1: SwitchTransformersTop1Router "
+            r"routes each token to a fixed number of experts \(1\)",
+        ),
         ("phimoe", {"top_k": 1}, r"top_k cannot be changed .* PhimoeTopKRouter"),
         ("mixtral", {"top_k": 5}, r"top_k for layer decoder\.0 must be between 1 and 4, got 5"),
         ("deepseek_v3", {"top_k": 5}, r"must be between 1 and 4"),  # grouped top-k: 1 kept group of 4
@@ -349,10 +427,14 @@ def test_top_k_overall_and_per_layer(tiny_model, tmp_path):
         ("mixtral", {"disable_experts": "*3"}, r"expected 'LAYER:VALUE' parts"),
         ("mixtral", {"disable_experts": "*:x"}, r"'x' is not an integer"),
         ("mixtral", {"disable_experts": "*:0", "disable_mode": "mask"}, r"disable_mode must be one of reroute, drop"),
-        ("mixtral", {"disable_experts": "*:0", "drop_renormalize": True}, r"drop_renormalize applies to disable_mode=drop"),
+        (
+            "mixtral",
+            {"disable_experts": "*:0", "drop_renormalize": True},
+            r"drop_renormalize applies to disable_mode=drop",
+        ),
         ("mixtral", {"routing_logits": True}, r"routing_logits=true needs routing_out"),
     ],
-)  # fmt: skip
+)
 def test_invalid_routing_options_fail_clearly(tiny_model, architecture, options, message):
     with pytest.raises(ValueError, match=message):
         MoEHFLM(pretrained=str(tiny_model(architecture)), device="cpu", **options)
@@ -360,19 +442,27 @@ def test_invalid_routing_options_fail_clearly(tiny_model, architecture, options,
 
 def test_beam_search_with_capture_is_refused(tiny_model, tmp_path):
     lm = MoEHFLM(pretrained=str(tiny_model("olmoe")), device="cpu", routing_out=str(tmp_path))
-    request = Instance("generate_until", {}, ("Q:", {"until": ["\n"], "max_gen_toks": 4, "num_beams": 4}), 0,
-                       metadata=("safety", 0, 1))  # fmt: skip
+    request = Instance(
+        "generate_until", {}, ("Q:", {"until": ["\n"], "max_gen_toks": 4, "num_beams": 4}), 0, metadata=("safety", 0, 1)
+    )
     with pytest.raises(ValueError, match=r"safety: routing capture follows one generated sequence per request"):
         lm.generate_until([request])
 
 
 def test_drop_is_refused_for_an_adapter_that_only_reads_its_gate():
-    registration = register_router(RouterAdapter(
-        router_class=ToyGate, read=lambda gate, inputs, output: (output["ids"], output["weights"]), num_experts=4,
-        top_k=2))  # fmt: skip
+    registration = register_router(
+        RouterAdapter(
+            router_class=ToyGate,
+            read=lambda gate, inputs, output: (output["ids"], output["weights"]),
+            num_experts=4,
+            top_k=2,
+        )
+    )
     layers = find_moe_layers(ToyMoE())
     registration.remove()
-    with pytest.raises(ValueError, match=r"disable_mode=drop needs the routing a gate hands to its experts; the adapter for ToyGate"):
+    with pytest.raises(
+        ValueError, match=r"disable_mode=drop needs the routing a gate hands to its experts; the adapter for ToyGate"
+    ):
         plan_interventions(layers, disable_experts="*:0", disable_mode="drop")
 
 
@@ -381,7 +471,10 @@ def test_expert_lists_pass_through_lm_eval_model_args_when_quoted(tiny_model):
 
     args = key_val_to_dict(f'pretrained={tiny_model("mixtral")},disable_experts="*:1,3",disable_mode=drop')
     lm = MoEHFLM(device="cpu", **args)
-    assert {key: set(change.disabled) for key, change in lm.routing_plan.items()} == {"decoder.0": {1, 3}, "decoder.1": {1, 3}}
+    assert {key: set(change.disabled) for key, change in lm.routing_plan.items()} == {
+        "decoder.0": {1, 3},
+        "decoder.1": {1, 3},
+    }
 
 
 # -- the routing directory and the capture's state ------------------------------------------------------------
@@ -390,17 +483,24 @@ def test_expert_lists_pass_through_lm_eval_model_args_when_quoted(tiny_model):
 def test_a_failed_second_run_leaves_the_first_runs_records(tiny_model, tmp_path):
     path, routing = str(tiny_model("qwen2_moe")), tmp_path / "routing"
     manager = moe_rbench_tasks.task_manager(include_defaults=False, metadata={"data_dir": str(FIXTURE_DATA)})
-    lm_eval.simple_evaluate(model=MoEHFLM(pretrained=path, device="cpu", routing_out=str(routing)),
-                            tasks=["moe_rbench_sst2"], task_manager=manager, limit=4)  # fmt: skip
+    lm_eval.simple_evaluate(
+        model=MoEHFLM(pretrained=path, device="cpu", routing_out=str(routing)),
+        tasks=["moe_rbench_sst2"],
+        task_manager=manager,
+        limit=4,
+    )
     first = sorted((r.task, r.doc_id, r.request_index) for r in load_records(routing))
     assert len(first) == 8
     with pytest.raises(RoutingDirectoryError, match="holds the routing records of an earlier run"):
         MoEHFLM(pretrained=path, device="cpu", routing_out=str(routing))
     broken = moe_rbench_tasks.task_manager(include_defaults=False, metadata={"data_dir": str(tmp_path / "nowhere")})
     with pytest.raises(MissingDataError):
-        lm_eval.simple_evaluate(model=MoEHFLM(pretrained=path, device="cpu", routing_out=str(routing),
-                                              routing_overwrite=True),
-                                tasks=["moe_rbench_sst2"], task_manager=broken, limit=4)  # fmt: skip
+        lm_eval.simple_evaluate(
+            model=MoEHFLM(pretrained=path, device="cpu", routing_out=str(routing), routing_overwrite=True),
+            tasks=["moe_rbench_sst2"],
+            task_manager=broken,
+            limit=4,
+        )
     assert sorted((r.task, r.doc_id, r.request_index) for r in load_records(routing)) == first
     lm = MoEHFLM(pretrained=path, device="cpu", routing_out=str(routing), routing_overwrite=True)
     lm_eval.simple_evaluate(model=lm, tasks=["moe_rbench_style_augment"], task_manager=manager, limit=2)
@@ -410,8 +510,11 @@ def test_a_failed_second_run_leaves_the_first_runs_records(tiny_model, tmp_path)
 def test_a_row_that_matches_no_request_stops_the_call_at_once_naming_the_document(tiny_model, tmp_path):
     lm = MoEHFLM(pretrained=str(tiny_model("mixtral")), device="cpu", routing_out=str(tmp_path))
     lm._max_length = 6  # HFLM now cuts rows where the capture does not expect it
-    with pytest.raises(InternalsChanged, match=r"a scoring row \(6 tokens: .*matches no request; it looks like task mc, "
-                                               r"document 0, request [01]"):  # fmt: skip
+    with pytest.raises(
+        InternalsChanged,
+        match=r"a scoring row \(6 tokens: .*matches no request; it looks like task mc, "
+        r"document 0, request [01]",
+    ):
         lm.loglikelihood(scoring_requests())
     assert lm._capture.pending_requests() == 0  # nothing of the failed call stays behind
     lm._max_length = None

@@ -14,13 +14,15 @@ import numpy as np
 import pytest
 import torch.multiprocessing as mp
 
-from moe_rbench_models.routing import load_manifest, load_records, trace_routing, write_trace
+from moe_rbench.trace import trace_routing, write_trace
+from moe_rbench_models.routing import load_manifest, load_records
 from moe_rbench_models.routing import writer as writer_module
 from moe_rbench_models.routing.records import LayerArrays, RoutingDirectoryError
 from moe_rbench_models.routing.writer import RecordWriter, new_run_id
 
-LAYERS = [{"key": "decoder.0", "name": "model.layers.0.mlp.gate", "side": "decoder", "layer": 0, "num_experts": 4,
-           "top_k": 2}]  # fmt: skip
+LAYERS = [
+    {"key": "decoder.0", "name": "model.layers.0.mlp.gate", "side": "decoder", "layer": 0, "num_experts": 4, "top_k": 2}
+]
 HEADER = {"version": 1, "logits": False}
 
 
@@ -77,7 +79,9 @@ def test_records_of_every_rank_reach_the_main_process_once_even_from_an_idle_ran
         assert record.context_tokens.tolist() == [record.doc_id, record.doc_id + 1, record.doc_id + 2]
     manifest = load_manifest(out)
     assert manifest["processes"] == 2 and manifest["run"] == run_id
-    assert manifest["summary"]["first_call"]["decoder.0"]["tokens"] == 3 * len([k for k in expected if k[0] == "first_call"])
+    assert manifest["summary"]["first_call"]["decoder.0"]["tokens"] == 3 * len(
+        [k for k in expected if k[0] == "first_call"]
+    )
 
 
 def commit_run(directory, task, docs, expert, overwrite=False) -> RecordWriter:
@@ -90,7 +94,9 @@ def commit_run(directory, task, docs, expert, overwrite=False) -> RecordWriter:
 
 def test_a_new_run_replaces_the_previous_one_only_when_allowed_and_only_once_complete(tmp_path):
     commit_run(tmp_path, "run0", range(5), expert=0)
-    with pytest.raises(RoutingDirectoryError, match=r"holds the routing records of an earlier run .* routing_overwrite=true"):
+    with pytest.raises(
+        RoutingDirectoryError, match=r"holds the routing records of an earlier run .* routing_overwrite=true"
+    ):
         RecordWriter(tmp_path, LAYERS, HEADER)
     second = RecordWriter(tmp_path, LAYERS, HEADER, overwrite=True)
     write_documents(second, "run1", range(2), expert=1)
@@ -110,7 +116,8 @@ def test_a_run_that_never_completes_leaves_the_earlier_records_and_is_cleaned_up
     commit_run(tmp_path, "run2", range(1), expert=1, overwrite=True)
     assert {r.task for r in load_records(tmp_path)} == {"run2"}
     assert sorted(path.name for path in tmp_path.iterdir() if "pending" not in path.name) == sorted(
-        load_manifest(tmp_path)["shards"] + ["routing.json"])  # fmt: skip
+        load_manifest(tmp_path)["shards"] + ["routing.json"]
+    )
 
 
 def test_a_manifest_naming_files_outside_the_directory_deletes_nothing(tmp_path):
@@ -132,8 +139,10 @@ def test_a_manifest_naming_files_outside_the_directory_deletes_nothing(tmp_path)
     assert (routing / "notes.txt").read_text() == "mine"  # not a file of ours: never deleted
 
 
-@pytest.mark.parametrize(("content", "message"), [("", "is empty"), ("{not json", "line 1: not a routing manifest"),
-                                                   ("[1, 2]", "is not a routing manifest")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [("", "is empty"), ("{not json", "line 1: not a routing manifest"), ("[1, 2]", "is not a routing manifest")],
+)
 def test_a_corrupt_manifest_is_reported_with_the_fix(tmp_path, content, message):
     (tmp_path / "routing.json").write_text(content)
     with pytest.raises(RoutingDirectoryError, match=message + r".*Remove .*routing\.json"):
@@ -179,8 +188,13 @@ def run_writer(directory, limit_bytes=None):
 
     # root ignores permission bits unless it runs without the capabilities that override them
     prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"] if os.geteuid() == 0 else []
-    return subprocess.run([*prefix, sys.executable, "-c", WRITE_A_RUN, str(directory)], capture_output=True, text=True,
-                          preexec_fn=limit, timeout=120)  # fmt: skip
+    return subprocess.run(
+        [*prefix, sys.executable, "-c", WRITE_A_RUN, str(directory)],
+        capture_output=True,
+        text=True,
+        preexec_fn=limit,
+        timeout=120,
+    )
 
 
 def test_a_full_disk_leaves_the_earlier_records_and_a_usable_directory(tmp_path):
@@ -188,8 +202,10 @@ def test_a_full_disk_leaves_the_earlier_records_and_a_usable_directory(tmp_path)
     writer_module_limit = 64 * 1024  # shards of ~300 KB cannot be written
     full = run_writer(tmp_path, limit_bytes=writer_module_limit)
     assert full.returncode != 0
-    assert f"Could not write routing records to {tmp_path} (File too large); the records of earlier runs there are " \
-           "untouched" in full.stderr  # fmt: skip
+    assert (
+        f"Could not write routing records to {tmp_path} (File too large); the records of earlier runs there are "
+        "untouched" in full.stderr
+    )
     assert {r.task for r in load_records(tmp_path)} == {"earlier"}  # routing.json was never half written
     assert run_writer(tmp_path).returncode == 0  # the next run works
     assert {r.task for r in load_records(tmp_path)} == {"big"}
@@ -209,7 +225,10 @@ def test_an_unwritable_routing_directory_fails_before_any_work(tmp_path):
 
 
 def test_reading_a_directory_without_records_names_the_fix(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"routing\.json is missing\. Write them with `--model moe_hf --model_args \.\.\.,routing_out=DIR`"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"routing\.json is missing\. Write them with `--model moe_hf --model_args \.\.\.,routing_out=DIR`",
+    ):
         list(load_records(tmp_path))
 
 

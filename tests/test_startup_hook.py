@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import run
 
-from moe_rbench_tasks import TASKS_DIR, lm_eval_hook, with_our_tasks
+from moe_rbench import hook
+from moe_rbench_tasks import TASKS_DIR, with_our_tasks
 
 HEAVY = ("lm_eval", "torch", "transformers", "datasets", "numpy", "yaml", "accelerate")
 
@@ -21,21 +22,23 @@ HEAVY = ("lm_eval", "torch", "transformers", "datasets", "numpy", "yaml", "accel
 def test_start_up_files_are_installed_and_point_to_the_hook():
     site_packages = next(Path(p) for p in site.getsitepackages() if (Path(p) / "moe_rbench.pth").exists())
     pth_line = (site_packages / "moe_rbench.pth").read_text().strip()
-    assert pth_line.startswith("import moe_rbench_tasks.lm_eval_hook") and "startup()" in pth_line
+    assert pth_line.startswith("import moe_rbench.hook") and "startup()" in pth_line
     entry_point = (site_packages / "moe_rbench.start").read_text().strip()
-    assert pkgutil.resolve_name(entry_point) is lm_eval_hook.startup
+    assert pkgutil.resolve_name(entry_point) is hook.startup
 
 
 def test_hook_runs_at_start_up_and_imports_nothing_heavy():
     probe = "import sys, json; print(json.dumps([sorted(sys.modules), [type(f).__name__ for f in sys.meta_path]]))"
     modules, finders = json.loads(run([sys.executable, "-c", probe]).stdout)
-    assert "moe_rbench_tasks.lm_eval_hook" in modules and finders[0] == "_AfterImportFinder"
+    assert "moe_rbench.hook" in modules and finders[0] == "_AfterImportFinder"
     assert not [name for name in modules if name.split(".")[0] in HEAVY]
 
 
 def test_model_registration_switches_off_when_lm_eval_loads_plugins_itself():
-    probe = ("import lm_eval.api.registry as r; {patch}import lm_eval.models; "
-             "print('moe_hf' in r.model_registry, r.get_model('hf').__name__)")  # fmt: skip
+    probe = (
+        "import lm_eval.api.registry as r; {patch}import lm_eval.models; "
+        "print('moe_hf' in r.model_registry, r.get_model('hf').__name__)"
+    )
     assert run([sys.executable, "-c", probe.format(patch="")]).stdout.split() == ["True", "HFLM"]
     native = probe.format(patch="r.load_plugins = lambda *args: None; ")
     assert run([sys.executable, "-c", native]).stdout.split() == ["False", "HFLM"]
@@ -48,12 +51,12 @@ def test_task_folder_patch_switches_off_when_lm_eval_indexes_task_plugins():
 
     native = types.ModuleType("manager_with_plugins")
     native.TaskManager, native.load_plugin_tasks = TaskManager, lambda: None
-    lm_eval_hook._add_task_folder(native)
+    hook._add_task_folder(native)
     assert native.TaskManager(include_path="x").include_path == "x"
 
     released = types.ModuleType("manager_0_4_13")
     released.TaskManager = type("TaskManager", (TaskManager,), {})
-    lm_eval_hook._add_task_folder(released)
+    hook._add_task_folder(released)
     assert released.TaskManager(None, "x").include_path == ["x", TASKS_DIR]
     assert released.TaskManager(include_path="x", include_defaults=False).include_path == "x"
 
@@ -73,7 +76,7 @@ def test_a_failing_hook_warns_and_never_breaks_the_import(tmp_path, monkeypatch)
         seen.append(module.VALUE)
         raise KeyError("registry changed")
 
-    lm_eval_hook._finder.add("module_under_hook", failing)
+    hook._finder.add("module_under_hook", failing)
     with pytest.warns(RuntimeWarning, match=r"could not hook into module_under_hook \(KeyError"):
         import module_under_hook
     assert module_under_hook.VALUE == 42 and seen == [42]  # the callback ran after the module's code
@@ -84,8 +87,8 @@ def test_start_up_entry_point_never_raises(monkeypatch, capsys):
     def broken_install(force=False):
         raise OSError("read-only meta path")
 
-    monkeypatch.setattr(lm_eval_hook, "install", broken_install)
+    monkeypatch.setattr(hook, "install", broken_install)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        lm_eval_hook.startup()
+        hook.startup()
     assert "start-up hook not installed (OSError: read-only meta path)" in capsys.readouterr().err

@@ -10,11 +10,21 @@ from moe_rbench_models.routing import find_moe_layers
 from moe_rbench_models.tiny import ARCHITECTURES, SEQ2SEQ
 
 MOE_LAYOUT = {  # architecture -> (MoE layers, experts, top-k)
-    "mixtral": (2, 4, 2), "qwen2_moe": (2, 4, 2), "qwen3_moe": (2, 4, 2), "olmoe": (2, 4, 2),
-    "deepseek_v3": (2, 8, 2), "gpt_oss": (2, 4, 2), "phimoe": (2, 4, 2), "granitemoe": (2, 4, 2),
-    "jamba": (2, 4, 2), "llama4_text": (2, 4, 1), "dbrx": (2, 4, 2), "switch_transformers": (2, 4, 1),
-    "llama": (0, None, None), "t5": (0, None, None),
-}  # fmt: skip
+    "mixtral": (2, 4, 2),
+    "qwen2_moe": (2, 4, 2),
+    "qwen3_moe": (2, 4, 2),
+    "olmoe": (2, 4, 2),
+    "deepseek_v3": (2, 8, 2),
+    "gpt_oss": (2, 4, 2),
+    "phimoe": (2, 4, 2),
+    "granitemoe": (2, 4, 2),
+    "jamba": (2, 4, 2),
+    "llama4_text": (2, 4, 1),
+    "dbrx": (2, 4, 2),
+    "switch_transformers": (2, 4, 1),
+    "llama": (0, None, None),
+    "t5": (0, None, None),
+}
 
 
 @pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
@@ -46,4 +56,4 @@ def test_tiny_checkpoints_are_reproducible(tiny_model, tmp_path):
 
     again = AutoModelForCausalLM.from_pretrained(build_tiny_model("olmoe", tmp_path / "again"))
     first = AutoModelForCausalLM.from_pretrained(tiny_model("olmoe"))
-    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values(), strict=True))

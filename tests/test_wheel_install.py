@@ -22,8 +22,20 @@ CHECKOUT = Path(__file__).parents[1]
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", str(out),
-         str(CHECKOUT)])  # fmt: skip
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--quiet",
+            "-w",
+            str(out),
+            str(CHECKOUT),
+        ]
+    )
     (built,) = out.glob("moe_rbench-*.whl")
     return built
 
@@ -34,19 +46,35 @@ def fresh_env(wheel, tmp_path_factory) -> Path:
     run([sys.executable, "-m", "venv", "--without-pip", str(env)])
     (env_site,) = env.glob("lib/python*/site-packages")
     (env_site / "_dependencies.pth").write_text("\n".join(site.getsitepackages()) + "\n")
-    run([sys.executable, "-m", "pip", "--python", str(env / "bin" / "python"), "install", "--no-deps", "--no-index",
-         "--quiet", str(wheel)])  # fmt: skip
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(env / "bin" / "python"),
+            "install",
+            "--no-deps",
+            "--no-index",
+            "--quiet",
+            str(wheel),
+        ]
+    )
     return env
 
 
 def test_wheel_ships_tasks_start_up_files_and_entry_points(wheel):
     names = zipfile.ZipFile(wheel).namelist()
-    assert {"moe_rbench.pth", "moe_rbench.start", "moe_rbench_tasks/task_yamls/style_ood/moe_rbench_ood.yaml",
-            "moe_rbench_tasks/task_yamls/style_ood/_template_yaml"} <= set(names)  # fmt: skip
+    assert {
+        "moe_rbench.pth",
+        "moe_rbench.start",
+        "moe_rbench_tasks/task_yamls/style_ood/moe_rbench_ood.yaml",
+        "moe_rbench_tasks/task_yamls/style_ood/_template_yaml",
+    } <= set(names)
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "[lm_eval.models]\nmoe_hf = moe_rbench_models.moe_hf:MoEHFLM" in entry_points
     assert "[lm_eval.tasks]\nmoe_rbench = moe_rbench_tasks" in entry_points
-    assert "moe-rbench = moe_rbench_tasks.cli:main" in entry_points
+    assert "moe-rbench = moe_rbench.cli:main" in entry_points
 
 
 def test_stock_lm_eval_command_after_pip_install(fresh_env, tiny_model, tmp_path):
@@ -55,10 +83,29 @@ def test_stock_lm_eval_command_after_pip_install(fresh_env, tiny_model, tmp_path
     package_file, tasks_dir = located.stdout.split()
     assert package_file.startswith(str(fresh_env)) and tasks_dir.startswith(str(fresh_env))
 
-    run([python, "-m", "lm_eval", "--model", "moe_hf", "--model_args", f"pretrained={tiny_model('qwen2_moe')}",
-         "--tasks", "moe_rbench_ood", "--limit", "20", "--device", "cpu", "--batch_size", "8",
-         "--output_path", str(tmp_path / "out")],
-        env={"MOE_RBENCH_DATA_DIR": str(FIXTURE_DATA)}, cwd=tmp_path)  # fmt: skip
+    run(
+        [
+            python,
+            "-m",
+            "lm_eval",
+            "--model",
+            "moe_hf",
+            "--model_args",
+            f"pretrained={tiny_model('qwen2_moe')}",
+            "--tasks",
+            "moe_rbench_ood",
+            "--limit",
+            "20",
+            "--device",
+            "cpu",
+            "--batch_size",
+            "8",
+            "--output_path",
+            str(tmp_path / "out"),
+        ],
+        env={"MOE_RBENCH_DATA_DIR": str(FIXTURE_DATA)},
+        cwd=tmp_path,
+    )
     (results_file,) = (tmp_path / "out").rglob("results_*.json")
     results = json.loads(results_file.read_text())
     assert set(results["group_subtasks"]["moe_rbench_ood_styles"]) == set(STYLE_OOD_TASKS[1:])

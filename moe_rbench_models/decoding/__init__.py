@@ -27,16 +27,19 @@ __all__ = [
 ]
 
 
-def build_contrastive_decoding(model: nn.Module, backend: str, moe_layers: list[MoELayer], dola: dict, scmoe: dict,
-                               routing_hooks=None) -> ContrastiveDecoding | None:  # fmt: skip
+def build_contrastive_decoding(
+    model: nn.Module, backend: str, moe_layers: list[MoELayer], dola: dict, scmoe: dict, routing_hooks=None
+) -> ContrastiveDecoding | None:
     """The method the `dola_*` / `scmoe_*` model arguments ask for (None: neither), installed on `model`."""
     options = parse_options(dola, scmoe)
     if options is None:
         return None
     method = "DoLa" if isinstance(options, DolaOptions) else "SCMoE"
     if backend != "causal":
-        raise ValueError(f"{method} is implemented for decoder-only (causal) models; {type(model).__name__} is an "
-                         "encoder-decoder model.")  # fmt: skip
+        raise ValueError(
+            f"{method} is implemented for decoder-only (causal) models; {type(model).__name__} is an "
+            "encoder-decoder model."
+        )
     if isinstance(options, DolaOptions):
         head = locate_output_head(model, options.final_norm, "DoLa")
         tied = bool(getattr(model.config.get_text_config(), "tie_word_embeddings", False))
@@ -45,12 +48,16 @@ def build_contrastive_decoding(model: nn.Module, backend: str, moe_layers: list[
     try:
         plan_interventions(moe_layers, top_k=options.weak_k)  # the weak routing must be possible in every layer
     except ValueError as error:
-        raise ValueError(f"SCMoE needs weak routing with scmoe_weak_k={options.weak_k} experts per token: {error}") from None
+        raise ValueError(
+            f"SCMoE needs weak routing with scmoe_weak_k={options.weak_k} experts per token: {error}"
+        ) from None
     strong_k = {layer.key: getattr(layer.top_k_owner, layer.top_k_attribute) for layer in moe_layers}
     not_weaker = {key: k for key, k in strong_k.items() if options.weak_k >= k}
     if not_weaker:
-        raise ValueError(f"scmoe_weak_k={options.weak_k} is not weaker than the model's own routing (top-k "
-                         f"{sorted(set(not_weaker.values()))} in layers {', '.join(not_weaker)}): the two passes would "
-                         "be the same and SCMoE would return the plain scores. Choose scmoe_weak_k below the top-k.")  # fmt: skip
+        raise ValueError(
+            f"scmoe_weak_k={options.weak_k} is not weaker than the model's own routing (top-k "
+            f"{sorted(set(not_weaker.values()))} in layers {', '.join(not_weaker)}): the two passes would "
+            "be the same and SCMoE would return the plain scores. Choose scmoe_weak_k below the top-k."
+        )
     head = locate_output_head(model, False, "SCMoE")
     return SelfContrast(model, head, options, moe_layers, routing_hooks)

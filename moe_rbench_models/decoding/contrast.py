@@ -68,8 +68,9 @@ def dola_scores(
     return scores, choice
 
 
-def self_contrast_scores(strong: torch.Tensor, weak: torch.Tensor, *, beta: float, relative_top: float,
-                         implausible_score: float) -> torch.Tensor:  # fmt: skip
+def self_contrast_scores(
+    strong: torch.Tensor, weak: torch.Tensor, *, beta: float, relative_top: float, implausible_score: float
+) -> torch.Tensor:
     """SCMoE: `(1 + beta) log p_strong - beta log p_weak`, restricted to the strong routing's plausible tokens."""
     scores = (1 + beta) * strong - beta * weak
     if relative_top > 0:

@@ -56,14 +56,17 @@ def locate_output_head(model: nn.Module, need_final_norm: bool, purpose: str) ->
     """The verified output head of a causal LM; `purpose` names the option in error messages."""
     lm_head = model.get_output_embeddings()
     if lm_head is None:
-        raise OutputHeadError(f"{purpose}: {type(model).__name__} has no output embeddings (lm_head) to project "
-                              "hidden states with.")  # fmt: skip
+        raise OutputHeadError(
+            f"{purpose}: {type(model).__name__} has no output embeddings (lm_head) to project hidden states with."
+        )
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     base = model.base_model
     probe_ids = (torch.arange(3, 11, device=model.device) % config.vocab_size)[None]
     outputs: dict[str, torch.Tensor] = {}
-    handles = [module.register_forward_hook(lambda module, args, output, name=name: outputs.__setitem__(name, output))
-               for name, module in _outside_layer_stacks(base)]  # fmt: skip
+    handles = [
+        module.register_forward_hook(lambda module, args, output, name=name: outputs.__setitem__(name, output))
+        for name, module in _outside_layer_stacks(base)
+    ]
     try:
         output = model(probe_ids, output_hidden_states=True)
     finally:
@@ -72,20 +75,30 @@ def locate_output_head(model: nn.Module, need_final_norm: bool, purpose: str) ->
     if not output.hidden_states:
         raise OutputHeadError(f"{purpose}: {type(model).__name__} returns no hidden states.")
     final = output.hidden_states[-1]
-    head = OutputHead(lm_head, None, len(output.hidden_states) - 1, getattr(config, "logits_scaling", None),
-                      getattr(config, "final_logit_softcapping", None))  # fmt: skip
+    head = OutputHead(
+        lm_head,
+        None,
+        len(output.hidden_states) - 1,
+        getattr(config, "logits_scaling", None),
+        getattr(config, "final_logit_softcapping", None),
+    )
     if not _close(head.logits(final), output.logits.float()):
         raise OutputHeadError(
             f"{purpose}: the logits of {type(model).__name__} are not its lm_head applied to the final hidden state "
             "(it post-processes them in a way this code does not know), so early-exit logits would not be comparable."
         )
     if need_final_norm:
-        norms = [base.get_submodule(name) for name, out in outputs.items()
-                 if isinstance(out, torch.Tensor) and out.shape == final.shape and _close(out, final)]  # fmt: skip
+        norms = [
+            base.get_submodule(name)
+            for name, out in outputs.items()
+            if isinstance(out, torch.Tensor) and out.shape == final.shape and _close(out, final)
+        ]
         if not norms:
-            raise OutputHeadError(f"{purpose}: the final norm of {type(model).__name__} could not be located (no module "
-                                  "after its layer stack outputs the final hidden state: a post-norm model has none); "
-                                  "use dola_final_norm=false.")  # fmt: skip
+            raise OutputHeadError(
+                f"{purpose}: the final norm of {type(model).__name__} could not be located (no module "
+                "after its layer stack outputs the final hidden state: a post-norm model has none); "
+                "use dola_final_norm=false."
+            )
         head.final_norm = norms[0]  # the first to finish: a wrapper around the norm, if any, finishes after it
     return head
 
@@ -93,8 +106,11 @@ def locate_output_head(model: nn.Module, need_final_norm: bool, purpose: str) ->
 def _outside_layer_stacks(base: nn.Module) -> list[tuple[str, nn.Module]]:
     """Modules of the base model that are not part of a repeated layer stack (an nn.ModuleList)."""
     stacks = [name + "." for name, module in base.named_modules() if isinstance(module, nn.ModuleList)]
-    return [(name, module) for name, module in base.named_modules()
-            if name and not isinstance(module, nn.ModuleList) and not any(name.startswith(s) for s in stacks)]  # fmt: skip
+    return [
+        (name, module)
+        for name, module in base.named_modules()
+        if name and not isinstance(module, nn.ModuleList) and not any(name.startswith(s) for s in stacks)
+    ]
 
 
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:

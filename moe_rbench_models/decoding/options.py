@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from moe_rbench_models.specs import parse_items
+
 DIVERGENCES = ("reference", "jsd")
 SELECTIONS = ("sequence", "batch")
 LAYER_RULES = ("paper", "high", "low")
@@ -89,20 +91,11 @@ def candidate_layers(spec: str | int | list | tuple, num_layers: int, tied_embed
         if not layers:
             raise ValueError(f"dola_layers={rule} selects no layer of this {final}-layer model; list layers instead")
         return tuple(layers)
-    layers = _integers(spec)
+    layers = parse_items(spec, "dola_layers", int, expected='paper, high, low or layer numbers such as "16,18,20"')
     bad = [layer for layer in layers if not 0 <= layer < final]
     if bad:
-        raise ValueError(f"dola_layers: {bad} out of range; premature layers are 0 (embedding output) to {final - 1} "
-                         f"(layer {final}, the last, is the mature layer)")  # fmt: skip
+        raise ValueError(
+            f"dola_layers: {bad} out of range; premature layers are 0 (embedding output) to {final - 1} "
+            f"(layer {final}, the last, is the mature layer)"
+        )
     return tuple(dict.fromkeys(layers))
-
-
-def _integers(spec: str | int | list | tuple) -> list[int]:
-    parts = [spec] if isinstance(spec, int) else list(spec) if isinstance(spec, (list, tuple)) else str(spec).split(",")
-    try:
-        layers = [int(str(part).strip()) for part in parts]
-    except ValueError:
-        raise ValueError(f"dola_layers must be paper, high, low or layer numbers such as \"16,18,20\"; got {spec!r}") from None
-    if not layers:
-        raise ValueError("dola_layers names no layer")
-    return layers

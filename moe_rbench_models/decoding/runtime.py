@@ -48,8 +48,10 @@ class ContrastiveDecoding:
         self.mode: str | None = None
         self._inner = False  # a forward pass the method itself runs (SCMoE's weak pass): left alone
         self._hidden: list[torch.Tensor] = []  # scoring: per branch, [batch, positions, H] of the last forward
-        self._handles = [model.register_forward_pre_hook(self._before, with_kwargs=True),
-                         model.register_forward_hook(self._after, with_kwargs=True)]  # fmt: skip
+        self._handles = [
+            model.register_forward_pre_hook(self._before, with_kwargs=True),
+            model.register_forward_hook(self._after, with_kwargs=True),
+        ]
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -79,8 +81,9 @@ class ContrastiveDecoding:
         """Hidden states `[batch, positions, H]` to contrast with, one per branch."""
         raise NotImplementedError
 
-    def contrast(self, mature: torch.Tensor, branch_log_probs: torch.Tensor, implausible_score: float,
-                 one_choice: bool = False) -> torch.Tensor:  # fmt: skip
+    def contrast(
+        self, mature: torch.Tensor, branch_log_probs: torch.Tensor, implausible_score: float, one_choice: bool = False
+    ) -> torch.Tensor:
         """Scores `[P, V]` from mature log-probs `[P, V]` and each branch's `[n, P, V]`."""
         raise NotImplementedError
 
@@ -125,8 +128,9 @@ class ContrastiveDecoding:
         for offset in range(0, mature.shape[0], CHUNK):
             positions = slice(start + offset, start + min(offset + CHUNK, mature.shape[0]))
             branch = self.project([h[row, positions] for h in self._hidden])
-            scores.append(self.contrast(mature[offset : offset + CHUNK].float().to(branch.device), branch,
-                                        IMPLAUSIBLE_SCORE))  # fmt: skip
+            scores.append(
+                self.contrast(mature[offset : offset + CHUNK].float().to(branch.device), branch, IMPLAUSIBLE_SCORE)
+            )
         return torch.cat(scores).to(mature.device)
 
 
@@ -142,8 +146,11 @@ class DoLa(ContrastiveDecoding):
     def branches(self, module, args, kwargs, output) -> list[torch.Tensor]:
         hidden = output.hidden_states
         if hidden is None or len(hidden) != self.head.num_layers + 1 or any(hidden[i] is None for i in self.layers):
-            raise InternalsChanged("transformers", f"output_hidden_states={list(self.layers)} did not return the "
-                                   f"hidden states of those layers among {self.head.num_layers + 1} entries")  # fmt: skip
+            raise InternalsChanged(
+                "transformers",
+                f"output_hidden_states={list(self.layers)} did not return the "
+                f"hidden states of those layers among {self.head.num_layers + 1} entries",
+            )
         return [hidden[layer] for layer in self.layers]
 
     @property
@@ -155,22 +162,37 @@ class DoLa(ContrastiveDecoding):
 
     def contrast(self, mature, branch_log_probs, implausible_score, one_choice=False):
         scores, choice = dola_scores(
-            mature, branch_log_probs, relative_top=self.options.relative_top, post_softmax=self.options.post_softmax,
-            divergence_kind=self.options.divergence, one_choice=one_choice, implausible_score=implausible_score,
-        )  # fmt: skip
+            mature,
+            branch_log_probs,
+            relative_top=self.options.relative_top,
+            post_softmax=self.options.post_softmax,
+            divergence_kind=self.options.divergence,
+            one_choice=one_choice,
+            implausible_score=implausible_score,
+        )
         self.chosen.update(self.layers[i] for i in choice.tolist())
         return scores
 
     def summary(self) -> dict:
-        return {"method": "dola", "candidate_layers": list(self.layers), "mature_layer": self.head.num_layers,
-                "chosen_premature_layers": {str(layer): self.chosen[layer] for layer in self.layers}}  # fmt: skip
+        return {
+            "method": "dola",
+            "candidate_layers": list(self.layers),
+            "mature_layer": self.head.num_layers,
+            "chosen_premature_layers": {str(layer): self.chosen[layer] for layer in self.layers},
+        }
 
 
 class SelfContrast(ContrastiveDecoding):
     """SCMoE: the model's routing (strong) against top-`weak_k` routing (weak) of the same model."""
 
-    def __init__(self, model: nn.Module, head: OutputHead, options: SelfContrastOptions, layers: list[MoELayer],
-                 routing_hooks=None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: nn.Module,
+        head: OutputHead,
+        options: SelfContrastOptions,
+        layers: list[MoELayer],
+        routing_hooks=None,
+    ) -> None:
         super().__init__(model, head)
         self.options, self.moe_layers, self.routing_hooks = options, layers, routing_hooks
         self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
@@ -186,7 +208,7 @@ class SelfContrast(ContrastiveDecoding):
                 yield
         finally:
             self._inner = False
-            for layer, k in zip(self.moe_layers, previous):
+            for layer, k in zip(self.moe_layers, previous, strict=True):
                 set_top_k(layer, k)
 
     def branches(self, module, args, kwargs, output) -> list[torch.Tensor]:
@@ -200,8 +222,11 @@ class SelfContrast(ContrastiveDecoding):
         with self.weak_routing():
             hidden = module(*args, **weak).hidden_states[self.head.num_layers]
         if strong is not None and not cache_length(strong) == cache_length(self._weak_cache) == length:
-            raise InternalsChanged("transformers", "the weak SCMoE pass did not keep its KV cache apart from "
-                                   "generate's (cache lengths differ after the pass)")  # fmt: skip
+            raise InternalsChanged(
+                "transformers",
+                "the weak SCMoE pass did not keep its KV cache apart from "
+                "generate's (cache lengths differ after the pass)",
+            )
         return [hidden]
 
     def _before(self, module, args, kwargs):
@@ -213,8 +238,11 @@ class SelfContrast(ContrastiveDecoding):
             raise InternalsChanged("lm_eval", "a scoring forward pass got a KV cache; SCMoE's weak pass would share it")
         if self.mode == "generate":
             if cache is None:
-                raise InternalsChanged("transformers", "generate called the model without a KV cache object; SCMoE "
-                                       "cannot keep its weak pass's cache apart")  # fmt: skip
+                raise InternalsChanged(
+                    "transformers",
+                    "generate called the model without a KV cache object; SCMoE "
+                    "cannot keep its weak pass's cache apart",
+                )
             if cache is not self._strong_cache:  # a new generation
                 if cache_length(cache) != 0:
                     raise InternalsChanged("transformers", "generate started from a non-empty KV cache")
@@ -225,8 +253,18 @@ class SelfContrast(ContrastiveDecoding):
         self._strong_cache = self._weak_cache = None
 
     def contrast(self, mature, branch_log_probs, implausible_score, one_choice=False):
-        return self_contrast_scores(mature, branch_log_probs[0], beta=self.options.beta,
-                                    relative_top=self.options.alpha, implausible_score=implausible_score)  # fmt: skip
+        return self_contrast_scores(
+            mature,
+            branch_log_probs[0],
+            beta=self.options.beta,
+            relative_top=self.options.alpha,
+            implausible_score=implausible_score,
+        )
 
     def summary(self) -> dict:
-        return {"method": "scmoe", "beta": self.options.beta, "weak_k": self.options.weak_k, "alpha": self.options.alpha}
+        return {
+            "method": "scmoe",
+            "beta": self.options.beta,
+            "weak_k": self.options.weak_k,
+            "alpha": self.options.alpha,
+        }

@@ -130,9 +130,11 @@ def find_moe_layers(model: nn.Module) -> list[MoELayer]:
 
 
 def _declared(model_type: str | None, routers: dict, *, router: nn.Module, block: nn.Module, **common) -> MoELayer:
-    owner = None if model_type in FIXED_TOP_K else next(
-        (module for module in (router, block) if isinstance(getattr(module, "top_k", None), int)), None
-    )  # fmt: skip
+    owner = (
+        None
+        if model_type in FIXED_TOP_K
+        else next((module for module in (router, block) if isinstance(getattr(module, "top_k", None), int)), None)
+    )
     experts = getattr(block, "experts", None)
     return MoELayer(
         router=router,

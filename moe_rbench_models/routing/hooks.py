@@ -81,8 +81,11 @@ class RoutingHooks:
     def _mask_disabled(self, layer: MoELayer, disabled: frozenset[int]) -> None:
         mode = MaskedRouterLogits(layer.num_experts, disabled)
         self._handles.append(layer.router.register_forward_pre_hook(lambda module, args: mode.__enter__() and None))
-        self._handles.append(layer.router.register_forward_hook(
-            lambda module, args, output: mode.__exit__(None, None, None) and None, always_call=True))  # fmt: skip
+        self._handles.append(
+            layer.router.register_forward_hook(
+                lambda module, args, output: mode.__exit__(None, None, None) and None, always_call=True
+            )
+        )
         for bias in selection_biases(layer):
             original = bias.clone()
             bias[list(disabled)] = float("-inf")
@@ -91,11 +94,17 @@ class RoutingHooks:
     # -- reading (and `drop` rewriting) ------------------------------------------------------------------
 
     def _read_routing(self, layer: MoELayer, change: LayerIntervention) -> None:
-        self._handles.append(layer.router.register_forward_hook(
-            lambda module, args, output: self._after_router(layer, change, args, output)))  # fmt: skip
+        self._handles.append(
+            layer.router.register_forward_hook(
+                lambda module, args, output: self._after_router(layer, change, args, output)
+            )
+        )
         if layer.reads_experts_call:
-            self._handles.append(layer.block.experts.register_forward_pre_hook(
-                lambda module, args, kwargs: self._before_experts(layer, change, args, kwargs), with_kwargs=True))  # fmt: skip
+            self._handles.append(
+                layer.block.experts.register_forward_pre_hook(
+                    lambda module, args, kwargs: self._before_experts(layer, change, args, kwargs), with_kwargs=True
+                )
+            )
 
     def _after_router(self, layer: MoELayer, change: LayerIntervention, args, output):
         if layer.adapter is not None:
@@ -105,8 +114,11 @@ class RoutingHooks:
             return None
         logits = output if isinstance(output, torch.Tensor) else output[layer.logits_index]
         if not isinstance(logits, torch.Tensor) or logits.shape[-1] != layer.num_experts:
-            raise InternalsChanged("transformers", f"{type(layer.router).__name__} output {layer.logits_index} is no "
-                                   f"longer the router logits [tokens, {layer.num_experts}]")  # fmt: skip
+            raise InternalsChanged(
+                "transformers",
+                f"{type(layer.router).__name__} output {layer.logits_index} is no "
+                f"longer the router logits [tokens, {layer.num_experts}]",
+            )
         logits = logits.reshape(-1, layer.num_experts)
         if layer.reads_experts_call:
             self._logits[layer.key] = logits  # for the experts call of this forward (a reference, no copy)
@@ -127,8 +139,11 @@ class RoutingHooks:
 
     def _before_experts(self, layer: MoELayer, change: LayerIntervention, args, kwargs):
         if len(args) < 3 or args[1].is_floating_point() or not args[2].is_floating_point():
-            raise InternalsChanged("transformers", f"the experts of {type(layer.block).__name__} are no longer called "
-                                   "as experts(hidden_states, top_k_index, top_k_weights)")  # fmt: skip
+            raise InternalsChanged(
+                "transformers",
+                f"the experts of {type(layer.block).__name__} are no longer called "
+                "as experts(hidden_states, top_k_index, top_k_weights)",
+            )
         hidden, index, weights = args[:3]
         logits = self._logits.pop(layer.key, None)
         dropped = None
@@ -156,9 +171,11 @@ class RoutingHooks:
                     "disable_mode=drop, or register a RouterAdapter for it."
                 )
         if self.record:
-            self.calls[layer.key].append(ForwardRouting(
-                ids=ids.detach().to(torch.int16),
-                weights=weights.detach().to(torch.float16),
-                dropped=None if dropped is None else dropped.detach(),
-                logits=logits.detach().float() if self.keep_logits and logits is not None else None,
-            ))  # fmt: skip
+            self.calls[layer.key].append(
+                ForwardRouting(
+                    ids=ids.detach().to(torch.int16),
+                    weights=weights.detach().to(torch.float16),
+                    dropped=None if dropped is None else dropped.detach(),
+                    logits=logits.detach().float() if self.keep_logits and logits is not None else None,
+                )
+            )

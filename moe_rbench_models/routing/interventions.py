@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from moe_rbench_models.routing.discovery import MoELayer
+from moe_rbench_models.specs import parse_items, parse_layer_spec
 
 DISABLE_MODES = ("reroute", "drop")
 
@@ -46,27 +47,6 @@ def resolve_layers(spec: str, layers: list[MoELayer]) -> list[MoELayer]:
     return matches
 
 
-def _pairs(spec: str | int | dict, option: str) -> list[tuple[str, str]]:
-    if isinstance(spec, dict):
-        return [(str(layer), str(value)) for layer, value in spec.items()]
-    if isinstance(spec, int):
-        return [("*", str(spec))]
-    pairs = []
-    for part in str(spec).split(";"):
-        layer, colon, value = part.partition(":")
-        if not colon or not value.strip():
-            raise ValueError(f"{option}: expected 'LAYER:VALUE' parts separated by ';' (e.g. '*:3,7' or '12:5;13:0'), got {part!r}")
-        pairs.append((layer, value))
-    return pairs
-
-
-def _integer(text: str, option: str) -> int:
-    try:
-        return int(text.strip())
-    except ValueError:
-        raise ValueError(f"{option}: {text.strip()!r} is not an integer") from None
-
-
 def plan_interventions(
     layers: list[MoELayer],
     top_k: str | int | dict | None = None,
@@ -80,12 +60,15 @@ def plan_interventions(
     if drop_renormalize and disable_mode != "drop":
         raise ValueError("drop_renormalize applies to disable_mode=drop only")
     new_k: dict[str, int] = {}
-    for layer_spec, value in _pairs(top_k, "top_k") if top_k is not None else []:
+    for layer_spec, value in parse_layer_spec(top_k, "top_k") if top_k is not None else []:
+        (k,) = parse_items(value, "top_k", int, expected="one number of experts per token")
         for layer in resolve_layers(layer_spec, layers):
-            new_k[layer.key] = _checked_top_k(layer, _integer(value, "top_k"))
+            new_k[layer.key] = _checked_top_k(layer, k)
     disabled: dict[str, set[int]] = {}
-    for layer_spec, value in _pairs(disable_experts, "disable_experts") if disable_experts is not None else []:
-        experts = {_integer(text, "disable_experts") for text in value.split(",")}
+    for layer_spec, value in (
+        parse_layer_spec(disable_experts, "disable_experts") if disable_experts is not None else []
+    ):
+        experts = set(parse_items(value, "disable_experts", int, expected="expert ids such as '*:3,7'"))
         for layer in resolve_layers(layer_spec, layers):
             bad = sorted(e for e in experts if not 0 <= e < layer.num_experts)
             if bad:
@@ -97,12 +80,16 @@ def plan_interventions(
             continue
         off = frozenset(disabled.get(layer.key, ()))
         if off and disable_mode == "drop" and layer.adapter is not None:
-            raise ValueError(f"disable_mode=drop needs the routing a gate hands to its experts; the adapter for "
-                             f"{type(layer.router).__name__} only reads it. Use disable_mode=reroute.")  # fmt: skip
+            raise ValueError(
+                f"disable_mode=drop needs the routing a gate hands to its experts; the adapter for "
+                f"{type(layer.router).__name__} only reads it. Use disable_mode=reroute."
+            )
         k = new_k.get(layer.key, layer.top_k)
         if disable_mode == "reroute" and off and k is not None and layer.num_experts - len(off) < k:
-            raise ValueError(f"disable_experts: layer {layer.key} would keep {layer.num_experts - len(off)} experts "
-                             f"for top-k {k}; rerouting needs at least k enabled experts")  # fmt: skip
+            raise ValueError(
+                f"disable_experts: layer {layer.key} would keep {layer.num_experts - len(off)} experts "
+                f"for top-k {k}; rerouting needs at least k enabled experts"
+            )
         plan[layer.key] = LayerIntervention(new_k.get(layer.key), off, disable_mode, drop_renormalize)
     return plan
 
@@ -155,8 +142,11 @@ class MaskedRouterLogits(TorchFunctionMode):
 
 def selection_biases(layer: MoELayer) -> list[torch.Tensor]:
     """Router buffers added to expert scores before selection (e.g. DeepSeek-V3's e_score_correction_bias)."""
-    return [buffer for buffer in layer.router.buffers(recurse=False)
-            if buffer.dim() == 1 and buffer.shape[0] == layer.num_experts]  # fmt: skip
+    return [
+        buffer
+        for buffer in layer.router.buffers(recurse=False)
+        if buffer.dim() == 1 and buffer.shape[0] == layer.num_experts
+    ]
 
 
 def drop_weights(ids: torch.Tensor, weights: torch.Tensor, disabled: frozenset[int], renormalize: bool) -> torch.Tensor:

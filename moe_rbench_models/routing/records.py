@@ -53,6 +53,14 @@ class LayerArrays:
     logits: np.ndarray | None = None  # [n, E]
 
 
+def expert_counts(ids: np.ndarray, dropped: np.ndarray | None, num_experts: int) -> np.ndarray:
+    """How many times each expert was chosen: top-k ids `[n, k]` (-1 pads), leaving out positions dropped for
+    capacity (processed by no expert)."""
+    if dropped is not None:
+        ids = ids[~dropped]
+    return np.bincount(ids[ids >= 0].astype(np.int64), minlength=num_experts)
+
+
 def stored_layer_summary(load: np.ndarray, tokens: int, dropped: int, can_drop: bool) -> dict[str, Any]:
     """A layer's routing summary from its expert counts: load shares, normalised load entropy, coefficient of
     variation of the load, capacity-drop rate (None where the router cannot drop) and tokens."""
@@ -105,8 +113,10 @@ def load_manifest(directory: str | Path) -> dict[str, Any]:
     """The manifest of a routing directory, checked: readable JSON naming only shards inside the directory."""
     path = Path(directory) / MANIFEST
     if not path.is_file():
-        raise FileNotFoundError(f"No routing records in {directory}: {MANIFEST} is missing. Write them with "
-                                "`--model moe_hf --model_args ...,routing_out=DIR`.")  # fmt: skip
+        raise FileNotFoundError(
+            f"No routing records in {directory}: {MANIFEST} is missing. Write them with "
+            "`--model moe_hf --model_args ...,routing_out=DIR`."
+        )
     fix = f"Remove {path} (and the routing-*.npz files beside it) or choose another routing_out."
     text = path.read_text(encoding="utf-8", errors="replace")
     if not text.strip():
@@ -114,15 +124,18 @@ def load_manifest(directory: str | Path) -> dict[str, Any]:
     try:
         manifest = json.loads(text)
     except json.JSONDecodeError as error:
-        raise RoutingDirectoryError(f"{path}, line {error.lineno}: not a routing manifest ({error.msg}). {fix}") from None
+        raise RoutingDirectoryError(
+            f"{path}, line {error.lineno}: not a routing manifest ({error.msg}). {fix}"
+        ) from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list) or "layers" not in manifest:
         raise RoutingDirectoryError(f"{path} is not a routing manifest (no 'layers' and 'shards'). {fix}")
     for name in manifest["shards"]:
         if not isinstance(name, str) or not SHARD_NAME.fullmatch(name):
-            raise RoutingDirectoryError(f"{path} lists {name!r}, which is not a shard of this directory (shards are "
-                                        f"routing-*.npz files beside the manifest). {fix}")  # fmt: skip
+            raise RoutingDirectoryError(
+                f"{path} lists {name!r}, which is not a shard of this directory (shards are "
+                f"routing-*.npz files beside the manifest). {fix}"
+            )
     return manifest
-
 
 
 def load_records(directory: str | Path) -> Iterator[RoutingRecord]:
@@ -137,24 +150,31 @@ def load_records(directory: str | Path) -> Iterator[RoutingRecord]:
             continuation = _gather(shard, entry["continuation"], layer_meta, manifest["logits"])
             layers = {
                 key: LayerRouting(
-                    context_ids=context[2][key]["ids"], context_weights=context[2][key]["weights"],
+                    context_ids=context[2][key]["ids"],
+                    context_weights=context[2][key]["weights"],
                     continuation_ids=continuation[2][key]["ids"],
                     continuation_weights=continuation[2][key]["weights"],
                     context_dropped=context[2][key].get("dropped"),
                     continuation_dropped=continuation[2][key].get("dropped"),
                     context_logits=context[2][key].get("logits"),
                     continuation_logits=continuation[2][key].get("logits"),
-                )  # fmt: skip
+                )
                 for key in context[2]
             }
             yield RoutingRecord(
-                request_type=entry["request_type"], task=entry["task"], doc_id=entry["doc_id"],
-                request_index=entry["request_index"], repeat=entry["repeat"],
-                context_tokens=context[0], continuation_tokens=continuation[1], continuation_inputs=continuation[0],
-                layers=layers, doc_key=entry.get("doc_key"),
+                request_type=entry["request_type"],
+                task=entry["task"],
+                doc_id=entry["doc_id"],
+                request_index=entry["request_index"],
+                repeat=entry["repeat"],
+                context_tokens=context[0],
+                continuation_tokens=continuation[1],
+                continuation_inputs=continuation[0],
+                layers=layers,
+                doc_key=entry.get("doc_key"),
                 context_spans=tuple(map(tuple, entry["context"])),
                 continuation_spans=tuple(map(tuple, entry["continuation"])),
-            )  # fmt: skip
+            )
 
 
 def _gather(shard, spans: list[list], layers: dict[str, dict], logits: bool):
@@ -172,11 +192,16 @@ def _gather(shard, spans: list[list], layers: dict[str, dict], logits: bool):
                     parts[key].setdefault(field_name, []).append(arrays[f"{key}.{field_name}"][start : start + length])
     for key, layer in layers.items():
         k, experts = layer["top_k"] or 1, layer["num_experts"]
-        empty = {"ids": np.zeros((0, k), dtype=np.int16), "weights": np.zeros((0, k), dtype=np.float16),
-                 "dropped": np.zeros(0, dtype=bool) if layer.get("capacity_dropping") else None,
-                 "logits": np.zeros((0, experts), dtype=np.float32) if logits else None}  # fmt: skip
-        per_layer[key] = {name: np.concatenate(parts[key][name]) if name in parts[key] else value
-                          for name, value in empty.items()}  # fmt: skip
+        empty = {
+            "ids": np.zeros((0, k), dtype=np.int16),
+            "weights": np.zeros((0, k), dtype=np.float16),
+            "dropped": np.zeros(0, dtype=bool) if layer.get("capacity_dropping") else None,
+            "logits": np.zeros((0, experts), dtype=np.float32) if logits else None,
+        }
+        per_layer[key] = {
+            name: np.concatenate(parts[key][name]) if name in parts[key] else value for name, value in empty.items()
+        }
+
     def joined(parts):
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
 
@@ -186,8 +211,10 @@ def _gather(shard, spans: list[list], layers: dict[str, dict], logits: bool):
 def _read_shard(directory: Path, name: str) -> dict[str, np.ndarray]:
     path = directory / name
     if not path.is_file():
-        raise RoutingDirectoryError(f"{directory / MANIFEST} lists {name}, which is missing: the records in {directory} "
-                                    "are incomplete. Record them again.")  # fmt: skip
+        raise RoutingDirectoryError(
+            f"{directory / MANIFEST} lists {name}, which is missing: the records in {directory} "
+            "are incomplete. Record them again."
+        )
     try:
         return dict(np.load(path))
     except (OSError, ValueError) as error:

@@ -61,8 +61,15 @@ def _digest(*parts) -> bytes:
 
 
 class RequestCapture:
-    def __init__(self, hooks: RoutingHooks, writer: RecordWriter, layers: list[MoELayer], max_length: int,
-                 decoder_start: int | None = None, decode: Callable[[list[int]], str] = str) -> None:  # fmt: skip
+    def __init__(
+        self,
+        hooks: RoutingHooks,
+        writer: RecordWriter,
+        layers: list[MoELayer],
+        max_length: int,
+        decoder_start: int | None = None,
+        decode: Callable[[list[int]], str] = str,
+    ) -> None:
         """`decoder_start`: the decoder start token of an encoder-decoder model (None: causal model); `decode`:
         token ids to text, for error messages."""
         self.hooks, self.writer, self.max_length, self.decode = hooks, writer, max_length, decode
@@ -81,7 +88,8 @@ class RequestCapture:
 
     def pending_requests(self) -> int:
         return sum(len(waiting) for waiting in self._waiting.values()) + sum(
-            e is not None for waiting in self._generation.values() for e in waiting)  # fmt: skip
+            e is not None for waiting in self._generation.values() for e in waiting
+        )
 
     @contextmanager
     def call(self) -> Iterator[None]:
@@ -97,8 +105,11 @@ class RequestCapture:
         self._reset()
         self.writer.finish_call()
         if missing:
-            raise InternalsChanged("lm_eval", f"routing capture matched no forward pass to {len(missing)} request(s) "
-                                   f"({'; '.join(e.describe() for e in missing[:3])})")  # fmt: skip
+            raise InternalsChanged(
+                "lm_eval",
+                f"routing capture matched no forward pass to {len(missing)} request(s) "
+                f"({'; '.join(e.describe() for e in missing[:3])})",
+            )
 
     # -- what to wait for --------------------------------------------------------------------------------
 
@@ -112,9 +123,13 @@ class RequestCapture:
             seen[id(instance)] += 1
             doc = instance.doc if isinstance(instance.doc, dict) else {}
             key = None if doc.get("id") is None else str(doc["id"])
-            expected.append(None if repeat >= (instance.repeats or 1) else _Expected(
-                request_type, instance.task_name, instance.doc_id, instance.idx, repeat, instance.args,
-                doc_key=key))  # fmt: skip
+            expected.append(
+                None
+                if repeat >= (instance.repeats or 1)
+                else _Expected(
+                    request_type, instance.task_name, instance.doc_id, instance.idx, repeat, instance.args, doc_key=key
+                )
+            )
         return expected
 
     def _row_key(self, context: list[int], continuation: list[int]) -> bytes:
@@ -129,26 +144,38 @@ class RequestCapture:
 
     def expect_scoring(self, instances, token_requests) -> None:
         if len(instances) != len(token_requests):
-            raise InternalsChanged("lm_eval", f"HFLM.loglikelihood turned {len(instances)} requests into "
-                                   f"{len(token_requests)} token requests")  # fmt: skip
-        for expected, (_, context, continuation) in zip(self._expected(instances, "loglikelihood"), token_requests):
+            raise InternalsChanged(
+                "lm_eval",
+                f"HFLM.loglikelihood turned {len(instances)} requests into {len(token_requests)} token requests",
+            )
+        for expected, (_, context, continuation) in zip(
+            self._expected(instances, "loglikelihood"), token_requests, strict=True
+        ):
             if expected is not None:
                 self._wait(expected, context, continuation)
 
     def expect_rolling(self, instances, windows: Callable[[str], list[tuple[list[int], list[int]]]]) -> None:
         """`windows(text)`: the (context, continuation) token windows HFLM scores for a document."""
-        for instance, expected in zip(instances, self._expected(instances, "loglikelihood_rolling")):
+        for instance, expected in zip(instances, self._expected(instances, "loglikelihood_rolling"), strict=True):
             if expected is None:
                 continue
             document_windows = windows(instance.args[0])
             expected.spans = [None] * len(document_windows)
             for index, (context, continuation) in enumerate(document_windows):
-                window = _Expected(expected.request_type, expected.task, expected.doc_id, expected.request_index,
-                                   expected.repeat, expected.arguments, document=expected, window=index)  # fmt: skip
+                window = _Expected(
+                    expected.request_type,
+                    expected.task,
+                    expected.doc_id,
+                    expected.request_index,
+                    expected.repeat,
+                    expected.arguments,
+                    document=expected,
+                    window=index,
+                )
                 self._wait(window, context, continuation)
 
     def expect_generation(self, instances) -> None:
-        for instance, expected in zip(instances, self._expected(instances, "generate_until")):
+        for instance, expected in zip(instances, self._expected(instances, "generate_until"), strict=True):
             kwargs = instance.args[1]
             if int(kwargs.get("num_beams", 1) or 1) > 1 or int(kwargs.get("num_return_sequences", 1) or 1) > 1:
                 raise ValueError(
@@ -186,10 +213,19 @@ class RequestCapture:
             return []
         text = self.decode(tokens.tolist())
         probe = text.strip()[:30]
-        guesses = list(dict.fromkeys(e.describe() for waiting in self._waiting.values() for e in waiting
-                                     if probe and probe in "".join(a for a in e.arguments if isinstance(a, str))))[:3]  # fmt: skip
-        raise InternalsChanged("lm_eval", f"routing capture: a scoring row ({len(tokens)} tokens: {text[:80]!r}) "
-                               f"matches no request{'; it looks like ' + ', '.join(guesses) if guesses else ''}")  # fmt: skip
+        guesses = list(
+            dict.fromkeys(
+                e.describe()
+                for waiting in self._waiting.values()
+                for e in waiting
+                if probe and probe in "".join(a for a in e.arguments if isinstance(a, str))
+            )
+        )[:3]
+        raise InternalsChanged(
+            "lm_eval",
+            f"routing capture: a scoring row ({len(tokens)} tokens: {text[:80]!r}) "
+            f"matches no request{'; it looks like ' + ', '.join(guesses) if guesses else ''}",
+        )
 
     def row(self, r: int, continuation_length: int, input_length: int | None) -> None:
         """HFLM takes row `r` of the last batch apart; route it to the requests waiting for it."""
@@ -198,10 +234,18 @@ class RequestCapture:
             encoder_length = int(batch["mask"][r].sum())
             encoder_tokens = batch["inputs"][r, :encoder_length]
             decoder_tokens = batch["labels"][r, :continuation_length]
-            context = ("encoder", encoder_tokens, _no_targets(encoder_tokens),
-                       self._slice(batch, "encoder", r, 0, encoder_length))  # fmt: skip
-            continuation = ("decoder", self._decoder_inputs(decoder_tokens), decoder_tokens,
-                            self._slice(batch, "decoder", r, 0, continuation_length))  # fmt: skip
+            context = (
+                "encoder",
+                encoder_tokens,
+                _no_targets(encoder_tokens),
+                self._slice(batch, "encoder", r, 0, encoder_length),
+            )
+            continuation = (
+                "decoder",
+                self._decoder_inputs(decoder_tokens),
+                decoder_tokens,
+                self._slice(batch, "decoder", r, 0, continuation_length),
+            )
             for expected in self._take(_digest(encoder_tokens, decoder_tokens), encoder_tokens):
                 self._emit(expected, context, continuation)
             return
@@ -216,8 +260,14 @@ class RequestCapture:
     def _decoder_inputs(self, targets: np.ndarray) -> np.ndarray:
         return np.concatenate([[self.decoder_start], targets[:-1]]).astype(targets.dtype)[: len(targets)]
 
-    def end_generation(self, context: torch.Tensor, attention_mask: torch.Tensor, sequences: torch.Tensor,
-                       eos_ids: set[int], pad_id: int | None) -> None:  # fmt: skip
+    def end_generation(
+        self,
+        context: torch.Tensor,
+        attention_mask: torch.Tensor,
+        sequences: torch.Tensor,
+        eos_ids: set[int],
+        pad_id: int | None,
+    ) -> None:
         """One `generate` call: a prefill (or encoder) pass, then one pass per generated token."""
         calls = self.hooks.take()
         batch = context.shape[0]
@@ -236,13 +286,15 @@ class RequestCapture:
             decoder[key] = _concat_positions(steps)
         generated = sequences[:, 1:] if self.seq2seq else sequences[:, context.shape[1] :]
         if self.batch_contexts is None or len(self.batch_contexts) != batch:
-            raise InternalsChanged("lm_eval", "HFLM.generate_until did not encode the batch it generates with "
-                                   "tok_batch_encode")  # fmt: skip
+            raise InternalsChanged(
+                "lm_eval", "HFLM.generate_until did not encode the batch it generates with tok_batch_encode"
+            )
         for r, prompt in enumerate(self.batch_contexts):
             waiting = self._generation.get(prompt)
             if not waiting:
-                raise InternalsChanged("lm_eval", f"routing capture: a generation for the prompt {prompt[:80]!r} "
-                                       "matches no request")  # fmt: skip
+                raise InternalsChanged(
+                    "lm_eval", f"routing capture: a generation for the prompt {prompt[:80]!r} matches no request"
+                )
             expected = waiting.pop(0)
             if not waiting:
                 del self._generation[prompt]
@@ -269,9 +321,16 @@ class RequestCapture:
             document = expected.document
             document.spans[expected.window] = self.writer.add_span(document.task, *continuation)
             if all(span is not None for span in document.spans):
-                self.writer.add_record(document.request_type, document.task, document.doc_id,
-                                       document.request_index, document.repeat, [], document.spans,
-                                       document.doc_key)  # fmt: skip
+                self.writer.add_record(
+                    document.request_type,
+                    document.task,
+                    document.doc_id,
+                    document.request_index,
+                    document.repeat,
+                    [],
+                    document.spans,
+                    document.doc_key,
+                )
             self._done(document.document_key)
             return
         side, tokens, _, _ = context
@@ -281,9 +340,16 @@ class RequestCapture:
             contexts[context_key] = self.writer.add_span(expected.task, *context) if len(tokens) else None
         context_span = contexts[context_key]
         continuation_span = self.writer.add_span(expected.task, *continuation) if len(continuation[1]) else None
-        self.writer.add_record(expected.request_type, expected.task, expected.doc_id, expected.request_index,
-                               expected.repeat, [context_span] if context_span else [],
-                               [continuation_span] if continuation_span else [], expected.doc_key)  # fmt: skip
+        self.writer.add_record(
+            expected.request_type,
+            expected.task,
+            expected.doc_id,
+            expected.request_index,
+            expected.repeat,
+            [context_span] if context_span else [],
+            [continuation_span] if continuation_span else [],
+            expected.doc_key,
+        )
         self._done(expected.document_key)
 
     def _done(self, document: tuple) -> None:
@@ -304,13 +370,18 @@ def _batched(forward: ForwardRouting, batch: int) -> LayerArrays:
     def shape(tensor):
         return None if tensor is None else tensor.cpu().numpy().reshape(batch, -1, *tensor.shape[1:])
 
-    return LayerArrays(ids=shape(forward.ids), weights=shape(forward.weights),
-                       dropped=shape(forward.dropped), logits=shape(forward.logits))  # fmt: skip
+    return LayerArrays(
+        ids=shape(forward.ids),
+        weights=shape(forward.weights),
+        dropped=shape(forward.dropped),
+        logits=shape(forward.logits),
+    )
 
 
 def _take_positions(arrays: LayerArrays, positions: slice) -> LayerArrays:
-    return LayerArrays(*(None if a is None else a[:, positions] for a in
-                         (arrays.ids, arrays.weights, arrays.dropped, arrays.logits)))  # fmt: skip
+    return LayerArrays(
+        *(None if a is None else a[:, positions] for a in (arrays.ids, arrays.weights, arrays.dropped, arrays.logits))
+    )
 
 
 def _concat_positions(parts: list[LayerArrays]) -> LayerArrays:
@@ -322,9 +393,15 @@ def _concat_positions(parts: list[LayerArrays]) -> LayerArrays:
 
 
 def _row(layers: dict[str, LayerArrays], r: int, start: int, stop: int) -> dict[str, LayerArrays]:
-    return {key: LayerArrays(*(None if a is None else a[r, start:stop] for a in
-                               (arrays.ids, arrays.weights, arrays.dropped, arrays.logits)))
-            for key, arrays in layers.items()}  # fmt: skip
+    return {
+        key: LayerArrays(
+            *(
+                None if a is None else a[r, start:stop]
+                for a in (arrays.ids, arrays.weights, arrays.dropped, arrays.logits)
+            )
+        )
+        for key, arrays in layers.items()
+    }
 
 
 def _generated_length(tokens: np.ndarray, eos_ids: set[int], pad_id: int | None) -> int:

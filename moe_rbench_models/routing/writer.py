@@ -35,6 +35,7 @@ from moe_rbench_models.routing.records import (
     VERSION,
     LayerArrays,
     RoutingDirectoryError,
+    expert_counts,
     load_manifest,
     stored_layer_summary,
 )
@@ -79,8 +80,16 @@ def _ours(name: str) -> bool:
 class RecordWriter:
     """Streams one process's spans and records to shards in `out_dir`; `commit()` (main process) publishes the run."""
 
-    def __init__(self, out_dir: str | Path, layers: list[dict], header: dict[str, Any], rank: int = 0,
-                 world_size: int = 1, overwrite: bool = False, run_id: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        out_dir: str | Path,
+        layers: list[dict],
+        header: dict[str, Any],
+        rank: int = 0,
+        world_size: int = 1,
+        overwrite: bool = False,
+        run_id: str | None = None,
+    ) -> None:
         """`run_id`: shared by the processes of one run (the main process's, broadcast); new when None."""
         self.out_dir, self.layers, self.header = Path(out_dir), layers, header
         self.rank, self.world_size = rank, world_size
@@ -102,11 +111,13 @@ class RecordWriter:
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError):
-            raise RoutingDirectoryError(f"routing_out={self.out_dir} is a file, not a directory; choose a directory "
-                                        "for the routing records.") from None  # fmt: skip
+            raise RoutingDirectoryError(
+                f"routing_out={self.out_dir} is a file, not a directory; choose a directory for the routing records."
+            ) from None
         except OSError as error:
-            raise RoutingDirectoryError(f"routing_out={self.out_dir} cannot be created ({error.strerror}); choose a "
-                                        "directory you can write to.") from None  # fmt: skip
+            raise RoutingDirectoryError(
+                f"routing_out={self.out_dir} cannot be created ({error.strerror}); choose a directory you can write to."
+            ) from None
         if not (self.out_dir / MANIFEST).exists():
             return
         try:
@@ -122,15 +133,23 @@ class RecordWriter:
                 f"{earlier.get('completed', 'date unknown')}). Choose another routing_out, or pass "
                 "routing_overwrite=true to replace them once this run completes (they stay until then)."
             )
-        logger.warning("routing_overwrite=true: the routing records in %s (%s) are replaced when this run completes",
-                       self.out_dir, earlier.get("completed", "an earlier run"))  # fmt: skip
+        logger.warning(
+            "routing_overwrite=true: the routing records in %s (%s) are replaced when this run completes",
+            self.out_dir,
+            earlier.get("completed", "an earlier run"),
+        )
 
     def _remove_leftovers(self, keep: set[str]) -> None:
         """Files of unfinished (or replaced) runs: our file names only, never those of this run or in `keep`."""
         removed = []
         for path in self.out_dir.iterdir():
             match = PENDING.fullmatch(path.name) or RUN_SHARD.fullmatch(path.name)
-            if path.is_file() and _ours(path.name) and path.name not in keep and not (match and match["run"] == self.run_id):
+            if (
+                path.is_file()
+                and _ours(path.name)
+                and path.name not in keep
+                and not (match and match["run"] == self.run_id)
+            ):
                 path.unlink()
                 removed.append(path.name)
         if removed:
@@ -148,32 +167,50 @@ class RecordWriter:
     def _shard_name(self) -> str:
         return f"routing-{self.run_id}-r{self.rank:02d}-{self._shard_index:05d}.npz"
 
-    def add_span(self, task: str | None, side: str, tokens: np.ndarray, targets: np.ndarray,
-                 layers: dict[str, LayerArrays]) -> list:  # fmt: skip
+    def add_span(
+        self, task: str | None, side: str, tokens: np.ndarray, targets: np.ndarray, layers: dict[str, LayerArrays]
+    ) -> list:
         """Store the routing of `len(tokens)` positions of one side; returns the span reference."""
         start = self._positions[side]
         self._spans.setdefault(side, []).append((tokens, targets, layers))
         self._positions[side] += len(tokens)
-        self._bytes += sum(a.ids.nbytes + a.weights.nbytes + (0 if a.logits is None else a.logits.nbytes)
-                           for a in layers.values())  # fmt: skip
+        self._bytes += sum(
+            a.ids.nbytes + a.weights.nbytes + (0 if a.logits is None else a.logits.nbytes) for a in layers.values()
+        )
         for key, arrays in layers.items():
             counts = self.counts.setdefault(str(task), {}).setdefault(
                 key, _Counts(load=np.zeros(self.num_experts[key], dtype=np.int64))
             )
-            used = arrays.ids[arrays.ids >= 0]
             if arrays.dropped is not None:
-                used = arrays.ids[~arrays.dropped][arrays.ids[~arrays.dropped] >= 0]
                 counts.dropped += int(arrays.dropped.sum())
                 counts.can_drop = True
-            counts.load += np.bincount(used.astype(np.int64), minlength=len(counts.load))
+            counts.load += expert_counts(arrays.ids, arrays.dropped, len(counts.load))
             counts.tokens += len(arrays.ids)
         return [self._shard_name, side, start, len(tokens)]
 
-    def add_record(self, request_type: str, task: str | None, doc_id: int | None, request_index: int, repeat: int,
-                   context: list[list], continuation: list[list], doc_key: str | None = None) -> None:  # fmt: skip
-        self._records.append({"request_type": request_type, "task": task, "doc_id": doc_id, "doc_key": doc_key,
-                              "request_index": request_index, "repeat": repeat,
-                              "context": context, "continuation": continuation})  # fmt: skip
+    def add_record(
+        self,
+        request_type: str,
+        task: str | None,
+        doc_id: int | None,
+        request_index: int,
+        repeat: int,
+        context: list[list],
+        continuation: list[list],
+        doc_key: str | None = None,
+    ) -> None:
+        self._records.append(
+            {
+                "request_type": request_type,
+                "task": task,
+                "doc_id": doc_id,
+                "doc_key": doc_key,
+                "request_index": request_index,
+                "repeat": repeat,
+                "context": context,
+                "continuation": continuation,
+            }
+        )
         if self._bytes >= SHARD_BYTES:
             self._flush()
 
@@ -192,9 +229,8 @@ class RecordWriter:
                     arrays[f"{key}.dropped"] = np.concatenate([p.dropped for p in parts])
                 if any(p.logits is not None for p in parts):
                     arrays[f"{key}.logits"] = np.concatenate([p.logits for p in parts]).astype(np.float32)
-        with self._writing():
-            with (self.out_dir / self._shard_name).open("wb") as file:
-                np.savez(file, **arrays)
+        with self._writing(), (self.out_dir / self._shard_name).open("wb") as file:
+            np.savez(file, **arrays)
         self.shards.append(self._shard_name)
         self._shard_index += 1
         self._reset_buffer()
@@ -205,10 +241,16 @@ class RecordWriter:
         self._write_pending()
 
     def _write_pending(self) -> None:
-        pending = {"run": self.run_id, "rank": self.rank, "shards": self.shards,
-                   "counts": {task: {key: c.to_json() for key, c in layers.items()} for task, layers in self.counts.items()}}  # fmt: skip
+        pending = {
+            "run": self.run_id,
+            "rank": self.rank,
+            "shards": self.shards,
+            "counts": {task: {key: c.to_json() for key, c in layers.items()} for task, layers in self.counts.items()},
+        }
         with self._writing():
-            _write_atomically(self.out_dir / f"routing-{self.run_id}-r{self.rank:02d}.pending.json", json.dumps(pending))
+            _write_atomically(
+                self.out_dir / f"routing-{self.run_id}-r{self.rank:02d}.pending.json", json.dumps(pending)
+            )
 
     def _writing(self):
         return _WriteErrors(self.out_dir)
@@ -225,11 +267,20 @@ class RecordWriter:
         shards = [name for pending in pendings for name in pending["shards"]]
         self.merged = _merge_counts([pending["counts"] for pending in pendings])
         summary = self.summary()
-        dropping = {key for layers in summary.values() for key, s in layers.items() if s["capacity_drop_rate"] is not None}
+        dropping = {
+            key for layers in summary.values() for key, s in layers.items() if s["capacity_drop_rate"] is not None
+        }
         layers = [{**layer, "capacity_dropping": layer["key"] in dropping} for layer in self.layers]
-        manifest = {**self.header, "version": VERSION, "run": self.run_id, "processes": self.world_size,
-                    "completed": time.strftime("%Y-%m-%dT%H:%M:%S"), "layers": layers, "shards": sorted(shards),
-                    "summary": summary}  # fmt: skip
+        manifest = {
+            **self.header,
+            "version": VERSION,
+            "run": self.run_id,
+            "processes": self.world_size,
+            "completed": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "layers": layers,
+            "shards": sorted(shards),
+            "summary": summary,
+        }
         with self._writing():
             _write_atomically(self.out_dir / MANIFEST, json.dumps(manifest, indent=1))
             self._remove_leftovers(keep=set(shards))
@@ -245,12 +296,15 @@ class RecordWriter:
         try:
             pending = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:
-            raise RoutingDirectoryError(f"{path}: unreadable ({error.msg}); the run's records are incomplete. Run the "
-                                        "evaluation again.") from None  # fmt: skip
+            raise RoutingDirectoryError(
+                f"{path}: unreadable ({error.msg}); the run's records are incomplete. Run the evaluation again."
+            ) from None
         for name in pending["shards"]:
             if not RUN_SHARD.fullmatch(name) or not (self.out_dir / name).is_file():
-                raise RoutingDirectoryError(f"{path} lists shard {name!r}, which is not in {self.out_dir}; the run's "
-                                            "records are incomplete. Run the evaluation again.")  # fmt: skip
+                raise RoutingDirectoryError(
+                    f"{path} lists shard {name!r}, which is not in {self.out_dir}; the run's "
+                    "records are incomplete. Run the evaluation again."
+                )
         return pending
 
     def summary(self) -> dict[str, dict[str, dict[str, Any]]]:
@@ -258,8 +312,10 @@ class RecordWriter:
         variation of the load, and capacity-drop rate (None for routers without capacity). Every process's
         counts once committed, this process's before."""
         counts = self.merged if self.merged is not None else self.counts
-        return {task: {key: stored_layer_summary(c.load, c.tokens, c.dropped, c.can_drop) for key, c in layers.items()}
-                for task, layers in counts.items()}  # fmt: skip
+        return {
+            task: {key: stored_layer_summary(c.load, c.tokens, c.dropped, c.can_drop) for key, c in layers.items()}
+            for task, layers in counts.items()
+        }
 
 
 class _WriteErrors:
@@ -282,8 +338,9 @@ class _WriteErrors:
 
 def _stack_padded(parts: list[np.ndarray], fill, dtype) -> np.ndarray:
     width = max(part.shape[1] for part in parts)
-    padded = [np.pad(p, ((0, 0), (0, width - p.shape[1])), constant_values=fill) if p.shape[1] < width else p
-              for p in parts]  # fmt: skip
+    padded = [
+        np.pad(p, ((0, 0), (0, width - p.shape[1])), constant_values=fill) if p.shape[1] < width else p for p in parts
+    ]
     return np.concatenate(padded).astype(dtype)
 
 
@@ -292,7 +349,9 @@ def _merge_counts(per_process: list[dict]) -> dict[str, dict[str, _Counts]]:
     for counts in per_process:
         for task, layers in counts.items():
             for key, c in layers.items():
-                into = merged.setdefault(task, {}).setdefault(key, _Counts(load=np.zeros(len(c["load"]), dtype=np.int64)))
+                into = merged.setdefault(task, {}).setdefault(
+                    key, _Counts(load=np.zeros(len(c["load"]), dtype=np.int64))
+                )
                 into.load += np.asarray(c["load"], dtype=np.int64)
                 into.tokens += c["tokens"]
                 into.dropped += c["dropped"]

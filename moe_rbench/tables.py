@@ -1,0 +1,61 @@
+"""The one way moe-rbench writes tables and figures: markdown for people (reports, CI logs), CSV and JSON for
+programs, PNG and SVG figures; used by report, compare, trace and judge.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+def number(value: Any, digits: int = 4, signed: bool = False) -> str:
+    """A number as the tables show it; "" for a missing or NaN value."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def markdown(header: list[str], rows: list[list[str]], numeric: list[bool] | None = None) -> str:
+    """A markdown table; `numeric[i]` right-aligns column i."""
+    numeric = numeric or [False] * len(header)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def save_table(directory: Path, name: str, fields: list[str], records: list[dict], text: str, meta: dict) -> list[Path]:
+    """`<name>.md` (the markdown `text`), `<name>.csv` (`records` under `fields`) and `<name>.json` (`meta` and the
+    records as `rows`) in `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = [directory / f"{name}.{suffix}" for suffix in ("md", "csv", "json")]
+    paths[0].write_text(text, encoding="utf-8")
+    with paths[1].open("w", newline="", encoding="utf-8") as file:
+        writer = csv.DictWriter(file, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(records)
+    paths[2].write_text(json.dumps({**meta, "rows": records}, indent=1), encoding="utf-8")
+    return paths
+
+
+def pyplot():
+    """matplotlib's pyplot on the file-only backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(figure, path: Path, suffixes: tuple[str, ...] = (".png", ".svg")) -> list[Path]:
+    """Write `figure` as `path` with each suffix, and close it."""
+    paths = [path.with_suffix(suffix) for suffix in suffixes]
+    for target in paths:
+        figure.savefig(target, dpi=120)
+    pyplot().close(figure)
+    return paths

@@ -1,0 +1,48 @@
+"""The one parser of the list-valued model arguments of `moe_hf` (as lm-eval hands them over: strings, numbers or
+lists): comma-separated items (`dola_layers="16,18,20"`, `label_map="0,1,2"`, expert ids) and per-layer specs
+(`top_k="12:2;13:1"`, `disable_experts="*:3,7"`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from moe_rbench_models.errors import OptionError
+
+
+def parse_items(
+    spec: Any, option: str, item: Callable[[str], Any] = str, expected: str = "values such as '1,2,3'"
+) -> list:
+    """`"a,b,c"`, a list/tuple, or one number, as a non-empty list of `item(text)`; `expected` says what is
+    accepted, for the error."""
+    parts = [spec] if isinstance(spec, int) else list(spec) if isinstance(spec, (list, tuple)) else str(spec).split(",")
+    texts = [str(part).strip() for part in parts]
+    if not texts or not all(texts):
+        raise OptionError(f"{option}: expected {expected}, got {spec!r}")
+    items = []
+    for text in texts:
+        try:
+            items.append(item(text))
+        except ValueError:
+            kind = "an integer" if item is int else "valid"
+            raise OptionError(f"{option}: {text!r} is not {kind}; expected {expected}, got {spec!r}") from None
+    return items
+
+
+def parse_layer_spec(spec: Any, option: str) -> list[tuple[str, str]]:
+    """`"LAYER:VALUE;LAYER:VALUE"` (LAYER a block index, `encoder.N` / `decoder.N` or `*`), a dict, or one number
+    (all layers), as (layer, value) text pairs."""
+    if isinstance(spec, dict):
+        return [(str(layer), str(value)) for layer, value in spec.items()]
+    if isinstance(spec, int):
+        return [("*", str(spec))]
+    pairs = []
+    for part in str(spec).split(";"):
+        layer, colon, value = part.partition(":")
+        if not colon or not layer.strip() or not value.strip():
+            raise OptionError(
+                f"{option}: expected 'LAYER:VALUE' parts separated by ';' (e.g. '*:3,7' or '12:5;13:0'), got {part!r}"
+            )
+        pairs.append((layer.strip(), value.strip()))
+    return pairs
