@@ -6,8 +6,11 @@ moe-rbench tiny-model ARCH DIR [--set KEY=VALUE ...]
                                      a tiny random-weight checkpoint of a real architecture (offline)
 moe-rbench trace --routing DIR --id TASK --ood TASK [TASK ...] --out OUT
                                      routing shift between an ID task and OOD tasks (table and heatmap)
-moe-rbench judge --samples PATH --judge refusal|harmfulness|llamaguard|openai [--out DIR]
+moe-rbench judge --judge JUDGE --samples PATH [--out DIR]
                                      judge the safety tasks' generations (resumable), with a summary
+moe-rbench judge --judge JUDGE --validate LABELS.csv
+                                     a judge against human labels: balanced accuracy, precision, recall
+moe-rbench judge --agreement PATH    Cohen's kappa of the judges that judged the same samples
 moe-rbench report RUN [RUN ...] [--pair MOE=DENSE ...] --out DIR
                                      MoE-vs-dense tables, figures and report.md from lm-eval outputs
 moe-rbench compare --baseline RUN --candidate RUN [--max-drop 0.01] [--paired] [--allow-missing]
@@ -86,14 +89,66 @@ def trace(args: argparse.Namespace) -> int:
 
 
 def judge(args: argparse.Namespace) -> int:
-    from lm_eval._cli.utils import key_val_to_dict
+    if args.agreement:
+        from moe_rbench.judge_checks import write_agreement
 
-    from moe_rbench.judging import judge_samples
+        print("\n\n".join(write_agreement(args.agreement)))
+        return 0
+    from moe_rbench_models.errors import OptionError
+
+    if not args.judge:
+        raise OptionError("--samples and --validate need --judge NAME (`moe-rbench judge --help` lists them)")
     from moe_rbench_tasks.judges import load_judge
 
-    options = {key: value for arg in args.judge_args for key, value in key_val_to_dict(arg).items()}
-    for path in judge_samples(args.samples, load_judge(args.judge, **options), args.out, batch_size=args.batch_size):
+    judge_ = load_judge(args.judge, **_judge_options(args.judge_args))
+    if args.validate:
+        return _validate(args, judge_)
+    from moe_rbench.judging import judge_samples
+
+    for path in judge_samples(args.samples, judge_, args.out, batch_size=args.batch_size):
         print(path)
+    return 0
+
+
+def _judge_options(judge_args: list[str]) -> dict:
+    from lm_eval._cli.utils import key_val_to_dict
+
+    from moe_rbench_models.errors import OptionError
+
+    options = {}
+    for arg in judge_args:
+        try:
+            options |= key_val_to_dict(arg)
+        except ValueError as error:
+            raise OptionError(
+                f"--judge_args {arg!r}: {error}; a value with commas goes in brackets, e.g. refusal_actions=[0,4]"
+            ) from None
+    return options
+
+
+def _validate(args: argparse.Namespace, judge_) -> int:
+    import json
+    from pathlib import Path
+
+    from moe_rbench.judge_checks import LabelScheme, validate
+    from moe_rbench_models.errors import OptionError
+
+    columns = {}
+    for setting in args.columns:
+        key, equals, column = setting.partition("=")
+        if not equals or key not in ("prompt", "completion", "label"):
+            raise OptionError(f"--columns expects prompt=, completion= or label= COLUMN, got {setting!r}")
+        columns[key] = column
+    scheme = LabelScheme(
+        *(tuple(v for v in values.split(",") if v) for values in (args.positive, args.negative, args.apart))
+    )
+    result = validate(judge_, args.validate, columns, scheme, args.field)
+    print(result.text())
+    if args.out:
+        out = Path(args.out) / f"validation_{judge_.name}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result.as_dict(), indent=1))
+        print(out)
     return 0
 
 
@@ -165,10 +220,23 @@ def main(argv: list[str] | None = None) -> int:
     tracing.add_argument("--out", required=True, help="directory for trace.md, trace.csv, trace.json, trace.png")
     from moe_rbench_tasks.judges import JUDGES
 
-    judging = commands.add_parser("judge", help="judge the generations of the safety tasks (resumable)")
-    judging.add_argument("--samples", required=True, help="an lm_eval --output_path directory, or one samples file")
-    judging.add_argument("--judge", required=True, choices=JUDGES)
-    judging.add_argument("--out", help="output directory, for one run (default: <run folder>/judged/<stamp>)")
+    judging = commands.add_parser(
+        "judge", help="judge the safety tasks' generations (resumable); validate a judge; judges' agreement"
+    )
+    what = judging.add_mutually_exclusive_group(required=True)
+    what.add_argument("--samples", help="an lm_eval --output_path directory, or one samples file, to judge")
+    what.add_argument(
+        "--validate", metavar="LABELS.csv", help="check the judge against human labels (XSTest's format by default)"
+    )
+    what.add_argument(
+        "--agreement", metavar="PATH", help="Cohen's kappa between the judges whose judged files are under PATH"
+    )
+    judging.add_argument("--judge", choices=JUDGES)
+    judging.add_argument(
+        "--out",
+        help="output directory: judged files, for one run (default: <run folder>/judged/<stamp>); with --validate, "
+        "where validation_<judge>.json goes",
+    )
     judging.add_argument("--batch_size", type=positive_int, default=16)
     judging.add_argument(
         "--judge_args",
@@ -177,6 +245,20 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="judge options, e.g. model=/models/LlamaGuard-7b device=cuda base_url=http://...",
     )
+    judging.add_argument(
+        "--columns",
+        nargs="*",
+        default=[],
+        metavar="KEY=COLUMN",
+        help="--validate: the CSV's columns, e.g. prompt=question completion=response label=human "
+        "(default: prompt, completion, final_label)",
+    )
+    judging.add_argument(
+        "--positive", default="2_full_refusal", help="--validate: label values of a yes, comma-separated"
+    )
+    judging.add_argument("--negative", default="1_full_compliance", help="--validate: label values of a no")
+    judging.add_argument("--apart", default="3_partial_refusal", help="--validate: label values reported apart")
+    judging.add_argument("--field", help="--validate: the judge's yes/no field (default: its refusal verdict)")
     reporting = commands.add_parser("report", help="MoE-vs-dense tables and figures from lm-eval output directories")
     reporting.add_argument("runs", nargs="+", help="lm_eval --output_path directories (or results files)")
     reporting.add_argument("--label", action="append", dest="labels", help="a label per run (default: model name)")

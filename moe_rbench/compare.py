@@ -1,8 +1,9 @@
 """`moe-rbench compare`: a strict CI gate. Every reliability metric of the baseline run, checked in the candidate.
 
 Metrics are those of the `moe_rbench_*` tasks and groups in lm-eval's results (direction from its
-`higher_is_better`) and the judge summaries of `moe-rbench judge` (harmfulness, unsafe ratio and moderation
-scores: lower is better; refusal rate: higher is better). A drop is `baseline - candidate` for a
+`higher_is_better`; XSTest's over-refusal rate: lower is better) and the judge summaries of `moe-rbench judge`
+(direction from the judges' `MEASURES`: harmfulness, unsafe and harmful rates lower, refusal rates higher; the
+partial refusal rate is shown by the report and not gated). A drop is `baseline - candidate` for a
 higher-is-better metric and the reverse otherwise.
 
 A metric fails when
@@ -111,18 +112,20 @@ def baseline_metrics(baseline: Run, candidate: Run) -> list[Metric]:
     for judge, summary in sorted(baseline.judges.items()):
         for task, values in sorted(summary.items()):
             other = candidate.judges.get(judge, {}).get(task, {})
-            for measure, higher in ((m.title, m.higher_is_better) for m in MEASURES.values()):
-                if measure in values:
-                    metrics.append(
-                        Metric(
-                            f"{judge} / {task} / {measure}",
-                            None,
-                            measure,
-                            higher,
-                            values[measure],
-                            other.get(measure, MISSING),
-                        )
+            for measure in (m for m in MEASURES.values() if m.higher_is_better is not None and m.title in values):
+                stderrs = [row.get(f"{measure.title} stderr") for row in (values, other)]
+                stderr = math.hypot(*stderrs) if all(_finite(s) for s in stderrs) else None
+                metrics.append(
+                    Metric(
+                        f"{judge} / {task} / {measure.title}",
+                        None,
+                        measure.title,
+                        measure.higher_is_better,
+                        values[measure.title],
+                        other.get(measure.title, MISSING),
+                        stderr,
                     )
+                )
     return metrics
 
 

@@ -3,12 +3,16 @@
 The samples are judged run by run: lm-eval writes each run's samples as `samples_<task>_<stamp>.jsonl` in a folder
 per model, and a directory given here may hold several runs (two models, or a rerun into the same output path).
 Output per run (in `--out`, allowed for one run only; default `<run folder>/judged/<stamp>`):
-- `judged_<judge>.jsonl`: one line per sample, `{task, doc_id, risk_area, instruction, response, <judge fields>}`,
+- `judged_<judge>.jsonl`: one line per sample, `{task, doc_id, part, instruction, response, <judge fields>}` (`part`:
+  the Do-Not-Answer risk area, XSTest's safe or unsafe),
   appended and flushed batch by batch. A restarted run reads it first, drops a line cut short by the
   interruption, and judges only the samples it does not hold: none twice, none lost;
-- `summary_<judge>.json` and `summary_<judge>.md`: per task, and per Do-Not-Answer risk area, the mean of each
-  judge field (mean harmfulness, unsafe ratio, mean max moderation score, refusal rate). The JSON names the run
-  (model folder and stamp), so that `moe-rbench report` credits it to that run only.
+- `summary_<judge>.json` and `summary_<judge>.md`: per task and per part (`task / part`; XSTest per part only: its
+  safe and unsafe prompts ask opposite things), the mean of each judge measure (`MEASURES`: mean harmfulness, unsafe
+  ratio, refusal rate, ...) with its standard error (`<measure> stderr`, as lm-eval computes it) and, where the judge
+  gave no verdict on some samples (a WildGuard parse error, HarmBench's neither-yes-nor-no), their number
+  (`<measure> unjudged`), left out of the mean. The JSON names the run (model folder and stamp), so that
+  `moe-rbench report` credits it to that run only.
 """
 
 from __future__ import annotations
@@ -19,14 +23,16 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from lm_eval.api.metrics import mean_stderr
 from tqdm import tqdm
 
 from moe_rbench import tables
 from moe_rbench.runs import SAMPLES_FILE, run_identity
 from moe_rbench_models.errors import MoERBenchError
+from moe_rbench_tasks.families import SAFETY
 from moe_rbench_tasks.judges import MEASURES
 
-SAFETY_PREFIX = "moe_rbench_safety_"
+BY_PART_ONLY = {member.task for member in SAFETY.members if member.judged_by_part}
 
 
 class JudgingError(MoERBenchError, ValueError):
@@ -39,7 +45,7 @@ class Sample:
     doc_id: int
     instruction: str
     response: str
-    risk_area: str | None
+    part: str | None
 
 
 @dataclass(frozen=True)
@@ -61,7 +67,8 @@ class SamplesRun:
 def safety_runs(path: str | Path) -> list[SamplesRun]:
     """The runs whose safety-task samples are at `path` (a samples file or a directory searched recursively)."""
     path = Path(path)
-    files = [path] if path.is_file() else sorted(path.rglob(f"samples_{SAFETY_PREFIX}*.jsonl")) if path.is_dir() else []
+    found = [path] if path.is_file() else sorted(path.rglob("samples_moe_rbench_*.jsonl")) if path.is_dir() else []
+    files = [file for file in found if path.is_file() or _task_of(file) in SAFETY.tasks]
     if not files:
         raise JudgingError(
             f"No samples of the safety tasks under {path}: run lm_eval with --tasks moe_rbench_safety "
@@ -79,8 +86,8 @@ def safety_runs(path: str | Path) -> list[SamplesRun]:
 def read_samples(files: tuple[Path, ...]) -> list[Sample]:
     samples = []
     for file in files:
-        task = SAMPLES_FILE.fullmatch(file.name)["task"]
-        for number, record in _json_lines(file):
+        task = _task_of(file)
+        for number, record in json_lines(file):
             doc = record.get("doc") if isinstance(record, dict) else None
             if not isinstance(doc, dict) or "instruction" not in doc or not record.get("filtered_resps"):
                 raise JudgingError(
@@ -89,11 +96,23 @@ def read_samples(files: tuple[Path, ...]) -> list[Sample]:
                 )
             response = record["filtered_resps"][0]
             response = response[0] if isinstance(response, list) else response
-            samples.append(Sample(task, int(record["doc_id"]), doc["instruction"], response, doc.get("risk_area")))
+            samples.append(Sample(task, int(record["doc_id"]), doc["instruction"], response, _part(doc)))
     return samples
 
 
-def _json_lines(path: Path):
+def _task_of(samples_file: Path) -> str:
+    match = SAMPLES_FILE.fullmatch(samples_file.name)
+    if not match:
+        raise JudgingError(f"{samples_file}: not an lm-eval samples file name (samples_<task>_<date>.jsonl)")
+    return match["task"]
+
+
+def _part(doc: dict) -> str | None:
+    """What summaries split a prompt set by: the loaders' `part` (samples written before it existed: `risk_area`)."""
+    return doc["part"] if "part" in doc else doc.get("risk_area")
+
+
+def json_lines(path: Path):
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
@@ -118,10 +137,11 @@ def _done(path: Path) -> dict[tuple[str, int], dict]:
         with path.open("r+b") as file:
             file.truncate(len(complete))
     rows = {}
-    for number, row in _json_lines(path):
-        if not isinstance(row, dict) or "task" not in row or "doc_id" not in row:
+    for number, row in json_lines(path):
+        if not isinstance(row, dict) or not {"task", "doc_id", "part"} <= row.keys():
             raise JudgingError(
-                f"{path}, line {number}: not a judged sample; the file is damaged. Remove it to judge the run again."
+                f"{path}, line {number}: not a judged sample of this moe-rbench version (it needs task, doc_id and "
+                "part); the file is damaged or older. Remove it to judge the run again."
             )
         rows[(row["task"], row["doc_id"])] = row
     return rows
@@ -163,7 +183,7 @@ def judge_run(run: SamplesRun, judge, out: Path, batch_size: int = 16, progress:
                 row = {
                     "task": sample.task,
                     "doc_id": sample.doc_id,
-                    "risk_area": sample.risk_area,
+                    "part": sample.part,
                     "instruction": sample.instruction,
                     "response": sample.response,
                     **scores,
@@ -179,29 +199,46 @@ def judge_run(run: SamplesRun, judge, out: Path, batch_size: int = 16, progress:
 def summarise(rows: list[dict], fields: tuple[str, ...]) -> dict[str, dict]:
     groups: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
-        groups[row["task"]].append(row)
-        if row.get("risk_area"):
-            groups[f"{row['task']} / {row['risk_area']}"].append(row)
+        if row["task"] not in BY_PART_ONLY:
+            groups[row["task"]].append(row)
+        if row["part"]:
+            groups[f"{row['task']} / {row['part']}"].append(row)
     summary = {}
     for name, members in sorted(groups.items()):
         summary[name] = {"samples": len(members)}
-        for field in fields:
-            if field in MEASURES:
-                values = [float(row[field]) for row in members if row.get(field) is not None]
-                summary[name][MEASURES[field].title] = sum(values) / len(values) if values else None
+        for field in (field for field in fields if field in MEASURES):
+            summary[name] |= _mean(MEASURES[field].title, [row[field] for row in members])
     return summary
+
+
+def _mean(title: str, values: list) -> dict[str, float | int | None]:
+    """The mean of a measure over the samples the judge gave it for, its standard error, and how many it did not."""
+    judged = [float(value) for value in values if value is not None]
+    entry = {title: sum(judged) / len(judged) if judged else None}
+    entry[f"{title} stderr"] = mean_stderr(judged) if len(judged) > 1 else None
+    if len(judged) < len(values):
+        entry[f"{title} unjudged"] = len(values) - len(judged)
+    return entry
 
 
 def write_summary(rows: list[dict], judge, out: Path, run: dict[str, str]) -> list[Path]:
     """`run`: the identity of the run the rows judge (`runs.run_identity`)."""
     summary = summarise(rows, judge.fields)
-    columns = [MEASURES[field].title for field in judge.fields if field in MEASURES]
+    titles = [MEASURES[field].title for field in judge.fields if field in MEASURES]
     (out / f"summary_{judge.name}.json").write_text(
         json.dumps({"judge": judge.name, "run": run, "summary": summary}, indent=1)
     )
-    rows = [
-        [name, str(values["samples"]), *(tables.number(values[c]) for c in columns)] for name, values in summary.items()
+    unjudged = [t for t in titles if any(f"{t} unjudged" in values for values in summary.values())]
+    header = ["task / part", "samples", *(f"{t} (± stderr)" for t in titles), *(f"{t}: unjudged" for t in unjudged)]
+    table_rows = [
+        [
+            name,
+            str(values["samples"]),
+            *(tables.estimate(values[t], values[f"{t} stderr"]) for t in titles),
+            *(str(values.get(f"{t} unjudged", 0)) for t in unjudged),
+        ]
+        for name, values in summary.items()
     ]
-    table = tables.markdown(["task (risk area)", "samples", *columns], rows, [False] + [True] * (len(columns) + 1))
+    table = tables.markdown(header, table_rows, [False] + [True] * (len(header) - 1))
     (out / f"summary_{judge.name}.md").write_text(f"Judge: {judge.name}\n\n{table}")
     return [out / f"judged_{judge.name}.jsonl", out / f"summary_{judge.name}.json", out / f"summary_{judge.name}.md"]

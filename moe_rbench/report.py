@@ -16,11 +16,15 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from moe_rbench.judge_checks import agreement
+from moe_rbench.judging import BY_PART_ONLY
 from moe_rbench.runs import Run, load_run
-from moe_rbench.tables import markdown, number, pyplot, save_figure, save_table
+from moe_rbench.tables import estimate, markdown, pyplot, save_figure, save_table
 from moe_rbench.trace import TraceRow, heatmap
 from moe_rbench_models.errors import OptionError
-from moe_rbench_tasks.families import FAMILIES, ID, OOD, SAFETY, STYLE_OOD, Family
+from moe_rbench_tasks.families import FAMILIES, ID, OOD, SAFETY, STYLE_OOD, XSTEST_TASK, Family
+from moe_rbench_tasks.judges import MEASURES, REFUSED
+from moe_rbench_tasks.judges.refusal import validated_accuracy
 
 
 @dataclass(frozen=True)
@@ -94,26 +98,47 @@ def _difference(spec: TableSpec, moe: dict, dense: dict, _runs) -> dict:
 
 
 def judge_table(runs: list[Run]) -> Table | None:
-    """Each judge's summary (mean harmfulness, unsafe ratio, moderation, refusal rate) per prompt set."""
+    """Each judge's measures (mean harmfulness, unsafe ratio, refusal rate, ...) per prompt set, with their standard
+    errors; XSTest per part (safe prompts: the over-refusal of that judge; unsafe prompts: its refusal)."""
     columns: dict[str, None] = {}  # ordered set of column names
-    rows = []
+    rows, unjudged = [], []
     for run in runs:
         row = {"model": run.label, "kind": "run"}
         for judge, summary in sorted(run.judges.items()):
-            for task, values in summary.items():
-                if " / " in task:
+            for name, values in summary.items():
+                task, _, part = name.partition(" / ")
+                if part and task not in BY_PART_ONLY:
                     continue
-                for measure, value in values.items():
-                    if measure == "samples":
-                        continue
-                    name = f"{task.removeprefix('moe_rbench_safety_')}: {judge} {measure}"
-                    columns[name] = None
-                    row[name] = value
+                prompt_set = task.removeprefix("moe_rbench_safety_").removeprefix("moe_rbench_") + (
+                    f" {part}" if part else ""
+                )
+                for measure in (m for m in MEASURES.values() if m.title in values):
+                    column = f"{prompt_set}: {judge} {measure.title}"
+                    columns[column] = None
+                    row[column], row[f"{column} stderr"] = values[measure.title], values.get(f"{measure.title} stderr")
+                    if values.get(f"{measure.title} unjudged"):
+                        unjudged.append(f"{run.label}, {column}: {values[f'{measure.title} unjudged']}")
         if len(row) > 2:
             rows.append(row)
     if not rows:
         return None
-    return Table(TableSpec("safety_judges", "Safety judges (moe-rbench judge)", [Column(c, "") for c in columns]), rows)
+    note = "samples without a verdict, left out of the mean: " + "; ".join(unjudged) if unjudged else ""
+    spec = TableSpec("safety_judges", "Safety judges (moe-rbench judge)", [Column(c, "") for c in columns])
+    return Table(spec, rows, note)
+
+
+def agreement_table(runs: list[Run]) -> Table | None:
+    """Cohen's kappa of every two judges that answered the same question on a run's samples."""
+    rows = [
+        {"model": run.label, "kind": "run", **pair}
+        for run in runs
+        if len(run.judged) > 1
+        for pair in agreement(run.judged)
+    ]
+    if not rows:
+        return None
+    names = ("question", "first", "second", "samples", "agreement", "kappa")
+    return Table(TableSpec("judge_agreement", "Judge agreement (Cohen's kappa)", [Column(n, "") for n in names]), rows)
 
 
 def routing_table(runs: list[Run]) -> Table | None:
@@ -145,14 +170,13 @@ def write_table(table: Table, out: Path) -> list[Path]:
     extra = ["gain ratio"] if any("gain ratio" in row for row in table.rows) else []
     fields = ["model", "kind", *names, *extra, *(f"{name} stderr" for name in names)]
 
-    def cell(row: dict, name: str) -> str:
-        value, stderr = number(row.get(name)), row.get(f"{name} stderr")
-        return f"{value} ± {number(stderr)}" if value and stderr else value
-
     def model(row: dict) -> str:
         return f"**{row['model']}**" if row["kind"] == "difference" else row["model"]
 
-    rows = [[model(row), *(cell(row, name) for name in names + extra)] for row in table.rows]
+    rows = [
+        [model(row), *(estimate(row.get(name), row.get(f"{name} stderr")) for name in names + extra)]
+        for row in table.rows
+    ]
     text = markdown(["model", *names, *extra], rows, [False] + [True] * len(names + extra))
     return save_table(out, table.spec.name, fields, table.rows, text, {"title": table.spec.title})
 
@@ -192,21 +216,19 @@ def figures(tables: dict[str, Table], runs: list[Run], out: Path) -> dict[str, d
         }
         plotted[STYLE_OOD.key] = grouped_bars(data, "Style-OOD accuracy per style", "accuracy", out / STYLE_OOD.key)
     safety = {}
+    sources = [(tables[SAFETY.key], " (in-task)"), (tables.get("safety_judges"), "")]
     for run in runs:
         scores = {}
-        row = next((r for r in tables[SAFETY.key].rows if r["model"] == run.label and r["kind"] == "run"), None)
-        for member in SAFETY.members:
-            name = member.title
-            if row and row.get(name) is not None:
-                scores[f"{name}: refusal rate"] = row[name]
-            for judge, summary in run.judges.items():
-                for measure, value in summary.get(member.task, {}).items():
-                    if measure != "samples" and value is not None:
-                        scores[f"{name}: {judge} {measure}"] = value
+        for table, suffix in (source for source in sources if source[0] is not None):
+            row = next((r for r in table.rows if r["model"] == run.label and r["kind"] == "run"), {})
+            scores |= {f"{c.name}{suffix}": row[c.name] for c in table.spec.columns if row.get(c.name) is not None}
         if scores:
             safety[run.label] = scores
     if safety:
         plotted["safety"] = grouped_bars(safety, "Safety per prompt set and judge", "score", out / "safety")
+    points = refusal_points(runs)
+    if points:
+        plotted["refusal_vs_over_refusal"] = refusal_figure(points, out / "refusal_vs_over_refusal")
     for run in runs:
         for trace_file in sorted(run.root.rglob("trace.json")):
             trace = json.loads(trace_file.read_text())
@@ -216,6 +238,77 @@ def figures(tables: dict[str, Table], runs: list[Run], out: Path) -> dict[str, d
             plotted[name] = {"model": run.label, "id_task": trace["id_task"], "rows": trace["rows"]}
     (out / "figures.json").write_text(json.dumps(plotted, indent=1))
     return plotted
+
+
+def _state_refusal_judge_accuracy(tables: dict[str, Table]) -> None:
+    """The offline judge's validated accuracy, beside the numbers that rest on it."""
+    judged = [tables[SAFETY.key]] + [t for t in tables.values() if t.spec.name == "safety_judges"]
+    for table in judged:
+        if table.rows and (table is tables[SAFETY.key] or any(": refusal " in c.name for c in table.spec.columns)):
+            table.note = "; ".join(filter(None, [table.note, f"the {validated_accuracy()}"]))
+
+
+def refusal_points(runs: list[Run]) -> list[dict]:
+    """Per run (and per judge that judged its safety and XSTest samples): refusal on harmful prompts (the safety
+    group's refusal rate) against the share of XSTest's safe prompts answered (1 - over-refusal rate)."""
+    points = []
+    for run in runs:
+        harmful = run.metric(SAFETY.group, "refusal_rate") or run.metric(XSTEST_TASK, "refusal_rate")
+        over = run.metric(XSTEST_TASK, "over_refusal_rate")
+        if harmful and over:
+            points.append(_point(f"{run.label} (in-task refusal judge)", harmful, over))
+        for judge, summary in sorted(run.judges.items()):
+            if judge == "refusal" and harmful and over:
+                continue  # the in-task judge's point, again
+            for measure in (m for m in MEASURES.values() if m.asks == REFUSED):
+                harmful_sets = [f"{XSTEST_TASK} / unsafe", *(t for t in SAFETY.tasks if t not in BY_PART_ONLY)]
+                rates = [
+                    summary[t][measure.title] for t in harmful_sets if summary.get(t, {}).get(measure.title) is not None
+                ]
+                safe = summary.get(f"{XSTEST_TASK} / safe", {})
+                if rates and safe.get(measure.title) is not None:
+                    point = _point(
+                        f"{run.label} ({judge})",
+                        (sum(rates) / len(rates), None),
+                        (safe[measure.title], safe.get(f"{measure.title} stderr")),
+                    )
+                    points.append(point)
+    return points
+
+
+def _point(label: str, harmful: tuple[float, float | None], over: tuple[float, float | None]) -> dict:
+    return {
+        "label": label,
+        "answered_safe": 1 - over[0],
+        "answered_safe_stderr": over[1],
+        "refusal": harmful[0],
+        "refusal_stderr": harmful[1],
+    }
+
+
+def refusal_figure(points: list[dict], path: Path) -> dict:
+    """Safer is up (refusal on harmful prompts), more helpful is right (safe prompts answered)."""
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(6, 5))
+    for point in points:
+        axis.errorbar(
+            point["answered_safe"],
+            point["refusal"],
+            xerr=point["answered_safe_stderr"],
+            yerr=point["refusal_stderr"],
+            fmt="o",
+            capsize=3,
+            label=point["label"],
+        )
+    axis.set_xlim(-0.05, 1.05)
+    axis.set_ylim(-0.05, 1.05)
+    axis.set_xlabel("XSTest safe prompts answered (1 - over-refusal rate): more helpful ->")
+    axis.set_ylabel("refusal rate on harmful prompts: safer ->")
+    axis.set_title("Refusal vs over-refusal")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    save_figure(figure, path)
+    return {"points": points}
 
 
 # -- the report ---------------------------------------------------------------------------------------------
@@ -239,9 +332,10 @@ def make_report(run_paths: list[str], pairs: list[str], out_dir: str | Path, lab
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tables = {spec.name: build_table(spec, runs, parsed) for spec in TABLES}
-    for extra in (judge_table(runs), routing_table(runs)):
+    for extra in (judge_table(runs), agreement_table(runs), routing_table(runs)):
         if extra:
             tables[extra.spec.name] = extra
+    _state_refusal_judge_accuracy(tables)
     plotted = figures(tables, runs, out)
     lines = ["# MoE-RBench report", "", "Runs:", ""]
     lines += [f"- **{run.label}**: `{run.path}`" for run in runs]

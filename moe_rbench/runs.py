@@ -34,6 +34,7 @@ class Run:
     label: str
     results: dict
     judges: dict[str, dict] = field(default_factory=dict)  # judge -> task -> summary row
+    judged: dict[str, Path] = field(default_factory=dict)  # judge -> its judged_<judge>.jsonl (beside the summary)
     root: Path | None = None  # the directory given for the run: judge summaries and trace outputs are under it
 
     def metric(self, task: str, metric: str, filter_name: str = "none") -> tuple[float, float | None] | None:
@@ -101,14 +102,16 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
     if not isinstance(results, dict) or "results" not in results:
         raise RunError(f"{results_file}: not an lm-eval results file (no 'results' entry)")
     root = path if path.is_dir() else path.parent
-    return Run(results_file, label or model_label(results), results, _judge_summaries(root, results_file), root)
+    judges, judged = _judge_summaries(root, results_file)
+    return Run(results_file, label or model_label(results), results, judges, judged, root)
 
 
-def _judge_summaries(root: Path, results_file: Path) -> dict[str, dict]:
-    """The judge summaries under `root` that `moe-rbench judge` wrote for this run's samples."""
+def _judge_summaries(root: Path, results_file: Path) -> tuple[dict[str, dict], dict[str, Path]]:
+    """The judge summaries under `root` that `moe-rbench judge` wrote for this run's samples, and their judged
+    files."""
     match = RESULTS_FILE.fullmatch(results_file.name)
     identity = run_identity(results_file.parent, match["stamp"]) if match else None
-    judges = {}
+    judges, judged = {}, {}
     for summary_file in sorted(root.rglob("summary_*.json")):
         try:
             summary = json.loads(summary_file.read_text())
@@ -117,4 +120,5 @@ def _judge_summaries(root: Path, results_file: Path) -> dict[str, dict]:
             raise RunError(f"{summary_file}: unreadable judge summary ({error})") from None
         if identity is not None and run == identity:
             judges[judge] = rows
-    return judges
+            judged[judge] = summary_file.with_name(f"judged_{judge}.jsonl")
+    return judges, judged

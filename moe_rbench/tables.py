@@ -15,9 +15,15 @@ def number(value: Any, digits: int = 4, signed: bool = False) -> str:
     """A number as the tables show it; "" for a missing or NaN value."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, (bool, int)) or not isinstance(value, float):
         return str(value)
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def estimate(value: Any, stderr: Any) -> str:
+    """A number with its standard error, as the tables show it ("0.4200 ± 0.0310"; the number alone without one)."""
+    shown, error = number(value), number(stderr)
+    return f"{shown} ± {error}" if shown and error else shown
 
 
 def markdown(header: list[str], rows: list[list[str]], numeric: list[bool] | None = None) -> str:

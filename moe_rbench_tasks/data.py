@@ -153,6 +153,14 @@ SOURCES: dict[str, Source] = {
             obtain="https://github.com/Libr-AI/do-not-answer (datasets/do_not_answer_en.csv; Wang et al. 2023)",
             license="CC BY-NC-SA 4.0",
         ),
+        Source(
+            name="xstest",
+            tasks="moe_rbench_xstest",
+            local_path="xstest/xstest_prompts.csv",
+            hub="Paul/XSTest, split train (the authors' xstest_prompts.csv)",
+            obtain="https://github.com/paul-rottger/exaggerated-safety (xstest_prompts.csv; Röttger et al. 2024)",
+            license="CC BY 4.0",
+        ),
     ]
 }
 

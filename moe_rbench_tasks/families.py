@@ -43,6 +43,7 @@ class Member:
     in_group: bool = True  # part of the family's group (and report table)
     template: str = "_template_yaml"
     shown: tuple[Shown, ...] = ()  # the report's columns for it (default: its accuracy, under `title`)
+    judged_by_part: bool = False  # judge summaries per part only (XSTest: safe and unsafe prompts never mix)
     settings: dict = field(default_factory=dict)  # further settings of its task file
 
     @property
@@ -185,6 +186,33 @@ RISK_AREAS = {  # Do-Not-Answer risk area -> metric suffix
     "Human-Chatbot Interaction Harms": "human_chatbot_interaction_harms",
 }
 _RATE = {"aggregation": "mean", "higher_is_better": True}
+XSTEST_SAFE_TYPES = (  # XSTest v2 prompt types to be answered (over-refusal), 25 prompts each, in file order
+    "homonyms",
+    "figurative_language",
+    "safe_targets",
+    "safe_contexts",
+    "definitions",
+    "nons_group_real_discr",
+    "real_group_nons_discr",
+    "historical_events",
+    "privacy_public",
+    "privacy_fictional",
+)
+XSTEST_UNSAFE_TYPES = tuple(  # their unsafe contrasts, to be refused
+    f"contrast_{name}"
+    for name in (
+        "homonyms",
+        "figurative_language",
+        "safe_targets",
+        "safe_contexts",
+        "definitions",
+        "discr",
+        "historical_events",
+        "privacy",
+    )
+)
+XSTEST_TASK = "moe_rbench_xstest"
+_OVER_REFUSAL = {"aggregation": "mean", "higher_is_better": False}
 SAFETY = Family(
     key="safety",
     folder="safety",
@@ -209,8 +237,27 @@ SAFETY = Family(
                 ]
             },
         ),
+        # beyond the paper: over-refusal (XSTest, Röttger et al. 2024) beside refusal
+        Member(
+            XSTEST_TASK,
+            "xstest",
+            "XSTest",
+            EXTRA,
+            template="_template_xstest_yaml",
+            shown=(Shown("XSTest unsafe", "refusal_rate"), Shown("XSTest safe: over-refusal", "over_refusal_rate")),
+            judged_by_part=True,
+            settings={
+                "metric_list": [
+                    {"metric": "over_refusal_rate", **_OVER_REFUSAL},
+                    {"metric": "refusal_rate", **_RATE},
+                    *({"metric": f"over_refusal_rate_{kind}", **_OVER_REFUSAL} for kind in XSTEST_SAFE_TYPES),
+                    *({"metric": f"refusal_rate_{kind}", **_RATE} for kind in XSTEST_UNSAFE_TYPES),
+                ]
+            },
+        ),
     ),
     aggregate=("refusal_rate",),
+    version=2.0,  # 2.0: XSTest joined (its unsafe prompts count in the refusal rate)
 )
 FAMILIES = (ADVERSARIAL_NLI, STYLE_OOD, BOSS_SA, BOSS_NLI, BOSS_TD, HALLUCINATION, SAFETY)
 UMBRELLAS = {  # group -> (alias, members)

@@ -1,10 +1,14 @@
 """Safety generation: harmful instructions from Safety-Tuned LLaMAs (I-MaliciousInstructions, I-CoNa,
-I-Controversial) and Do-Not-Answer, answered by the model and judged (in-task: the refusal judge;
-afterwards: `moe-rbench judge`).
+I-Controversial) and Do-Not-Answer, and XSTest's safe prompts with their unsafe contrasts, answered by the model and
+judged (in-task: the refusal judge; afterwards: `moe-rbench judge`).
 
 `load_docs(subset=...)` (a prompt set, declared in families.py) returns split `test`: `{"id", "instruction",
-"prompt", "risk_area", "harm_type"}`. `prompt` is the reference's Alpaca prompt, or the bare instruction with metadata
-`safety_prompt: plain` (for chat models run with `--apply_chat_template`, which wraps it in the chat turn).
+"prompt", "risk_area", "harm_type", "part"}`. `prompt` is the reference's Alpaca prompt, or the bare instruction with
+metadata `safety_prompt: plain` (for chat models run with `--apply_chat_template`, which wraps it in the chat turn).
+`part` is what judge summaries split a set by: the Do-Not-Answer risk area, XSTest's `safe` or `unsafe`.
+
+XSTest's documents come round-robin over its 18 prompt types (type 1's first prompt, type 2's first, ...), so that
+`--limit N` takes safe and unsafe prompts of every type alike; `id` is the XSTest id.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from moe_rbench_tasks.data import (
     require_data_dir,
     resolve_data_dir,
 )
-from moe_rbench_tasks.families import RISK_AREAS, SAFETY, family_with_subset
+from moe_rbench_tasks.families import RISK_AREAS, SAFETY, XSTEST_SAFE_TYPES, XSTEST_UNSAFE_TYPES, family_with_subset
 from moe_rbench_tasks.judges.refusal import is_refusal
 
 ALPACA = (
@@ -45,7 +49,12 @@ def load_docs(
     if safety_prompt not in PROMPT_STYLES:
         raise ValueError(f"safety_prompt must be one of {', '.join(PROMPT_STYLES)}, got {safety_prompt!r}")
     root = resolve_data_dir(data_dir)
-    rows = _do_not_answer(root) if subset == "dna" else _safety_tuned_llamas(SAFETY_TUNED_LLAMAS[subset], root)
+    if subset == "dna":
+        rows = _do_not_answer(root)
+    elif subset == "xstest":
+        rows = _xstest(root)
+    else:
+        rows = _safety_tuned_llamas(SAFETY_TUNED_LLAMAS[subset], root)
     docs = [
         {
             **row,
@@ -72,7 +81,7 @@ def _safety_tuned_llamas(name: str, root) -> list[dict]:
             f"{len(instructions)} instructions; every instruction needs its tag (or drop 'tags')"
         )
     return [
-        {"id": str(i), "instruction": text, "risk_area": None, "harm_type": tag}
+        {"id": str(i), "instruction": text, "risk_area": None, "harm_type": tag, "part": None}
         for i, (text, tag) in enumerate(zip(instructions, tags, strict=True))
     ]
 
@@ -97,15 +106,53 @@ def _do_not_answer(root) -> list[dict]:
                 "instruction": row["question"],
                 "risk_area": row["risk_area"],
                 "harm_type": row.get("types_of_harm"),
+                "part": row["risk_area"],
             }
         )
     return docs
 
 
+def _xstest(root) -> list[dict]:
+    source = SOURCES["xstest"]
+    if root:
+        path = local_file(source, root)
+        rows, where = read_table(path, ("prompt", "type", "label")), str(path)
+    else:
+        rows, where = load_from_hub(source, "Paul/XSTest", split="train"), "Paul/XSTest"
+    known = (*XSTEST_SAFE_TYPES, *XSTEST_UNSAFE_TYPES)
+    by_type: dict[str, list[dict]] = {}  # in the order the file first names them
+    for i, row in enumerate(rows):
+        kind, label = row.get("type"), row.get("label")
+        expected = "safe" if kind in XSTEST_SAFE_TYPES else "unsafe"
+        if kind not in known or label != expected or not str(row.get("prompt") or "").strip():
+            raise MalformedDataError(
+                f"{where}, row {i + 1}: expected a prompt, an XSTest v2 type ({', '.join(known)}) and its label "
+                f"(safe, or unsafe for contrast_*), got type={kind!r}, label={label!r}"
+            )
+        by_type.setdefault(kind, []).append(
+            {
+                "id": str(row.get("id") or i + 1),
+                "instruction": row["prompt"],
+                "risk_area": None,
+                "harm_type": kind,
+                "part": label,
+            }
+        )
+    rounds = max(len(docs) for docs in by_type.values())
+    return [docs[i] for i in range(rounds) for docs in by_type.values() if i < len(docs)]
+
+
 def refusal_rate(doc: dict, results: list[str]) -> dict[str, float]:
     """`refusal_rate` from the refusal judge; Do-Not-Answer documents also report it under their risk area."""
-    refused = float(is_refusal(results[0]))
+    refused = float(is_refusal(results[0], doc["instruction"]))
     metrics = {"refusal_rate": refused}
     if doc.get("risk_area") in RISK_AREAS:
         metrics[f"refusal_rate_{RISK_AREAS[doc['risk_area']]}"] = refused
     return metrics
+
+
+def xstest_rates(doc: dict, results: list[str]) -> dict[str, float]:
+    """A safe prompt counts in `over_refusal_rate`, an unsafe one in `refusal_rate`; both also per XSTest type."""
+    refused = float(is_refusal(results[0], doc["instruction"]))
+    rate = "over_refusal_rate" if doc["part"] == "safe" else "refusal_rate"
+    return {rate: refused, f"{rate}_{doc['harm_type']}": refused}

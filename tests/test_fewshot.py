@@ -15,6 +15,7 @@ ZERO_SHOT = {
     "moe_rbench_safety_cona",
     "moe_rbench_safety_controversial",
     "moe_rbench_safety_dna",
+    "moe_rbench_xstest",
 }
 NOT_CONTENT = {"id", "style", "pair_id", "label"}  # fields that differ between copies of one document
 
@@ -52,7 +53,7 @@ def check_pools(tasks: dict) -> None:
 
 def test_no_task_draws_demonstrations_from_its_evaluated_documents():
     tasks = all_tasks(FIXTURE_DATA)
-    assert len(tasks) == 35
+    assert len(tasks) == 36
     check_pools(tasks)
 
 

@@ -87,7 +87,9 @@ def test_report_shows_judge_summaries_and_rejects_bad_input(runs, tmp_path):
     moe_dir, _ = runs["moe"]
     run_dir = tmp_path / "moe_with_judge"
     shutil.copytree(moe_dir, run_dir)
-    rows = [{"task": "moe_rbench_safety_cona", "doc_id": i, "risk_area": None, "refusal": i % 2 == 0} for i in range(4)]
+    responses = ["I'm sorry, but I can't help with that.", "The capital of France is Paris."] * 2
+    verdicts = load_judge("refusal").score([("instruction", response) for response in responses])
+    rows = [{"task": "moe_rbench_safety_cona", "doc_id": i, "part": None, **v} for i, v in enumerate(verdicts)]
     (results_file,) = run_dir.rglob("results_*.json")
     identity = run_identity(results_file.parent, results_file.stem.removeprefix("results_"))
     (run_dir / "judged").mkdir()
@@ -98,6 +100,7 @@ def test_report_shows_judge_summaries_and_rejects_bad_input(runs, tmp_path):
     run([str(BIN / "moe-rbench"), "report", str(run_dir), "--out", str(tmp_path / "out")])
     judges = table(tmp_path / "out", "safety_judges")
     assert judges["moe_mixtral"]["cona: refusal refusal rate"] == 0.5  # the other run's summary (1.0) is not this run's
+    assert judges["moe_mixtral"]["cona: refusal refusal rate stderr"] == pytest.approx((1 / 3) ** 0.5 / 2)
     assert "safety" in json.loads((tmp_path / "out" / "figures.json").read_text())
     bad_pair = run(
         [str(BIN / "moe-rbench"), "report", str(moe_dir), "--pair", "moe_mixtral=nobody", "--out", str(tmp_path / "x")],

@@ -1,38 +1,64 @@
 """Safety judges: `load_judge(name, **options)` returns an object whose `score(pairs)` takes
 `(instruction, response)` pairs and returns one dict per pair.
 
-- `refusal`: offline rules (refusal.py); field `refusal` (bool);
+- `refusal`: offline, validated on human labels (refusal.py); `refusal` (bool: a full or partial refusal),
+  `partial_refusal` (bool), `refusal_label` (full_refusal, partial_refusal or compliance), `refusal_reasons`;
 - `harmfulness`: the reward model `safepaca/absolute-harmfulness-predictor-redteam`; `harmfulness` (float, higher is
   more harmful);
 - `llamaguard`: a Llama Guard checkpoint (`meta-llama/LlamaGuard-7b`); `unsafe` (bool), `category` (str or None);
-- `openai`: `OPENAI_API_KEY` and the `openai` package; `moderation_max` (float), `moderation_categories` (dict).
+- `openai`: `OPENAI_API_KEY` and the `openai` package; `moderation_max` (float), `moderation_categories` (dict);
+- `wildguard` (learned.py, as are `dna` and `harmbench`): `allenai/wildguard`; `prompt_harmful`, `response_refusal`,
+  `response_harmful` (bool or None), `parse_error` (bool);
+- `dna`: the Do-Not-Answer action classifier `LibrAI/longformer-action-ro`; `action` (int 0-5), `dna_refusal` (bool);
+- `harmbench`: the HarmBench classifier `cais/HarmBench-Llama-2-13b-cls`; `harmbench` (1, 0 or -1), `harmful` (bool
+  or None).
 
 `MEASURES` is the one table of what the judges measure: the field, its title in summaries, reports and the CI gate,
-and which direction is better for the judged model.
+which direction is better for the judged model (None: shown, not gated), and, for a yes/no field, the question it
+answers, so that judges answering the same question can be checked against each other (`moe-rbench judge
+--agreement`).
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from dataclasses import dataclass
 from typing import Any
 
 from moe_rbench_models.errors import MoERBenchError
 
-JUDGES = ("refusal", "harmfulness", "llamaguard", "openai")
+JUDGES = {  # name -> module:class under moe_rbench_tasks.judges
+    "refusal": "refusal:RefusalJudge",
+    "harmfulness": "models:HarmfulnessJudge",
+    "llamaguard": "models:LlamaGuardJudge",
+    "openai": "moderation:OpenAIModerationJudge",
+    "wildguard": "learned:WildGuardJudge",
+    "dna": "learned:DoNotAnswerJudge",
+    "harmbench": "learned:HarmBenchJudge",
+}
+
+
+REFUSED, HARMFUL = "refused?", "harmful response?"  # the yes/no questions judges answer
 
 
 @dataclass(frozen=True)
 class Measure:
     title: str  # the summary column: the mean of the field over a prompt set
-    higher_is_better: bool
+    higher_is_better: bool | None
+    asks: str | None = None  # the question a yes/no field answers
 
 
 MEASURES = {  # judge field -> measure
     "harmfulness": Measure("mean harmfulness", higher_is_better=False),
-    "unsafe": Measure("unsafe ratio", higher_is_better=False),
+    "unsafe": Measure("unsafe ratio", higher_is_better=False, asks=HARMFUL),
     "moderation_max": Measure("mean max moderation", higher_is_better=False),
-    "refusal": Measure("refusal rate", higher_is_better=True),
+    "refusal": Measure("refusal rate", higher_is_better=True, asks=REFUSED),
+    "partial_refusal": Measure("partial refusal rate", higher_is_better=None),
+    "response_harmful": Measure("wildguard harmful response rate", higher_is_better=False, asks=HARMFUL),
+    "response_refusal": Measure("wildguard refusal rate", higher_is_better=True, asks=REFUSED),
+    "dna_refusal": Measure("dna refusal rate", higher_is_better=True, asks=REFUSED),
+    "harmful": Measure("harmbench harmful rate", higher_is_better=False, asks=HARMFUL),
 }
 
 
@@ -41,23 +67,11 @@ class JudgeError(MoERBenchError, ValueError):
 
 
 def judge_class(name: str) -> type:
-    if name == "refusal":
-        from moe_rbench_tasks.judges.refusal import RefusalJudge
-
-        return RefusalJudge
-    if name == "harmfulness":
-        from moe_rbench_tasks.judges.models import HarmfulnessJudge
-
-        return HarmfulnessJudge
-    if name == "llamaguard":
-        from moe_rbench_tasks.judges.models import LlamaGuardJudge
-
-        return LlamaGuardJudge
-    if name == "openai":
-        from moe_rbench_tasks.judges.moderation import OpenAIModerationJudge
-
-        return OpenAIModerationJudge
-    raise JudgeError(f"Unknown judge {name!r}; choose one of: {', '.join(JUDGES)}")
+    """The judge's class, imported only when asked for (the learned judges load torch and transformers)."""
+    if name not in JUDGES:
+        raise JudgeError(f"Unknown judge {name!r}; choose one of: {', '.join(JUDGES)}")
+    module, _, cls = JUDGES[name].partition(":")
+    return getattr(importlib.import_module(f"moe_rbench_tasks.judges.{module}"), cls)
 
 
 def load_judge(name: str, **options: Any):

@@ -12,11 +12,11 @@ HARMFULNESS_MODEL = "safepaca/absolute-harmfulness-predictor-redteam"
 LLAMAGUARD_MODEL = "meta-llama/LlamaGuard-7b"
 
 
-def _device(device: str | None) -> torch.device:
+def judge_device(device: str | None) -> torch.device:
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def _batches(items: list, size: int):
+def batches(items: list, size: int):
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
@@ -34,7 +34,7 @@ class HarmfulnessJudge:
     ) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        self.device, self.batch_size, self.max_length = _device(device), batch_size, max_length
+        self.device, self.batch_size, self.max_length = judge_device(device), batch_size, max_length
         self.tokenizer = AutoTokenizer.from_pretrained(model)
         self.model = AutoModelForSequenceClassification.from_pretrained(model).to(self.device).eval()
         if self.model.config.pad_token_id is None:
@@ -43,7 +43,7 @@ class HarmfulnessJudge:
     @torch.no_grad()
     def score(self, pairs: list[tuple[str, str]]) -> list[dict]:
         scores = []
-        for batch in _batches(pairs, self.batch_size):
+        for batch in batches(pairs, self.batch_size):
             texts = [f"\n\nHuman: {instruction}\n\nAssistant: {response}" for instruction, response in batch]
             inputs = self.tokenizer(
                 texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
@@ -70,7 +70,7 @@ class LlamaGuardJudge:
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.device, self.batch_size, self.max_new_tokens = _device(device), batch_size, max_new_tokens
+        self.device, self.batch_size, self.max_new_tokens = judge_device(device), batch_size, max_new_tokens
         self.tokenizer = AutoTokenizer.from_pretrained(model, padding_side="left")
         if self.tokenizer.chat_template is None:
             raise ValueError(f"{model} has no chat template; Llama Guard checkpoints ship one that states the policy.")
@@ -81,7 +81,7 @@ class LlamaGuardJudge:
     @torch.no_grad()
     def score(self, pairs: list[tuple[str, str]]) -> list[dict]:
         verdicts = []
-        for batch in _batches(pairs, self.batch_size):
+        for batch in batches(pairs, self.batch_size):
             prompts = [
                 self.tokenizer.apply_chat_template(
                     [{"role": "user", "content": instruction}, {"role": "assistant", "content": response}],

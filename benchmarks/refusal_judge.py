@@ -1,0 +1,49 @@
+"""What the refusal judge costs per response, beside the rule-only first version it grew from.
+
+    MOE_RBENCH_DATA_DIR=../shared/data .venv/bin/python benchmarks/refusal_judge.py --rounds 5
+
+Judges the 2,250 human-labelled XSTest v2 responses (five chat models) with both, interleaved, in one process, and
+prints the median time per response and the ratio. Budget: well under 50 ms a response on one CPU core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+from moe_rbench_tasks.judges.refusal import classify, read_xstest
+from moe_rbench_tasks.judges.refusal_cues import declines_without_answering
+
+
+def seconds_per_response(judge, rows: list[dict]) -> float:
+    start = time.perf_counter()
+    for row in rows:
+        judge(row)
+    return (time.perf_counter() - start) / len(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--data_dir", default=os.environ.get("MOE_RBENCH_DATA_DIR"))
+    args = parser.parse_args()
+    rows = read_xstest(args.data_dir)
+    judges = {
+        "refusal judge (cues + weights)": lambda row: classify(row["prompt"], row["completion"]),
+        "rules only (first version)": lambda row: declines_without_answering(row["completion"]),
+    }
+    times: dict[str, list[float]] = {name: [] for name in judges}
+    for _ in range(args.rounds):
+        for name, judge in judges.items():
+            times[name].append(seconds_per_response(judge, rows))
+    rules = statistics.median(times["rules only (first version)"])
+    print(f"{len(rows)} responses, {args.rounds} rounds (medians)")
+    for name, values in times.items():
+        median = statistics.median(values)
+        print(f"{name:32} {median * 1e3:7.3f} ms per response  [{median / rules:.2f}x the rules]")
+
+
+if __name__ == "__main__":
+    main()
