@@ -22,11 +22,10 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(BIN)/pip install --quiet -c $(LOCK) -e ".[test]"
 	touch $@
 
-# A tiny random-weight Mixtral on the sample slice of DecodingTrust in tests/fixtures/data: offline, ~1 minute.
+# A small MoE and a dense model fine-tuned on SST-2 (demo/models), evaluated on Style-OOD with the stock lm_eval,
+# then the MoE-vs-dense report and the routing trace: offline, a few minutes (demo/README.md).
 demo: setup
-	$(BIN)/moe-rbench tiny-model mixtral .demo/tiny-mixtral
-	$(OFFLINE) MOE_RBENCH_DATA_DIR=tests/fixtures/data $(BIN)/lm_eval --model moe_hf \
-		--model_args pretrained=.demo/tiny-mixtral --tasks moe_rbench_ood --batch_size 8 --output_path .demo/results
+	demo/run.sh
 
 test: setup
 	$(BIN)/pytest

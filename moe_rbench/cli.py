@@ -11,6 +11,9 @@ moe-rbench judge --judge JUDGE --samples PATH [--out DIR]
 moe-rbench judge --judge JUDGE --validate LABELS.csv
                                      a judge against human labels: balanced accuracy, precision, recall
 moe-rbench judge --agreement PATH    Cohen's kappa of the judges that judged the same samples
+moe-rbench finetune MODEL OUT --protocol classify --dataset sst2|snli|boss_sa|boss_nli|boss_td | --protocol instruct
+                  [--router freeze] [--bilevel K] [--expert_dropout P] [--aux_loss_coef C] [--top_k K]
+                                     MoE-RBench's fine-tuning protocols with its MoE knobs (transformers' Trainer)
 moe-rbench report RUN [RUN ...] [--pair MOE=DENSE ...] --out DIR
                                      MoE-vs-dense tables, figures and report.md from lm-eval outputs
 moe-rbench compare --baseline RUN --candidate RUN [--max-drop 0.01] [--paired] [--allow-missing]
@@ -73,7 +76,7 @@ def build_tiny(args: argparse.Namespace) -> int:
             overrides[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
             overrides[key] = value
-    print(build_tiny_model(args.architecture, args.out_dir, **overrides))
+    print(build_tiny_model(args.architecture, args.out_dir, tokenizer=args.tokenizer, **overrides))
     return 0
 
 
@@ -110,7 +113,7 @@ def judge(args: argparse.Namespace) -> int:
     return 0
 
 
-def _judge_options(judge_args: list[str]) -> dict:
+def _judge_options(judge_args: list[str], option: str = "--judge_args") -> dict:
     from lm_eval._cli.utils import key_val_to_dict
 
     from moe_rbench_models.errors import OptionError
@@ -121,7 +124,7 @@ def _judge_options(judge_args: list[str]) -> dict:
             options |= key_val_to_dict(arg)
         except ValueError as error:
             raise OptionError(
-                f"--judge_args {arg!r}: {error}; a value with commas goes in brackets, e.g. refusal_actions=[0,4]"
+                f"{option} {arg!r}: {error}; a value with commas goes in brackets, e.g. refusal_actions=[0,4]"
             ) from None
     return options
 
@@ -152,6 +155,40 @@ def _validate(args: argparse.Namespace, judge_) -> int:
     return 0
 
 
+def finetune(args: argparse.Namespace) -> int:
+    from moe_rbench.finetune import Recipe
+    from moe_rbench.finetune import finetune as run_finetune
+
+    recipe = Recipe(
+        protocol=args.protocol,
+        dataset=args.dataset,
+        head=args.head or ("causal_lm" if args.protocol == "instruct" else "sequence_classification"),
+        router=args.router,
+        bilevel=args.bilevel,
+        expert_dropout=args.expert_dropout,
+        aux_loss_coef=args.aux_loss_coef,
+        top_k=args.top_k,
+        keep_safety_samples=args.keep_safety_samples,
+        safety_samples=args.safety_samples,
+        max_length=args.max_length,
+    )
+    training = {
+        "num_train_epochs": args.epochs,
+        "learning_rate": args.learning_rate,
+        "per_device_train_batch_size": args.batch_size,
+        "seed": args.seed,
+        **({"max_steps": args.max_steps} if args.max_steps else {}),
+        **_judge_options(args.training_args, "--training_args"),
+    }
+    result = run_finetune(args.model, args.out, recipe, args.data_dir, args.limit, **training)
+    losses = [entry["loss"] for entry in result.log_history if "loss" in entry]
+    print(f"recipe: {result.label}; trained with {result.recipe}; data: {result.data}")
+    if losses:
+        print(f"training loss: {losses[0]:.4f} (first logged) -> {losses[-1]:.4f} (last logged)")
+    print(result.path)
+    return 0
+
+
 def report(args: argparse.Namespace) -> int:
     from moe_rbench.report import make_report
 
@@ -175,6 +212,7 @@ COMMANDS = {
     "tiny-model": build_tiny,
     "trace": trace,
     "judge": judge,
+    "finetune": finetune,
     "report": report,
     "compare": compare,
 }
@@ -212,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         metavar="KEY=VALUE",
         help="config field to change, e.g. --set num_hidden_layers=4 --set initializer_range=0.3",
+    )
+    tiny.add_argument(
+        "--tokenizer", help="a tokenizer directory to use instead of the built-in one (sets the vocabulary)"
     )
     tracing = commands.add_parser("trace", help="routing shift between an ID task and OOD tasks, per MoE layer")
     tracing.add_argument("--routing", required=True, help="a routing_out directory of moe_hf")
@@ -259,6 +300,46 @@ def main(argv: list[str] | None = None) -> int:
     judging.add_argument("--negative", default="1_full_compliance", help="--validate: label values of a no")
     judging.add_argument("--apart", default="3_partial_refusal", help="--validate: label values reported apart")
     judging.add_argument("--field", help="--validate: the judge's yes/no field (default: its refusal verdict)")
+    tuning = commands.add_parser(
+        "finetune", help="fine-tune a checkpoint by MoE-RBench's protocols, with its MoE knobs (transformers' Trainer)"
+    )
+    tuning.add_argument("model", help="a Hugging Face model id or local checkpoint (MoE or dense, decoder-only)")
+    tuning.add_argument("out", help="directory for the fine-tuned checkpoint")
+    tuning.add_argument("--protocol", required=True, choices=("classify", "instruct"))
+    tuning.add_argument("--dataset", help="classify: sst2, snli, boss_sa, boss_nli or boss_td")
+    tuning.add_argument(
+        "--head",
+        choices=("sequence_classification", "causal_lm"),
+        help="classify: a classification head (default, the paper's) or the label words (causal_lm)",
+    )
+    tuning.add_argument("--router", default="train", choices=("train", "freeze"), help="freeze: routers get no updates")
+    tuning.add_argument("--bilevel", type=int, metavar="K", help="alternate K backbone-only and K router-only steps")
+    tuning.add_argument("--expert_dropout", type=float, default=0.0, metavar="P", help="dropout on the experts' output")
+    tuning.add_argument(
+        "--aux_loss_coef", type=float, metavar="C", help="load-balancing loss weight (default: the checkpoint's)"
+    )
+    tuning.add_argument("--top_k", type=int, metavar="K", help="experts per token while training")
+    tuning.add_argument(
+        "--keep_safety_samples", action="store_true", help="instruct: keep MoE-RBench's removed samples"
+    )
+    tuning.add_argument("--safety_samples", type=int, default=0, metavar="N", help="instruct: add N safety samples")
+    tuning.add_argument("--max_length", type=int, default=512, help="tokens per example (default 512)")
+    tuning.add_argument("--limit", type=int, help="train on the first N examples only")
+    tuning.add_argument(
+        "--data_dir", help="data directory of release files (default: $MOE_RBENCH_DATA_DIR, or the hub)"
+    )
+    tuning.add_argument("--epochs", type=float, default=1.0, help="epochs (default 1, as the paper)")
+    tuning.add_argument("--max_steps", type=int, help="stop after this many optimizer steps")
+    tuning.add_argument("--learning_rate", type=float, default=5e-5)
+    tuning.add_argument("--batch_size", type=positive_int, default=8, help="per device")
+    tuning.add_argument("--seed", type=int, default=42)
+    tuning.add_argument(
+        "--training_args",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="other transformers TrainingArguments, e.g. bf16=true gradient_accumulation_steps=4",
+    )
     reporting = commands.add_parser("report", help="MoE-vs-dense tables and figures from lm-eval output directories")
     reporting.add_argument("runs", nargs="+", help="lm_eval --output_path directories (or results files)")
     reporting.add_argument("--label", action="append", dest="labels", help="a label per run (default: model name)")

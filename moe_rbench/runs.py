@@ -56,7 +56,7 @@ class Run:
 
 def model_label(results: dict) -> str:
     """The model named in lm-eval's results (`pretrained=` of the model arguments), marked with a decoding
-    method when one is set."""
+    method when one is set and with the fine-tuning recipe of a `moe-rbench finetune` checkpoint."""
     config = results.get("config", {})
     args = config.get("model_args") or {}
     if isinstance(args, str):
@@ -71,6 +71,9 @@ def model_label(results: dict) -> str:
         label += " +DoLa"
     if args.get("scmoe_beta") is not None:
         label += " +SCMoE"
+    recipe = (config.get("moe") or {}).get("recipe")  # a checkpoint of `moe-rbench finetune`
+    if isinstance(recipe, dict) and recipe.get("label"):
+        label += f" [{recipe['label']}]"
     return label
 
 

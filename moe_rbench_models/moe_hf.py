@@ -199,6 +199,9 @@ class MoEHFLM(HFLM):
             moe["decoding"] = self._contrast.summary()
         if self._classifier is not None:
             moe["head"] = "sequence_classification"
+        recipe = getattr(self.model.config, "moe_rbench_recipe", None)  # written by `moe-rbench finetune`
+        if recipe is not None:
+            moe["recipe"] = recipe
         return {**super().get_model_info(), "moe": moe}
 
     # -- loglikelihood and loglikelihood_rolling -----------------------------------------------------------

@@ -156,22 +156,35 @@ def tiny_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token=pad, bos_token=bos, eos_token=eos)
 
 
-def build_tiny_model(architecture: str, out_dir: str | Path, head: str = "causal_lm", **config_overrides) -> Path:
+def build_tiny_model(
+    architecture: str,
+    out_dir: str | Path,
+    head: str = "causal_lm",
+    tokenizer: str | Path | None = None,
+    **config_overrides,
+) -> Path:
     """Write a tiny random-weight checkpoint of `architecture` (a key of ARCHITECTURES) to `out_dir`;
     `config_overrides` change config fields (e.g. `expert_capacity=2` for Switch); `head=
-    "sequence_classification"` gives a `*ForSequenceClassification` checkpoint (set `num_labels`)."""
+    "sequence_classification"` gives a `*ForSequenceClassification` checkpoint (set `num_labels`); `tokenizer`:
+    a tokenizer directory to use (its vocabulary sets the embedding size) instead of the built-in one."""
     import torch
     from transformers import (
         AutoConfig,
         AutoModelForCausalLM,
         AutoModelForSeq2SeqLM,
         AutoModelForSequenceClassification,
+        AutoTokenizer,
     )
 
     if architecture not in ARCHITECTURES:
         raise OptionError(f"Unknown tiny architecture {architecture!r}; choose one of: {', '.join(ARCHITECTURES)}")
-    tokenizer = tiny_tokenizer()
-    ids = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    if tokenizer is None:
+        tokenizer = tiny_tokenizer()
+        ids = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+        named = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id)
+        ids = {**named, "eos_token_id": tokenizer.eos_token_id, "vocab_size": len(tokenizer)}
     config = AutoConfig.for_model(architecture, **{**ARCHITECTURES[architecture], **ids, **config_overrides})
     auto_class = AutoModelForSeq2SeqLM if architecture in SEQ2SEQ else AutoModelForCausalLM
     if head == "sequence_classification":
@@ -181,7 +194,7 @@ def build_tiny_model(architecture: str, out_dir: str | Path, head: str = "causal
     torch.manual_seed(SEED)
     model = auto_class.from_config(config)
     if getattr(model, "generation_config", None) is not None:
-        model.generation_config.update(**ids)
+        model.generation_config.update(**{key: value for key, value in ids.items() if key != "vocab_size"})
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

@@ -45,12 +45,16 @@ def load_docs(subset: str, data_dir: str | None = None, **_metadata: Any) -> dat
     root = resolve_data_dir(data_dir)
     test_split, fewshot_split = SPLITS[subset]
 
-    def read(split: str) -> list[dict]:
-        return _from_release_files(split, root) if root else _from_hub(split)
-
     return datasets.DatasetDict(
-        test=datasets.Dataset.from_list(read(test_split)), train=datasets.Dataset.from_list(read(fewshot_split))
+        test=datasets.Dataset.from_list(read_split(test_split, root)),
+        train=datasets.Dataset.from_list(read_split(fewshot_split, root)),
     )
+
+
+def read_split(split: str, root) -> list[dict]:
+    """Documents of a split (SNLI `train`, `validation`, `test`; `test_hard`; ANLI `test_r1`, `dev_r1`, ...) from the
+    data directory `root`, or from the hub when it is None."""
+    return _from_release_files(split, root) if root else _from_hub(split)
 
 
 def _from_release_files(split: str, root) -> list[dict]:

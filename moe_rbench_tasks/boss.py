@@ -43,10 +43,10 @@ def load_docs(subset: str, data_dir: str | None = None, **_metadata: Any) -> dat
     family = family_with_subset("boss", subset, "BOSS")
     id_set = family.members[0].subset
     root = require_data_dir(SOURCE, resolve_data_dir(data_dir))
-    test = _docs(family, id_set, local_file(SOURCE, root, f"{subset}/test.tsv"))
+    test = docs(family, id_set, local_file(SOURCE, root, f"{subset}/test.tsv"))
     demonstrations = root / SOURCE.local_path / id_set / "train.tsv"
     if demonstrations.is_file():
-        train = _docs(family, id_set, demonstrations)
+        train = docs(family, id_set, demonstrations)
     else:
         logger.warning(
             "BOSS %s: no few-shot demonstrations (%s does not exist); --num_fewshot needs that file of the BOSS bundle",
@@ -60,7 +60,7 @@ def load_docs(subset: str, data_dir: str | None = None, **_metadata: Any) -> dat
     )
 
 
-def _docs(family, id_set: str, path) -> list[dict]:
+def docs(family, id_set: str, path) -> list[dict]:
     columns = ("Premise", "Hypothesis", "Label") if id_set == "mnli" else ("Text", "Label")
     rows = read_table(path, columns, delimiter="\t")
     docs = []

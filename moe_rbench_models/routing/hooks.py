@@ -35,13 +35,39 @@ class ForwardRouting:
     logits: torch.Tensor | None = None  # [N, num_experts] float32, when logits are kept
 
 
-class RoutingHooks:
+def router_logits(layer: MoELayer, output) -> torch.Tensor:
+    """The logits `[tokens, num_experts]` in a router's output (a reference: gradients flow through it)."""
+    logits = output if isinstance(output, torch.Tensor) else output[layer.logits_index]
+    if not isinstance(logits, torch.Tensor) or logits.shape[-1] != layer.num_experts:
+        raise InternalsChanged(
+            "transformers",
+            f"{type(layer.router).__name__} output {layer.logits_index} is no "
+            f"longer the router logits [tokens, {layer.num_experts}]",
+        )
+    return logits.reshape(-1, layer.num_experts)
+
+
+class HookSet:
+    """Hook handles and undo steps on a model; `remove()` takes the hooks off and undoes the changes."""
+
+    def __init__(self) -> None:
+        self._handles: list = []
+        self._restore: list = []
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        for restore in reversed(self._restore):
+            restore()
+        self._handles, self._restore = [], []
+
+
+class RoutingHooks(HookSet):
     def __init__(self, layers: list[MoELayer], plan: dict[str, LayerIntervention], record: bool, keep_logits: bool):
+        super().__init__()
         self.layers, self.plan, self.record, self.keep_logits = layers, plan, record, keep_logits
         self.calls: dict[str, list[ForwardRouting]] = {layer.key: [] for layer in layers}
         self._logits: dict[str, torch.Tensor] = {}
-        self._handles: list = []
-        self._restore: list = []
 
     def install(self) -> RoutingHooks:
         for layer in self.layers:
@@ -54,13 +80,6 @@ class RoutingHooks:
             if self.record or change.disabled:
                 self._read_routing(layer, change)
         return self
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        for restore in reversed(self._restore):
-            restore()
-        self._handles, self._restore = [], []
 
     def take(self) -> dict[str, list[ForwardRouting]]:
         """The calls recorded since the last take, per layer key."""
@@ -112,14 +131,7 @@ class RoutingHooks:
             logits = layer.adapter.logits(layer.router, args, output) if layer.adapter.logits else None
             self._check_and_store(layer, change, ids, weights, None, logits)
             return None
-        logits = output if isinstance(output, torch.Tensor) else output[layer.logits_index]
-        if not isinstance(logits, torch.Tensor) or logits.shape[-1] != layer.num_experts:
-            raise InternalsChanged(
-                "transformers",
-                f"{type(layer.router).__name__} output {layer.logits_index} is no "
-                f"longer the router logits [tokens, {layer.num_experts}]",
-            )
-        logits = logits.reshape(-1, layer.num_experts)
+        logits = router_logits(layer, output)
         if layer.reads_experts_call:
             self._logits[layer.key] = logits  # for the experts call of this forward (a reference, no copy)
             return None
