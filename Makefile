@@ -27,8 +27,9 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 demo: setup
 	demo/run.sh
 
+# Tests run in parallel processes (pytest-xdist), two on the 2-core CI machines.
 test: setup
-	$(BIN)/pytest
+	$(BIN)/pytest --numprocesses auto --maxprocesses 4
 
 # One formatter and linter for the whole tree, and the import contract (tools -> tasks -> model).
 lint: setup

@@ -6,6 +6,11 @@ moe-rbench tiny-model ARCH DIR [--set KEY=VALUE ...]
                                      a tiny random-weight checkpoint of a real architecture (offline)
 moe-rbench trace --routing DIR --id TASK --ood TASK [TASK ...] --out OUT
                                      routing shift between an ID task and OOD tasks (table and heatmap)
+moe-rbench attribute --routing DIR --a SET --b SET [--samples PATH] --out OUT
+                                     the experts more (or less) active in set A than in B: ranked table,
+                                     heatmap, model arguments (SET: task patterns, judge:FIELD=VALUE, correct, wrong)
+moe-rbench steer --routing DIR --a SET --b SET --top N --direction disable|force --out OUT -- <lm_eval arguments>
+                                     attribute, re-evaluate with the top experts disabled or forced, before/after
 moe-rbench judge --judge JUDGE --samples PATH [--out DIR]
                                      judge the safety tasks' generations (resumable), with a summary
 moe-rbench judge --judge JUDGE --validate LABELS.csv
@@ -88,6 +93,39 @@ def trace(args: argparse.Namespace) -> int:
         print(f"note: {note}", file=sys.stderr)
     for path in write_trace(rows, args.out, args.id_task):
         print(path)
+    return 0
+
+
+def attribute(args: argparse.Namespace) -> int:
+    from moe_rbench.attribute import attribute_experts, write_attribution
+
+    attribution = attribute_experts(args.routing, args.a, args.b, args.samples, args.span, args.alpha, args.metric)
+    paths = write_attribution(attribution, args.out, args.top)
+    print(paths[0].read_text(encoding="utf-8"))
+    for path in paths:
+        print(path)
+    return 0
+
+
+def steer(args: argparse.Namespace) -> int:
+    from moe_rbench.steer import markdown, steer
+
+    steering = steer(
+        args.routing,
+        args.a,
+        args.b,
+        args.lm_eval_args,
+        args.out,
+        args.top,
+        args.direction,
+        args.samples,
+        args.span,
+        args.alpha,
+        args.before,
+        args.metric,
+    )
+    print(markdown(steering))
+    print(f"tables: {args.out}/steer.md, attribution: {args.out}/attribution/attribution.md")
     return 0
 
 
@@ -211,11 +249,42 @@ COMMANDS = {
     "data": show_data,
     "tiny-model": build_tiny,
     "trace": trace,
+    "attribute": attribute,
+    "steer": steer,
     "judge": judge,
     "finetune": finetune,
     "report": report,
     "compare": compare,
 }
+
+
+def _attribution_options(parser: argparse.ArgumentParser, steering: bool) -> None:
+    parser.add_argument("--routing", required=True, help="a routing_out directory of moe_hf")
+    sets = "task patterns ('moe_rbench_style_*'), judge:FIELD=VALUE (judge:refusal=true), correct or wrong"
+    parser.add_argument("--a", required=True, help=f"set A: {sets}")
+    parser.add_argument("--b", required=True, help="set B, as --a")
+    parser.add_argument(
+        "--samples",
+        help="the lm_eval --output_path of the recorded run (--log_samples), for correct/wrong and judge:... sets",
+    )
+    parser.add_argument(
+        "--span",
+        default="prompt",
+        choices=("prompt", "continuation", "all"),
+        help="tokens counted: the prompt (default), the scored or generated continuation, or both",
+    )
+    parser.add_argument("--alpha", type=float, default=0.05, help="false discovery rate (default 0.05)")
+    parser.add_argument("--top", type=positive_int, default=10, help="experts to steer (default 10)")
+    parser.add_argument("--out", required=True, help="output directory")
+    if steering:
+        parser.add_argument(
+            "--direction",
+            default="disable",
+            choices=("disable", "force"),
+            help="disable the experts more active in A (suppress A's behaviour) or force them (promote it)",
+        )
+        parser.add_argument("--before", help="an existing evaluation with the same lm_eval arguments (skip re-running)")
+    parser.add_argument("--metric", help="correct/wrong: the 0/1 per-document metric (default: acc or exact_match)")
 
 
 def positive_int(text: str) -> int:
@@ -227,6 +296,10 @@ def positive_int(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    lm_eval_args: list[str] = []
+    if argv[:1] == ["steer"] and "--" in argv:  # what follows `--` belongs to lm-eval
+        cut = argv.index("--")
+        argv, lm_eval_args = argv[:cut], argv[cut + 1 :]
     if argv[:1] == ["run"]:  # everything after `run` belongs to lm-eval, flags included
         try:
             run_lm_eval(argv[1:])
@@ -259,6 +332,11 @@ def main(argv: list[str] | None = None) -> int:
     tracing.add_argument("--id", required=True, dest="id_task", help="in-distribution task, e.g. moe_rbench_sst2")
     tracing.add_argument("--ood", required=True, nargs="+", help="OOD tasks or patterns, e.g. 'moe_rbench_style_*'")
     tracing.add_argument("--out", required=True, help="directory for trace.md, trace.csv, trace.json, trace.png")
+    for name, help_text in (
+        ("attribute", "the experts more active in one set of requests than another (ranked table, heatmap)"),
+        ("steer", "attribute, then re-evaluate with the top experts disabled or forced: a before/after table"),
+    ):
+        _attribution_options(commands.add_parser(name, help=help_text), steering=name == "steer")
     from moe_rbench_tasks.judges import JUDGES
 
     judging = commands.add_parser(
@@ -369,6 +447,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     comparing.add_argument("--alpha", type=float, default=0.05, help="significance level of --paired (default 0.05)")
     args = parser.parse_args(argv)
+    args.lm_eval_args = lm_eval_args
+    if args.command == "steer" and not lm_eval_args:
+        parser.error("steer needs the evaluation after `--`: -- --model moe_hf --model_args pretrained=... --tasks ...")
     if args.command == "report" and args.labels and len(args.labels) != len(args.runs):
         parser.error("give one --label per run, or none")
     try:

@@ -13,6 +13,8 @@ A metric fails when
   a paired test on the same documents rejects "no change" at `alpha` (exact McNemar for 0/1 per-document
   scores of one task, a stratified paired bootstrap otherwise, e.g. for group means); without samples, the
   unpaired rule (any drop beyond `max_drop`; with `ignore_within_stderr`, beyond the combined standard error).
+The standard error shown for a change is the paired one (from the per-document differences) where a paired test
+ran, else the two runs' standard errors combined.
 
 Runs that are not comparable stop the gate (`Incomparable`, exit 2): a task evaluated on a different number
 of documents (`--limit`), with a different `num_fewshot`, task version, or dataset/prompt hash.
@@ -53,7 +55,7 @@ class Comparison:
     baseline: float | None
     candidate: float | None
     higher_is_better: bool
-    stderr: float | None
+    stderr: float | None  # of the change: paired (document differences) where a paired test ran, else combined
     status: str  # ok, FAIL, missing, missing (allowed), invalid
     p_value: float | None = None
     test: str = "unpaired"  # McNemar, paired bootstrap, unpaired
@@ -228,9 +230,16 @@ def _paired_bootstrap(differences: list[np.ndarray], pooled: bool) -> float:
     return (extreme + 1) / (BOOTSTRAP_RESAMPLES + 1)
 
 
-def paired_test(metric: Metric, baseline: Run, candidate: Run, samples: tuple[dict, dict]) -> tuple[float, str] | None:
-    """(p-value, test name) of a task or group metric on the documents both runs scored; None when the
-    samples cannot reproduce the reported values (the unpaired rule is used then)."""
+@dataclass(frozen=True)
+class PairedTest:
+    p_value: float
+    test: str  # McNemar or paired bootstrap
+    stderr: float  # of the change, from the per-document differences
+
+
+def paired_test(metric: Metric, baseline: Run, candidate: Run, samples: tuple[dict, dict]) -> PairedTest | None:
+    """The paired test of a task or group metric on the documents both runs scored, with the paired standard error
+    of the change; None when the samples cannot reproduce the reported values (the unpaired rule is used then)."""
     tasks = _leaf_tasks(baseline, metric.task)
     strata = [_per_document(run_samples, tasks, metric.key) for run_samples in samples]
     if not strata[0] or strata[0].keys() != strata[1].keys():
@@ -246,12 +255,21 @@ def paired_test(metric: Metric, baseline: Run, candidate: Run, samples: tuple[di
     unweighted = _reproduces(base, metric.baseline, pooled=False) and _reproduces(cand, metric.candidate, pooled=False)
     if not (pooled or unweighted):
         return None
+    differences = [c - b for b, c in zip(base, cand, strict=True)]
+    stderr = _paired_stderr(differences, pooled=not unweighted)
     binary = all(set(np.unique(values)) <= {0.0, 1.0} for values in base + cand)
     if len(base) == 1 and binary:
-        return _mcnemar(base[0], cand[0]), "McNemar"
-    return _paired_bootstrap(
-        [c - b for b, c in zip(base, cand, strict=True)], pooled=not unweighted
-    ), "paired bootstrap"
+        return PairedTest(_mcnemar(base[0], cand[0]), "McNemar", stderr)
+    return PairedTest(_paired_bootstrap(differences, pooled=not unweighted), "paired bootstrap", stderr)
+
+
+def _paired_stderr(differences: list[np.ndarray], pooled: bool) -> float:
+    """Standard error of the aggregate change: per task the sample variance of the document differences over n,
+    combined with the aggregate's weights (documents when pooled, else tasks alike)."""
+    sizes = np.array([len(d) for d in differences], dtype=float)
+    weights = sizes / sizes.sum() if pooled else np.full(len(sizes), 1 / len(sizes))
+    variances = np.array([d.var(ddof=1) / len(d) if len(d) > 1 else 0.0 for d in differences])
+    return float(np.sqrt((weights**2 * variances).sum()))
 
 
 def _reproduces(values: list[np.ndarray], reported: float, pooled: bool = True) -> bool:
@@ -320,7 +338,8 @@ def compare(baseline: Run, candidate: Run, options: GateOptions = GateOptions())
         drop = (metric.baseline - metric.candidate) * (1 if metric.higher_is_better else -1)
         test = paired_test(metric, baseline, candidate, samples) if have_samples and metric.task else None
         if test is not None:
-            p_value, name = test
+            p_value, name = test.p_value, test.test
+            row["stderr"] = test.stderr
             failed = drop > max_drop and p_value < alpha
         else:
             p_value, name = None, "unpaired"
@@ -360,8 +379,16 @@ def markdown(gate: Gate, baseline: Run, candidate: Run, max_drop: float, alpha: 
         )
     else:
         rule = "--paired asked for, but not both runs logged samples (--log_samples): the unpaired rule was used."
-    header = ["metric", "better", "baseline", "candidate", "change", "stderr", "p", "test", ""]
-    rows = [
+    title = f"### moe-rbench compare: {candidate.label} vs baseline {baseline.label}"
+    return f"{title}\n\n{verdict}\n\n{rule}\n\n" + comparison_table(gate.rows)
+
+
+def comparison_table(
+    rows: list[Comparison], names: tuple[str, str] = ("baseline", "candidate"), status: bool = True
+) -> str:
+    """The markdown table of compared metrics (`names`: the two runs' column titles; `status`: the verdict column)."""
+    header = ["metric", "better", *names, "change", "stderr", "p", "test", *([""] if status else [])]
+    cells = [
         [
             row.name,
             "higher" if row.higher_is_better else "lower",
@@ -371,14 +398,11 @@ def markdown(gate: Gate, baseline: Run, candidate: Run, max_drop: float, alpha: 
             tables.number(row.stderr),
             "" if row.p_value is None else f"{row.p_value:.4g}",
             row.test,
-            row.status,
+            *([row.status] if status else []),
         ]
-        for row in gate.rows
+        for row in rows
     ]
-    title = f"### moe-rbench compare: {candidate.label} vs baseline {baseline.label}"
-    return f"{title}\n\n{verdict}\n\n{rule}\n\n" + tables.markdown(
-        header, rows, [False, False, *[True] * 5, False, False]
-    )
+    return tables.markdown(header, cells, [False, False, *[True] * 5, False, *([False] if status else [])])
 
 
 def run_compare(baseline: str | Path, candidate: str | Path, options: GateOptions = GateOptions()) -> tuple[str, int]:

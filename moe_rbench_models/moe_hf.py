@@ -7,7 +7,8 @@ caching and scores. It accepts every `hf` model argument, and:
   read it with `moe_rbench_models.routing.load_records(DIR)`); `routing_logits=true` also keeps logits;
   `routing_overwrite=true` lets a run replace the records an earlier run left in DIR (routing/writer.py);
 - `top_k=K` or `top_k="LAYER:K;..."`: experts per token; `disable_experts="*:3,7"` or `"12:5;13:0"` with
-  `disable_mode=reroute|drop` and `drop_renormalize=true|false` (see routing/interventions.py);
+  `disable_mode=reroute|drop` and `drop_renormalize=true|false`; `force_experts="12:5;13:0"`: experts always among
+  the selected (see routing/interventions.py);
 - `dola_layers=paper|high|low|"16,18,20"` and the other `dola_*` options: DoLa; `scmoe_beta=BETA` with
   `scmoe_weak_k`, `scmoe_alpha`: MoE self-contrast (see decoding/options.py). Both change the scores
   of loglikelihood requests and the tokens `generate_until` produces;
@@ -54,6 +55,7 @@ class MoEHFLM(HFLM):
         disable_experts: str | None = None,
         disable_mode: str = "reroute",
         drop_renormalize: bool = False,
+        force_experts: str | None = None,
         dola_layers: str | int | list | None = None,
         dola_relative_top: float | None = None,
         dola_post_softmax: bool | None = None,
@@ -86,19 +88,28 @@ class MoEHFLM(HFLM):
                 "with the causal LM head only"
             )
         self.moe_layers = find_moe_layers(self.model)
-        for option, value in [("routing_out", routing_out), ("top_k", top_k), ("disable_experts", disable_experts)]:
+        routing_options = {
+            "routing_out": routing_out,
+            "top_k": top_k,
+            "disable_experts": disable_experts,
+            "force_experts": force_experts,
+        }
+        for option, value in routing_options.items():
             if value is not None:
                 require_moe(self.moe_layers, option, self.model)
         if routing_logits and not routing_out:
             raise ValueError("routing_logits=true needs routing_out=DIR (where the logits are written)")
-        self.routing_plan = plan_interventions(self.moe_layers, top_k, disable_experts, disable_mode, drop_renormalize)
+        self.routing_plan = plan_interventions(
+            self.moe_layers, top_k, disable_experts, disable_mode, drop_renormalize, force_experts
+        )
         self._interventions = {
             "top_k": top_k,
             "disable_experts": disable_experts,
             "disable_mode": disable_mode,
             "drop_renormalize": drop_renormalize,
+            "force_experts": force_experts,
             "per_layer": {
-                key: {"top_k": change.top_k, "disabled": sorted(change.disabled)}
+                key: {"top_k": change.top_k, "disabled": sorted(change.disabled), "forced": sorted(change.forced)}
                 for key, change in self.routing_plan.items()
             },
         }
@@ -122,9 +133,7 @@ class MoEHFLM(HFLM):
         self._row = 0  # the row of the last scoring batch that HFLM reads next
         self._batch_rows = 0  # rows of the last scoring batch
         options = {
-            "routing_out": routing_out,
-            "top_k": top_k,
-            "disable_experts": disable_experts,
+            **routing_options,
             "dola_layers": dola_layers,
             "scmoe_beta": scmoe_beta,
             "head": head if head != "causal_lm" else None,

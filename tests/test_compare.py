@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import statistics
 
 import pytest
 from conftest import BIN, STYLE_OOD_TASKS, evaluate_to, run
@@ -166,6 +167,8 @@ def test_paired_tests_decide_where_the_unpaired_rule_would_not(baseline, tmp_pat
     sst2 = row(paired.stdout, "moe_rbench_sst2 / acc,none")
     assert sst2[7:] == ["McNemar", "ok"] and float(sst2[6]) == pytest.approx(exact_mcnemar(3, 0), rel=1e-3)
     assert float(sst2[6]) == pytest.approx(0.25)
+    # the change's standard error is the paired one: of 24 document differences, three -1s
+    assert float(sst2[5]) == pytest.approx(statistics.stdev([-1] * 3 + [0] * 21) / math.sqrt(24), abs=1e-4)
     for task in STYLE_OOD_TASKS[1:]:
         style = row(paired.stdout, f"{task} / acc,none")
         assert style[7:] == ["McNemar", "ok"] and float(style[6]) == pytest.approx(exact_mcnemar(2, 0))

@@ -81,8 +81,8 @@ def test_results_config_describes_the_moe_architecture_and_routing(style_ood_run
     }
     rerouted = style_ood_runs["reroute"][0]["config"]["moe"]["interventions"]
     assert rerouted["per_layer"] == {
-        "decoder.0": {"top_k": None, "disabled": [0]},
-        "decoder.1": {"top_k": None, "disabled": [0]},
+        "decoder.0": {"top_k": None, "disabled": [0], "forced": []},
+        "decoder.1": {"top_k": None, "disabled": [0], "forced": []},
     }
 
 

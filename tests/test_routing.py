@@ -351,7 +351,7 @@ def test_results_config_has_routing_summary_and_interventions(tiny_model, tmp_pa
     manager = moe_rbench_tasks.task_manager(include_defaults=False, metadata={"data_dir": str(FIXTURE_DATA)})
     results = lm_eval.simple_evaluate(model=lm, tasks=["moe_rbench_sst2"], task_manager=manager, limit=6)
     moe = results["config"]["moe"]
-    assert moe["interventions"]["per_layer"] == {"decoder.1": {"top_k": None, "disabled": [2]}}
+    assert moe["interventions"]["per_layer"] == {"decoder.1": {"top_k": None, "disabled": [2], "forced": []}}
     summary = moe["routing"]["summary"]["moe_rbench_sst2"]
     loads = {}
     for record in load_records(tmp_path / "r"):
@@ -378,6 +378,59 @@ def test_reroute_never_uses_a_disabled_expert_and_changes_outputs(tiny_model, tm
     _, rerouted, after = run_requests(path, tmp_path / "after", batch_size=2, disable_experts="*:0")
     assert 0 in used_experts(before) and 0 not in used_experts(after)
     assert rerouted["loglikelihood"] != baseline["loglikelihood"]
+
+
+def least_used_expert(records, num_experts: int) -> int:
+    ids = np.concatenate(
+        [
+            np.concatenate([layer.context_ids.ravel(), layer.continuation_ids.ravel()])
+            for r in records.values()
+            for layer in r.layers.values()
+        ]
+    )
+    return int(np.argmin(np.bincount(ids[ids >= 0], minlength=num_experts)))
+
+
+@pytest.mark.parametrize("architecture", [*CAUSAL_MOE, "switch_transformers"])
+def test_force_puts_the_expert_in_every_tokens_top_k_and_changes_outputs(tiny_model, tmp_path, architecture):
+    path = tiny_model(architecture)
+    lm, baseline, before = run_requests(path, tmp_path / "before", batch_size=2)
+    expert = least_used_expert(before, lm.moe_layers[0].num_experts)
+    _, forced, after = run_requests(path, tmp_path / "after", batch_size=2, force_experts=f"*:{expert}")
+    for record in after.values():
+        for routing in record.layers.values():
+            for part in ("context", "continuation"):
+                ids, dropped = getattr(routing, f"{part}_ids"), getattr(routing, f"{part}_dropped")
+                kept = ids if dropped is None else ids[~dropped]
+                assert (kept == expert).any(-1).all(), (architecture, part)
+    assert forced["loglikelihood"] != baseline["loglikelihood"]
+
+
+@pytest.mark.equivalence
+def test_forced_routing_equals_steermoe_logit_raising_then_the_routers_own_softmax(tiny_model):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model("mixtral")).eval()
+    layers = find_moe_layers(model)
+    hooks = RoutingHooks(layers, plan_interventions(layers, force_experts="0:3,1"), False, False).install()
+    gate = layers[0].router
+    seen = []
+    gate.register_forward_hook(lambda module, args, output: seen.append((args[0], output)))
+    with torch.no_grad():
+        model(torch.tensor([[5, 17, 42, 7, 99, 3]]))
+    hooks.remove()
+    ((hidden, (_, weights, ids)),) = seen
+    # independent reference: raise experts 1 and 3 to the best other logit + 0.01, softmax, top-2, renormalise
+    logits = hidden.reshape(-1, hidden.shape[-1]) @ gate.weight.T
+    best_other = logits[:, [0, 2]].max(-1, keepdim=True).values
+    logits[:, [1, 3]] = best_other + 0.01
+    probs = torch.softmax(logits.float(), -1)
+    top, expected_ids = torch.topk(probs, 2, -1)
+    assert torch.equal(ids.sort(-1).values, torch.tensor([[1, 3]] * 6))
+    torch.testing.assert_close(
+        weights.gather(-1, ids.argsort(-1)),
+        (top / top.sum(-1, keepdim=True)).gather(-1, expected_ids.argsort(-1)),
+        atol=1e-5,
+        rtol=1e-4,
+    )
 
 
 def test_drop_keeps_routing_and_zeroes_weights(tiny_model, tmp_path):
@@ -433,6 +486,14 @@ def test_top_k_overall_and_per_layer(tiny_model, tmp_path):
             r"drop_renormalize applies to disable_mode=drop",
         ),
         ("mixtral", {"routing_logits": True}, r"routing_logits=true needs routing_out"),
+        ("mixtral", {"force_experts": "*:1,2,3"}, r"layer decoder\.0 selects 2 experts per token, so at most 2 can be"),
+        ("mixtral", {"force_experts": "0:4"}, r"force_experts: layer decoder\.0 has experts 0-3; got \[4\]"),
+        ("mixtral", {"force_experts": "0:1,2", "scmoe_beta": 0.5}, r"SCMoE's weak pass routes each token to scmoe_wea"),
+        (
+            "mixtral",
+            {"force_experts": "0:1", "disable_experts": "*:1"},
+            r"layer decoder\.0: experts \[1\] are both disabled and forced",
+        ),
     ],
 )
 def test_invalid_routing_options_fail_clearly(tiny_model, architecture, options, message):

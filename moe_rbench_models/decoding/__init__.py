@@ -59,5 +59,12 @@ def build_contrastive_decoding(
             f"{sorted(set(not_weaker.values()))} in layers {', '.join(not_weaker)}): the two passes would "
             "be the same and SCMoE would return the plain scores. Choose scmoe_weak_k below the top-k."
         )
+    plan = routing_hooks.plan if routing_hooks is not None else {}
+    too_many = {key: sorted(change.forced) for key, change in plan.items() if len(change.forced) > options.weak_k}
+    if too_many:
+        raise ValueError(
+            f"force_experts forces {too_many} but SCMoE's weak pass routes each token to scmoe_weak_k={options.weak_k} "
+            "experts: force at most that many per layer, or raise scmoe_weak_k"
+        )
     head = locate_output_head(model, False, "SCMoE")
     return SelfContrast(model, head, options, moe_layers, routing_hooks)

@@ -17,8 +17,8 @@ import torch
 from moe_rbench_models.internals import InternalsChanged
 from moe_rbench_models.routing.discovery import MoELayer
 from moe_rbench_models.routing.interventions import (
+    EditedRouterLogits,
     LayerIntervention,
-    MaskedRouterLogits,
     drop_weights,
     selection_biases,
     set_top_k,
@@ -75,9 +75,9 @@ class RoutingHooks(HookSet):
             if change.top_k is not None:
                 previous = set_top_k(layer, change.top_k)
                 self._restore.append(lambda layer=layer, k=previous: set_top_k(layer, k))
-            if change.disabled and change.mode == "reroute":
-                self._mask_disabled(layer, change.disabled)
-            if self.record or change.disabled:
+            if change.edits_logits:
+                self._edit_logits(layer, change)
+            if self.record or change.disabled or change.forced:
                 self._read_routing(layer, change)
         return self
 
@@ -95,10 +95,11 @@ class RoutingHooks(HookSet):
         finally:
             self.calls = calls
 
-    # -- reroute ---------------------------------------------------------------------------------------
+    # -- reroute and force ---------------------------------------------------------------------------------
 
-    def _mask_disabled(self, layer: MoELayer, disabled: frozenset[int]) -> None:
-        mode = MaskedRouterLogits(layer.num_experts, disabled)
+    def _edit_logits(self, layer: MoELayer, change: LayerIntervention) -> None:
+        disabled = change.disabled if change.mode == "reroute" else frozenset()
+        mode = EditedRouterLogits(layer.num_experts, disabled, change.forced)
         self._handles.append(layer.router.register_forward_pre_hook(lambda module, args: mode.__enter__() and None))
         self._handles.append(
             layer.router.register_forward_hook(
@@ -108,6 +109,8 @@ class RoutingHooks(HookSet):
         for bias in selection_biases(layer):
             original = bias.clone()
             bias[list(disabled)] = float("-inf")
+            # selection scores are in [0, 1] plus the bias: this bias puts a forced expert above every other one
+            bias[list(change.forced)] = original.abs().max() + 1e4
             self._restore.append(lambda bias=bias, original=original: bias.copy_(original))
 
     # -- reading (and `drop` rewriting) ------------------------------------------------------------------
@@ -181,6 +184,15 @@ class RoutingHooks(HookSet):
                     f"Rerouting failed in layer {layer.key}: {type(layer.router).__name__} still picked a disabled "
                     "expert. Its scores do not come from a linear projection this hook can mask; use "
                     "disable_mode=drop, or register a RouterAdapter for it."
+                )
+        if change.forced:
+            kept = ids if dropped is None else ids[~dropped]
+            missing = [e for e in sorted(change.forced) if not (kept == e).any(-1).all()]
+            if missing:
+                raise RuntimeError(
+                    f"Forcing failed in layer {layer.key}: {type(layer.router).__name__} did not select expert(s) "
+                    f"{missing} for every token. Its scores do not come from a linear projection this hook can raise; "
+                    "register a RouterAdapter for it, or use disable_experts instead."
                 )
         if self.record:
             self.calls[layer.key].append(

@@ -1,4 +1,4 @@
-"""Inference-time routing interventions: the number of active experts, and switching experts off.
+"""Inference-time routing interventions: the number of active experts, and switching experts off or on.
 
 - `top_k=K`, or per layer `top_k="LAYER:K;LAYER:K"`: the router's own `top_k` is set (read at every call).
 - `disable_experts="*:3,7"` or `"12:5;13:0"` with
@@ -30,6 +30,11 @@ class LayerIntervention:
     disabled: frozenset[int] = frozenset()
     mode: str = "reroute"
     renormalize: bool = False
+    forced: frozenset[int] = frozenset()
+
+    @property
+    def edits_logits(self) -> bool:
+        return bool(self.forced) or bool(self.disabled) and self.mode == "reroute"
 
 
 def resolve_layers(spec: str, layers: list[MoELayer]) -> list[MoELayer]:
@@ -53,6 +58,7 @@ def plan_interventions(
     disable_experts: str | dict | None = None,
     disable_mode: str = "reroute",
     drop_renormalize: bool = False,
+    force_experts: str | dict | None = None,
 ) -> dict[str, LayerIntervention]:
     """Validated interventions per layer key (empty when none is asked for)."""
     if disable_mode not in DISABLE_MODES:
@@ -64,21 +70,18 @@ def plan_interventions(
         (k,) = parse_items(value, "top_k", int, expected="one number of experts per token")
         for layer in resolve_layers(layer_spec, layers):
             new_k[layer.key] = _checked_top_k(layer, k)
-    disabled: dict[str, set[int]] = {}
-    for layer_spec, value in (
-        parse_layer_spec(disable_experts, "disable_experts") if disable_experts is not None else []
-    ):
-        experts = set(parse_items(value, "disable_experts", int, expected="expert ids such as '*:3,7'"))
-        for layer in resolve_layers(layer_spec, layers):
-            bad = sorted(e for e in experts if not 0 <= e < layer.num_experts)
-            if bad:
-                raise ValueError(f"disable_experts: layer {layer.key} has experts 0-{layer.num_experts - 1}; got {bad}")
-            disabled.setdefault(layer.key, set()).update(experts)
+    disabled = _experts_per_layer(disable_experts, "disable_experts", layers)
+    forced = _experts_per_layer(force_experts, "force_experts", layers)
     plan = {}
     for layer in layers:
-        if layer.key not in new_k and layer.key not in disabled:
+        if layer.key not in new_k and layer.key not in disabled and layer.key not in forced:
             continue
-        off = frozenset(disabled.get(layer.key, ()))
+        off, on = frozenset(disabled.get(layer.key, ())), frozenset(forced.get(layer.key, ()))
+        if off & on:
+            raise ValueError(
+                f"layer {layer.key}: experts {sorted(off & on)} are both disabled and forced; keep each expert in one "
+                "of disable_experts and force_experts"
+            )
         if off and disable_mode == "drop" and layer.adapter is not None:
             raise ValueError(
                 f"disable_mode=drop needs the routing a gate hands to its experts; the adapter for "
@@ -90,8 +93,31 @@ def plan_interventions(
                 f"disable_experts: layer {layer.key} would keep {layer.num_experts - len(off)} experts "
                 f"for top-k {k}; rerouting needs at least k enabled experts"
             )
-        plan[layer.key] = LayerIntervention(new_k.get(layer.key), off, disable_mode, drop_renormalize)
+        if on and layer.adapter is not None:
+            raise ValueError(
+                f"force_experts needs a router whose expert scores come from a linear projection; the adapter for "
+                f"{type(layer.router).__name__} only reads its gate"
+            )
+        if on and k is not None and len(on) > k:
+            raise ValueError(
+                f"force_experts: layer {layer.key} selects {k} experts per token, so at most {k} can be forced; got "
+                f"{len(on)} ({sorted(on)}). Force fewer, or raise top_k."
+            )
+        plan[layer.key] = LayerIntervention(new_k.get(layer.key), off, disable_mode, drop_renormalize, on)
     return plan
+
+
+def _experts_per_layer(spec: str | dict | None, option: str, layers: list[MoELayer]) -> dict[str, set[int]]:
+    """`"LAYER:ids;..."` as expert ids per layer key, each checked against the layer's experts."""
+    chosen: dict[str, set[int]] = {}
+    for layer_spec, value in parse_layer_spec(spec, option) if spec is not None else []:
+        experts = set(parse_items(value, option, int, expected="expert ids such as '*:3,7'"))
+        for layer in resolve_layers(layer_spec, layers):
+            bad = sorted(e for e in experts if not 0 <= e < layer.num_experts)
+            if bad:
+                raise ValueError(f"{option}: layer {layer.key} has experts 0-{layer.num_experts - 1}; got {bad}")
+            chosen.setdefault(layer.key, set()).update(experts)
+    return chosen
 
 
 def _checked_top_k(layer: MoELayer, k: int) -> int:
@@ -116,28 +142,40 @@ def set_top_k(layer: MoELayer, k: int) -> int:
     return previous
 
 
-class MaskedRouterLogits(TorchFunctionMode):
-    """Active during one router's forward: its expert logits (the `linear` output with one column per
-    expert) get the lowest value for disabled experts, so that softmax, sigmoid and top-k skip them."""
+FORCE_MARGIN = 0.01  # SteerMoE's: a forced expert's logit is the token's highest plus this
 
-    def __init__(self, num_experts: int, disabled: frozenset[int]) -> None:
+
+class EditedRouterLogits(TorchFunctionMode):
+    """Active during one router's forward: its expert logits (the `linear` output with one column per expert) get
+    the lowest value for disabled experts, so that softmax, sigmoid and top-k skip them, and for forced experts
+    the token's highest remaining logit plus a margin, so that top-k selects them."""
+
+    def __init__(self, num_experts: int, disabled: frozenset[int], forced: frozenset[int] = frozenset()) -> None:
         super().__init__()
         self.num_experts = num_experts
-        self.disabled = sorted(disabled)
-        self._masks: dict[torch.device, torch.Tensor] = {}
+        self.disabled, self.forced = sorted(disabled), sorted(forced)
+        self._masks: dict[tuple[torch.device, bool], torch.Tensor] = {}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         output = func(*args, **(kwargs or {}))
         if func is F.linear and output.shape[-1] == self.num_experts:
-            output = output.masked_fill(self._mask(output.device), torch.finfo(output.dtype).min)
+            lowest = torch.finfo(output.dtype).min
+            if self.disabled:
+                output = output.masked_fill(self._mask(output.device, forced=False), lowest)
+            if self.forced:
+                forced = self._mask(output.device, forced=True)
+                top = output.masked_fill(forced, lowest).amax(-1, keepdim=True)
+                # a margin the dtype can represent at this magnitude (bf16 rounds 0.01 away above |logit| 2)
+                margin = FORCE_MARGIN + top.abs() * 4 * torch.finfo(output.dtype).eps
+                output = torch.where(forced, top + margin, output)
         return output
 
-    def _mask(self, device: torch.device) -> torch.Tensor:
-        if device not in self._masks:
+    def _mask(self, device: torch.device, forced: bool) -> torch.Tensor:
+        if (device, forced) not in self._masks:
             mask = torch.zeros(self.num_experts, dtype=torch.bool)
-            mask[self.disabled] = True
-            self._masks[device] = mask.to(device)
-        return self._masks[device]
+            mask[self.forced if forced else self.disabled] = True
+            self._masks[device, forced] = mask.to(device)
+        return self._masks[device, forced]
 
 
 def selection_biases(layer: MoELayer) -> list[torch.Tensor]:

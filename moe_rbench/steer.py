@@ -1,0 +1,131 @@
+"""`moe-rbench steer`: from routing records to an intervention to a re-measured score, in one command.
+
+1. `attribute_experts` over the records (`--routing`, sets `--a` and `--b`) gives the top N experts significantly
+   more active in A than in B;
+2. the stock lm-eval runs the evaluation given after `--` twice, into `<out>/before` and `<out>/after`, the second
+   with `disable_experts=` (suppress what A shows) or `force_experts=` (promote it) added to its model arguments,
+   both with `--log_samples`; `--before RUN` reuses an evaluation already made with the same arguments;
+3. `moe-rbench compare`'s metrics give the before/after table: every metric of the evaluated tasks, the change and
+   its standard error, paired on the same documents (with the paired test's p-value) where the samples reproduce
+   the reported number.
+
+Writes `<out>/attribution/` (table, heatmap, model arguments), `<out>/steer.md/.csv/.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from moe_rbench import tables
+from moe_rbench.attribute import attribute_experts, model_argument, steering_experts, write_attribution
+from moe_rbench.compare import Comparison, GateOptions, compare, comparison_table
+from moe_rbench.runs import load_run
+from moe_rbench_models.errors import MoERBenchError, OptionError
+
+INTERVENTION_ARGS = ("disable_experts", "force_experts")
+
+
+class SteerError(MoERBenchError, RuntimeError):
+    """An evaluation of the loop failed; the message says which and where its output is."""
+
+
+@dataclass(frozen=True)
+class Steering:
+    model_argument: str  # e.g. disable_experts="0:3;1:2"
+    rows: list[Comparison]
+    before: Path
+    after: Path
+
+
+def check_lm_eval_args(lm_eval_args: list[str]) -> None:
+    """The evaluation must be `moe_hf`, without an output path (steer sets it) or an expert intervention of its own."""
+    from lm_eval._cli.utils import key_val_to_dict
+
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--model")
+    parser.add_argument("--model_args", "-a", nargs="+", action="extend", default=[])
+    parser.add_argument("--output_path", "-o")
+    known, _ = parser.parse_known_args(lm_eval_args)
+    if known.model != "moe_hf":
+        raise OptionError(
+            f"steer evaluates with `--model moe_hf` (it adds an expert intervention); the lm_eval arguments say "
+            f"--model {known.model}. Give them after `--`: -- --model moe_hf --model_args pretrained=... --tasks ..."
+        )
+    if known.output_path:
+        raise OptionError(
+            "leave --output_path out of the lm_eval arguments: steer writes to <out>/before and <out>/after"
+        )
+    for text in known.model_args:
+        taken = [name for name in INTERVENTION_ARGS if name in key_val_to_dict(text)]
+        if taken:
+            raise OptionError(
+                f"the lm_eval model arguments already set {', '.join(taken)}; steer adds the intervention itself"
+            )
+
+
+def evaluate(lm_eval_args: list[str], output_path: Path) -> Path:
+    """Run the stock lm-eval (through `moe-rbench run`, so our tasks are registered) in its own process."""
+    command = [sys.executable, "-m", "moe_rbench.cli", "run", *lm_eval_args, "--output_path", str(output_path)]
+    if "--log_samples" not in lm_eval_args and "-s" not in lm_eval_args:
+        command.append("--log_samples")
+    finished = subprocess.run(command, check=False)
+    if finished.returncode != 0:
+        raise SteerError(f"the evaluation into {output_path} exited {finished.returncode} (its output is above)")
+    return output_path
+
+
+def steer(
+    routing: str | Path,
+    a: str,
+    b: str,
+    lm_eval_args: list[str],
+    out: str | Path,
+    top: int = 10,
+    direction: str = "disable",
+    samples: str | Path | None = None,
+    span: str = "prompt",
+    alpha: float = 0.05,
+    before: str | Path | None = None,
+    metric: str | None = None,
+) -> Steering:
+    check_lm_eval_args(lm_eval_args)
+    out = Path(out)
+    attribution = attribute_experts(routing, a, b, samples, span, alpha, metric)
+    write_attribution(attribution, out / "attribution", top)
+    experts = steering_experts(attribution, top, direction)
+    if not experts:
+        raise OptionError(
+            f"no expert is more active in {a!r} than in {b!r} at q < {alpha} (see {out / 'attribution'}); nothing "
+            "to steer. Record more documents, or swap --a and --b to steer the other way."
+        )
+    argument = model_argument(attribution, experts, direction)
+    before_path = Path(before) if before else evaluate(lm_eval_args, out / "before")
+    after_path = evaluate([*lm_eval_args, "--model_args", argument], out / "after")
+    baseline, steered = load_run(before_path, "before"), load_run(after_path, "after")
+    gate = compare(baseline, steered, GateOptions(max_drop=math.inf, paired=True))
+    if not gate.rows:
+        raise OptionError(f"{baseline.path} has no moe_rbench metric to compare; evaluate moe_rbench tasks")
+    steering = Steering(argument, gate.rows, baseline.path, steered.path)
+    write_steering(steering, out)
+    return steering
+
+
+def markdown(steering: Steering) -> str:
+    return (
+        f"### moe-rbench steer: `{steering.model_argument}`\n\n"
+        f"before: {steering.before}\nafter: {steering.after}\n\n"
+        "The standard error is paired (per-document differences) where the test is McNemar or paired bootstrap, "
+        "else the two runs' combined.\n\n" + comparison_table(steering.rows, ("before", "after"), status=False)
+    )
+
+
+def write_steering(steering: Steering, out: Path) -> list[Path]:
+    records = [{**asdict(row), "change": row.change} for row in steering.rows]
+    fields = ["name", "higher_is_better", "baseline", "candidate", "change", "stderr", "p_value", "test"]
+    meta = {"model_argument": steering.model_argument, "before": str(steering.before), "after": str(steering.after)}
+    return tables.save_table(out, "steer", fields, records, markdown(steering), meta)
