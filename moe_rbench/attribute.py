@@ -61,7 +61,7 @@ class ExpertRow:
 class SetSummary:
     selector: str
     documents: int
-    tokens: int  # tokens of the span in the first MoE layer
+    tokens: int  # tokens of the span (in the MoE layer that sees most: encoder and decoder layers differ)
     left_out: int = 0  # documents the selector could not place (a judge gave no verdict)
 
 
@@ -259,7 +259,7 @@ def attribute_experts(
             raise AttributionError(f"{selector!r}: its documents have no {span} tokens in the records")
     rows = _tests(measured, layers, alpha)
     summaries = [
-        SetSummary(selector, len(documents), int(measured[i][1][:, 0].sum()), left_out)
+        SetSummary(selector, len(documents), int(measured[i][1].sum(0).max()), left_out)
         for i, (selector, (documents, left_out)) in enumerate(zip((a, b), sets, strict=True))
     ]
     return Attribution(rows, *summaries, span, alpha, layers)
