@@ -75,10 +75,9 @@ def test_attribution_finds_the_planted_expert_and_nothing_the_routing_does_not_s
     first = attribution.rows[0]
     assert (first.layer, first.expert) == ("decoder.0", 3)
     assert first.risk_difference > 0 and first.rate_b == 0 and first.significant and first.q_value < 1e-3
-    others = [row for row in attribution.rows[1:] if row.significant]
-    # @ tokens go to expert 3 alone, so the other experts of the first layer are (truly) a little less active in A;
-    # nothing else differs: no expert of the zeroed second router, no other expert more active in A
-    assert all(row.layer == "decoder.0" and row.risk_difference < 0 for row in others)
+    # @ tokens go to expert 3 alone, so the other experts of the first layer are a little less active in A (by
+    # about 0.044 x their share): too little to flag over 12 documents. The zeroed second router differs nowhere.
+    assert not [row for row in attribution.rows[1:] if row.significant]
     assert not [row for row in attribution.rows if row.layer == "decoder.1" and row.risk_difference != 0]
     assert attribution.a.documents == attribution.b.documents == 12
     assert steering_experts(attribution, 5, "force") == {"decoder.0": [3]}
