@@ -11,25 +11,33 @@ Two sets of documents, A and B, from one `routing_out` directory, each chosen
 Per MoE layer and expert, over the tokens of the chosen span of each document (`prompt`: the context entries, a
 multiple-choice context once; `continuation`: the scored or generated tokens; `all`): the activation rate in A and
 in B (the share of tokens whose top-k holds the expert; tokens dropped for capacity are not counted), the risk
-difference A - B, and a two-proportion z-test. Tokens of one document are not independent draws (a prompt's
-tokens route alike), so each rate's standard error is the cluster (ratio-estimator) one over documents, not the
-binomial one over tokens, which would call nearly every expert significant. p-values are corrected for the
-layer x expert tests by Benjamini-Hochberg (q-values); an expert is significant when q < alpha.
+difference A - B, and a two-proportion test. Tokens of one document are not independent draws (a prompt's
+tokens route alike), so each rate's standard error is the cluster (ratio-estimator) one over the documents with
+tokens in the span, not the binomial one over tokens, which would call nearly every expert significant; the
+statistic is referred to Student's t with (fewer documents of the two sets - 1) degrees of freedom, as few
+clusters make the normal approximation too bold. A layer is tested only where each set has tokens of the span
+in at least 2 documents (in an encoder-decoder model the prompt reaches the encoder layers only). p-values are
+corrected for the layer x expert tests by Benjamini-Hochberg (q-values); an expert is significant when q < alpha.
+
+Samples and judged files must come from the run that wrote the records: the results file beside them names the
+routing run (`config.moe.routing.run`), which must be the records' own.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import json
 import math
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import false_discovery_control, norm
+from scipy.stats import false_discovery_control
+from scipy.stats import t as student_t
 
 from moe_rbench.judging import json_lines
-from moe_rbench.runs import SAMPLES_FILE
+from moe_rbench.runs import RESULTS_FILE, SAMPLES_FILE
 from moe_rbench.tables import markdown, number, pyplot, save_figure, save_table
 from moe_rbench_models.errors import MoERBenchError, OptionError
 from moe_rbench_models.routing.records import expert_counts, load_manifest, load_records
@@ -73,6 +81,7 @@ class Attribution:
     span: str
     alpha: float
     layers: list[dict]  # the routing manifest's layers (key, side, layer, num_experts, top_k)
+    untested: list[str]  # layers without span tokens in 2 documents of each set
 
 
 # -- the two sets ---------------------------------------------------------------------------------------------
@@ -80,13 +89,19 @@ class Attribution:
 Document = tuple[str, int]  # (task, doc_id)
 
 
-def select_documents(selector: str, recorded: set[Document], samples: str | Path | None, metric: str | None):
-    """The documents a selector names, and how many documents it left out (a judge gave them no verdict)."""
+def select_documents(
+    selector: str, recorded: set[Document], samples: str | Path | None, metric: str | None, routing_run: str
+):
+    """The documents a selector names, and how many documents it left out (a judge gave them no verdict).
+    `routing_run`: the records' run id, which the samples' run must name."""
     if selector in ("correct", "wrong"):
-        scores = _correctness(_require(samples, selector), metric)
+        scores, stamp = _correctness(_require(samples, selector), metric)
+        _check_same_run(_require(samples, selector), stamp, routing_run)
         return {doc for doc, score in scores.items() if score == (selector == "correct")}, 0
     if selector.startswith("judge:"):
-        return _judged(selector, _require(samples, selector))
+        documents, unjudged, stamp = _judged(selector, _require(samples, selector))
+        _check_same_run(_require(samples, selector), stamp, routing_run)
+        return documents, unjudged
     patterns = [part.strip() for part in selector.split(",") if part.strip()]
     tasks = {task for task, _ in recorded}
     unmatched = [pattern for pattern in patterns if not fnmatch.filter(tasks, pattern)]
@@ -99,12 +114,31 @@ def select_documents(selector: str, recorded: set[Document], samples: str | Path
 
 
 def _require(samples: str | Path | None, selector: str) -> Path:
-    if samples is None:
+    if samples is None or not Path(samples).is_dir():
         raise AttributionError(
-            f"{selector!r} reads the run's samples: pass --samples, the lm_eval --output_path of the run that wrote "
-            "the routing records (run with --log_samples; for judge:..., judged by `moe-rbench judge`)"
+            f"{selector!r} reads the run's samples: pass --samples, the lm_eval --output_path directory of the run "
+            "that wrote the routing records (run with --log_samples; for judge:..., judged by `moe-rbench judge`)"
+            + (f"; {samples} is not a directory" if samples is not None else "")
         )
     return Path(samples)
+
+
+def _check_same_run(samples: Path, stamp: str, routing_run: str) -> None:
+    """The results file of the samples' run (its stamp) must name the records' routing run."""
+    found = [path for path in samples.rglob(f"results_{stamp}.json") if RESULTS_FILE.fullmatch(path.name)]
+    if len(found) != 1:
+        raise AttributionError(
+            f"{samples}: {len(found) or 'no'} results file(s) results_{stamp}.json for the samples' run; pass the "
+            "lm_eval --output_path directory of the run that wrote the routing records"
+        )
+    config = json.loads(found[0].read_text(encoding="utf-8")).get("config", {})
+    run = ((config.get("moe") or {}).get("routing") or {}).get("run")
+    if run != routing_run:
+        what = f"routing run {run}" if run else "no routing (no config.moe.routing)"
+        raise AttributionError(
+            f"{found[0]} records {what}, but the routing records are of run {routing_run}: the samples and the "
+            "records come from different runs. Use the samples of the run that wrote the records."
+        )
 
 
 def _find_files(path: Path, pattern: str, what: str) -> list[Path]:
@@ -114,7 +148,7 @@ def _find_files(path: Path, pattern: str, what: str) -> list[Path]:
     return files
 
 
-def _correctness(path: Path, metric: str | None) -> dict[Document, bool]:
+def _correctness(path: Path, metric: str | None) -> tuple[dict[Document, bool], str]:
     files = _find_files(path, "samples_*.jsonl", "lm-eval samples files")
     stamps = {match["stamp"] for file in files if (match := SAMPLES_FILE.fullmatch(file.name))}
     if len(stamps) > 1:
@@ -142,10 +176,10 @@ def _correctness(path: Path, metric: str | None) -> dict[Document, bool]:
                     "needs one score per document"
                 )
             scores[doc] = bool(value)
-    return scores
+    return scores, stamps.pop()
 
 
-def _judged(selector: str, path: Path) -> tuple[set[Document], int]:
+def _judged(selector: str, path: Path) -> tuple[set[Document], int, str]:
     condition = selector.removeprefix("judge:")
     field, equals, wanted = condition.partition("=")
     if not equals or not field or not wanted:
@@ -168,6 +202,13 @@ def _judged(selector: str, path: Path) -> tuple[set[Document], int]:
             f"{selector!r}: {len(judge_files)} judged files under {path} ({', '.join(map(str, judge_files))}); "
             "pass the folder of one run"
         )
+    summary = judge_files[0].with_name(judge_files[0].name.replace("judged_", "summary_").replace(".jsonl", ".json"))
+    try:
+        stamp = json.loads(summary.read_text(encoding="utf-8"))["run"]["stamp"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
+        raise AttributionError(
+            f"{summary}: cannot tell which run {judge_files[0].name} judged ({error}); judge the run again"
+        ) from None
     chosen, unjudged = set(), 0
     for line, row in json_lines(judge_files[0]):
         if field not in row or not {"task", "doc_id"} <= row.keys():
@@ -176,7 +217,7 @@ def _judged(selector: str, path: Path) -> tuple[set[Document], int]:
             unjudged += 1
         elif _verdict(row[field]) == wanted.strip().lower():
             chosen.add((row["task"], int(row["doc_id"])))
-    return chosen, unjudged
+    return chosen, unjudged, stamp
 
 
 def _verdict(value) -> str:
@@ -213,14 +254,16 @@ def _counts(directory: str | Path, sets: list[list[Document]], span: str, layers
     return list(zip(counts, tokens, strict=True))
 
 
-def _rate_and_variance(counts: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pooled activation rate [layers, experts] and its cluster (ratio-estimator) variance over documents."""
+def _rate_and_variance(counts: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pooled activation rate [layers, experts], its cluster (ratio-estimator) variance over the documents with
+    tokens in each layer, and the number of those documents [layers]."""
     total = tokens.sum(0)[:, None].astype(float)
     rate = counts.sum(0) / np.maximum(total, 1)
-    documents = counts.shape[0]
-    residual = counts - rate[None] * tokens[:, :, None]
-    variance = documents / (documents - 1) * (residual**2).sum(0) / np.maximum(total, 1) ** 2
-    return rate, variance
+    clusters = (tokens > 0).sum(0)
+    residual = counts - rate[None] * tokens[:, :, None]  # 0 for a document without tokens
+    factor = np.where(clusters > 1, clusters / np.maximum(clusters - 1, 1), np.nan)[:, None]
+    variance = factor * (residual**2).sum(0) / np.maximum(total, 1) ** 2
+    return rate, variance, clusters
 
 
 def attribute_experts(
@@ -237,9 +280,10 @@ def attribute_experts(
         raise OptionError(f"span must be one of {', '.join(SPANS)}, got {span!r}")
     if not 0 < alpha < 1:
         raise OptionError(f"alpha must be between 0 and 1, got {alpha}")
-    layers = load_manifest(routing)["layers"]
+    manifest = load_manifest(routing)
+    layers = manifest["layers"]
     recorded = {(record.task, record.doc_id) for record in load_records(routing) if record.task is not None}
-    sets = [select_documents(selector, recorded, samples, metric) for selector in (a, b)]
+    sets = [select_documents(selector, recorded, samples, metric, manifest.get("run")) for selector in (a, b)]
     for selector, (documents, _) in zip((a, b), sets, strict=True):
         missing = sorted(documents - recorded)
         if missing:
@@ -254,24 +298,30 @@ def attribute_experts(
         task, doc_id = sorted(overlap)[0]
         raise AttributionError(f"{a!r} and {b!r} share {len(overlap)} document(s) (first: {task} {doc_id})")
     measured = _counts(routing, [sorted(documents) for documents, _ in sets], span, layers)
-    for selector, (_, tokens) in zip((a, b), measured, strict=True):
-        if not tokens.sum():
-            raise AttributionError(f"{selector!r}: its documents have no {span} tokens in the records")
-    rows = _tests(measured, layers, alpha)
+    (rate_a, var_a, clusters_a), (rate_b, var_b, clusters_b) = (_rate_and_variance(*pair) for pair in measured)
+    tested = np.minimum(clusters_a, clusters_b) >= 2
+    if not tested.any():
+        raise AttributionError(
+            f"no MoE layer has {span} tokens in at least 2 documents of each set ({a!r}: up to "
+            f"{clusters_a.max()}, {b!r}: up to {clusters_b.max()}); choose another --span or larger sets"
+        )
+    degrees = np.minimum(clusters_a, clusters_b) - 1
+    rows = _tests(rate_a - rate_b, np.sqrt(var_a + var_b), degrees, (rate_a, rate_b), layers, tested, alpha)
     summaries = [
         SetSummary(selector, len(documents), int(measured[i][1].sum(0).max()), left_out)
         for i, (selector, (documents, left_out)) in enumerate(zip((a, b), sets, strict=True))
     ]
-    return Attribution(rows, *summaries, span, alpha, layers)
+    untested = [layer["key"] for layer, ok in zip(layers, tested, strict=True) if not ok]
+    return Attribution(rows, *summaries, span, alpha, layers, untested)
 
 
-def _tests(measured, layers: list[dict], alpha: float) -> list[ExpertRow]:
-    (rate_a, var_a), (rate_b, var_b) = (_rate_and_variance(*pair) for pair in measured)
-    difference, stderr = rate_a - rate_b, np.sqrt(var_a + var_b)
+def _tests(difference, stderr, degrees, rates, layers: list[dict], tested, alpha: float) -> list[ExpertRow]:
+    """One row per expert of the tested layers: the t-test of the difference, BH q-values over them all."""
     with np.errstate(divide="ignore", invalid="ignore"):
         z = np.where(stderr > 0, difference / stderr, np.where(difference == 0, 0.0, np.sign(difference) * np.inf))
-    p_values = 2 * norm.sf(np.abs(z))
-    cells = [(i, e) for i, layer in enumerate(layers) for e in range(layer["num_experts"])]
+        p_values = 2 * student_t.sf(np.abs(z), np.maximum(degrees, 1)[:, None])
+    rate_a, rate_b = rates
+    cells = [(i, e) for i, layer in enumerate(layers) if tested[i] for e in range(layer["num_experts"])]
     q_values = false_discovery_control([p_values[cell] for cell in cells], method="bh")
     rows = [
         ExpertRow(
@@ -307,8 +357,8 @@ def steering_experts(attribution: Attribution, top: int, direction: str) -> dict
     for row in attribution.rows:
         if taken == top:
             break
-        if not row.significant or row.risk_difference <= 0:
-            continue
+        if not row.significant or row.risk_difference <= 0 or layers[row.layer]["top_k"] is None:
+            continue  # a layer whose k the records do not give cannot be checked against the limits
         layer = layers[row.layer]
         limit = layer["top_k"] if direction == "force" else layer["num_experts"] - layer["top_k"]
         if len(chosen[row.layer]) < limit:
@@ -344,6 +394,7 @@ def write_attribution(attribution: Attribution, out_dir: str | Path, top: int = 
         "b": asdict(attribution.b),
         "span": attribution.span,
         "alpha": attribution.alpha,
+        "untested_layers": attribution.untested,
         "model_args": arguments,
     }
     paths = save_table(
@@ -388,10 +439,18 @@ def _text_report(attribution: Attribution, arguments: dict[str, str], top: int) 
         + (f" ({b.left_out} unjudged left out)" if b.left_out else ""),
         "",
         f"{significant} of {len(attribution.rows)} layer x expert pairs differ at q < {attribution.alpha} "
-        "(two-proportion z-test, standard errors clustered by document, Benjamini-Hochberg).",
+        "(two-proportion test, standard errors clustered by document, Benjamini-Hochberg).",
         "",
         table,
     ]
+    if attribution.untested:
+        lines += [
+            f"Not tested (no {attribution.span} tokens in 2 documents of each set): {', '.join(attribution.untested)}",
+            "",
+        ]
+    unknown_k = [layer["key"] for layer in attribution.layers if layer["top_k"] is None]
+    if unknown_k:
+        lines += [f"Not steered (the records do not give their top-k): {', '.join(unknown_k)}", ""]
     if arguments:
         lines += [f"Model arguments for the top {top} experts more active in A:", ""]
         lines += [f"- `{argument}`" for argument in arguments.values()]

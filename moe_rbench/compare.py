@@ -101,15 +101,16 @@ def _entry(run: Run, task: str) -> dict | None:
     return run.results.get("results", {}).get(task) or run.results.get("groups", {}).get(task)
 
 
-def baseline_metrics(baseline: Run, candidate: Run) -> list[Metric]:
-    """Every metric the baseline reports, with the candidate's value (None where it lacks it)."""
+def baseline_metrics(baseline: Run, candidate: Run, tasks: str = "moe_rbench*") -> list[Metric]:
+    """Every metric the baseline reports for the tasks matching `tasks`, and the judges', with the candidate's value
+    (MISSING where it lacks it)."""
     metrics = []
     entries = {
         **baseline.results.get("groups", {}),
         **baseline.results.get("results", {}),
     }  # lm-eval lists groups in both
     for task, entry in sorted(entries.items()):
-        if task.startswith("moe_rbench"):
+        if fnmatch.fnmatch(task, tasks):
             metrics += _task_metrics(baseline, task, entry, _entry(candidate, task) or {})
     for judge, summary in sorted(baseline.judges.items()):
         for task, values in sorted(summary.items()):
@@ -234,7 +235,7 @@ def _paired_bootstrap(differences: list[np.ndarray], pooled: bool) -> float:
 class PairedTest:
     p_value: float
     test: str  # McNemar or paired bootstrap
-    stderr: float  # of the change, from the per-document differences
+    stderr: float | None  # of the change, from the per-document differences (None: a task of one document)
 
 
 def paired_test(metric: Metric, baseline: Run, candidate: Run, samples: tuple[dict, dict]) -> PairedTest | None:
@@ -263,12 +264,14 @@ def paired_test(metric: Metric, baseline: Run, candidate: Run, samples: tuple[di
     return PairedTest(_paired_bootstrap(differences, pooled=not unweighted), "paired bootstrap", stderr)
 
 
-def _paired_stderr(differences: list[np.ndarray], pooled: bool) -> float:
+def _paired_stderr(differences: list[np.ndarray], pooled: bool) -> float | None:
     """Standard error of the aggregate change: per task the sample variance of the document differences over n,
     combined with the aggregate's weights (documents when pooled, else tasks alike)."""
     sizes = np.array([len(d) for d in differences], dtype=float)
+    if sizes.min() < 2:
+        return None  # a task of one document has no sample variance
     weights = sizes / sizes.sum() if pooled else np.full(len(sizes), 1 / len(sizes))
-    variances = np.array([d.var(ddof=1) / len(d) if len(d) > 1 else 0.0 for d in differences])
+    variances = np.array([d.var(ddof=1) / len(d) for d in differences])
     return float(np.sqrt((weights**2 * variances).sum()))
 
 
@@ -302,6 +305,7 @@ class GateOptions:
     allow_missing: bool = False
     paired: bool = False
     alpha: float = 0.05
+    tasks: str = "moe_rbench*"  # the tasks and groups whose metrics count (steer: all)
 
 
 def compare(baseline: Run, candidate: Run, options: GateOptions = GateOptions()) -> Gate:
@@ -309,7 +313,7 @@ def compare(baseline: Run, candidate: Run, options: GateOptions = GateOptions())
     allow_missing, ignore_within_stderr, paired = options.allow_missing, options.ignore_within_stderr, options.paired
     metrics = [
         m
-        for m in baseline_metrics(baseline, candidate)
+        for m in baseline_metrics(baseline, candidate, options.tasks)
         if not patterns or any(fnmatch.fnmatch(m.name, pattern) for pattern in patterns)
     ]
     check_comparable(baseline, candidate, {m.task for m in metrics if m.task})

@@ -7,7 +7,7 @@
    both with `--log_samples`; `--before RUN` reuses an evaluation already made with the same arguments;
 3. `moe-rbench compare`'s metrics give the before/after table: every metric of the evaluated tasks, the change and
    its standard error, paired on the same documents (with the paired test's p-value) where the samples reproduce
-   the reported number.
+   the reported number. Judges run afterwards: `moe-rbench judge --samples <out>` judges both runs.
 
 Writes `<out>/attribution/` (table, heatmap, model arguments), `<out>/steer.md/.csv/.json`.
 """
@@ -15,6 +15,7 @@ Writes `<out>/attribution/` (table, heatmap, model arguments), `<out>/steer.md/.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import subprocess
 import sys
@@ -42,10 +43,9 @@ class Steering:
     after: Path
 
 
-def check_lm_eval_args(lm_eval_args: list[str]) -> None:
-    """The evaluation must be `moe_hf`, without an output path (steer sets it) or an expert intervention of its own."""
-    from lm_eval._cli.utils import key_val_to_dict
-
+def check_lm_eval_args(lm_eval_args: list[str]) -> dict:
+    """The evaluation must be `moe_hf`, without an output path (steer sets it), routing capture or an expert
+    intervention of its own; returns its model arguments."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--model")
     parser.add_argument("--model_args", "-a", nargs="+", action="extend", default=[])
@@ -60,12 +60,47 @@ def check_lm_eval_args(lm_eval_args: list[str]) -> None:
         raise OptionError(
             "leave --output_path out of the lm_eval arguments: steer writes to <out>/before and <out>/after"
         )
+    model_args = {}
     for text in known.model_args:
-        taken = [name for name in INTERVENTION_ARGS if name in key_val_to_dict(text)]
-        if taken:
-            raise OptionError(
-                f"the lm_eval model arguments already set {', '.join(taken)}; steer adds the intervention itself"
-            )
+        model_args.update(_model_args(text))
+    taken = [name for name in (*INTERVENTION_ARGS, "routing_out") if name in model_args]
+    if taken:
+        raise OptionError(
+            f"the lm_eval model arguments set {', '.join(taken)}; steer adds the intervention itself and records no "
+            "routing (it would replace the records being attributed). Leave them out."
+        )
+    return model_args
+
+
+def _model_args(text: str) -> dict:
+    """One `--model_args` value as lm-eval reads it: JSON, or `key=value,key=value`."""
+    from lm_eval._cli.utils import key_val_to_dict
+
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError:
+        parsed = None
+    if isinstance(parsed, dict):
+        return parsed
+    try:
+        return key_val_to_dict(text)
+    except ValueError as error:
+        raise OptionError(f"--model_args {text!r}: {error}") from None
+
+
+def check_before(before: Path, model_args: dict) -> None:
+    """A reused evaluation must be of the same checkpoint, without an intervention."""
+    config = load_run(before).results.get("config", {})
+    interventions = (config.get("moe") or {}).get("interventions")
+    if interventions:
+        raise OptionError(f"--before {before} ran with an intervention ({interventions}); give a run without one")
+    recorded = config.get("model_args") or {}
+    recorded = _model_args(recorded) if isinstance(recorded, str) else recorded
+    if str(recorded.get("pretrained")) != str(model_args.get("pretrained")):
+        raise OptionError(
+            f"--before {before} evaluated pretrained={recorded.get('pretrained')}, the lm_eval arguments "
+            f"pretrained={model_args.get('pretrained')}; give a run of the same checkpoint"
+        )
 
 
 def evaluate(lm_eval_args: list[str], output_path: Path) -> Path:
@@ -93,8 +128,13 @@ def steer(
     before: str | Path | None = None,
     metric: str | None = None,
 ) -> Steering:
-    check_lm_eval_args(lm_eval_args)
+    model_args = check_lm_eval_args(lm_eval_args)
     out = Path(out)
+    if before:
+        check_before(Path(before), model_args)
+    for path in ([] if before else [out / "before"]) + [out / "after"]:
+        if path.exists() and any(path.iterdir()):
+            raise OptionError(f"{path} already holds an evaluation; give another --out, or remove it")
     attribution = attribute_experts(routing, a, b, samples, span, alpha, metric)
     write_attribution(attribution, out / "attribution", top)
     experts = steering_experts(attribution, top, direction)
@@ -107,9 +147,7 @@ def steer(
     before_path = Path(before) if before else evaluate(lm_eval_args, out / "before")
     after_path = evaluate([*lm_eval_args, "--model_args", argument], out / "after")
     baseline, steered = load_run(before_path, "before"), load_run(after_path, "after")
-    gate = compare(baseline, steered, GateOptions(max_drop=math.inf, paired=True))
-    if not gate.rows:
-        raise OptionError(f"{baseline.path} has no moe_rbench metric to compare; evaluate moe_rbench tasks")
+    gate = compare(baseline, steered, GateOptions(max_drop=math.inf, paired=True, tasks="*"))
     steering = Steering(argument, gate.rows, baseline.path, steered.path)
     write_steering(steering, out)
     return steering

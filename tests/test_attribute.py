@@ -13,12 +13,19 @@ import pytest
 import torch
 from conftest import BIN, FIXTURE_DATA, evaluate_to, lm_eval_outputs, run
 from lm_eval.api.instance import Instance
+from scipy.stats import t as student_t
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from moe_rbench.attribute import AttributionError, attribute_experts, select_documents, steering_experts
+from moe_rbench.attribute import (
+    AttributionError,
+    attribute_experts,
+    model_argument,
+    select_documents,
+    steering_experts,
+)
 from moe_rbench.judging import judge_samples
 from moe_rbench_models import MoEHFLM
-from moe_rbench_models.routing import load_records
+from moe_rbench_models.routing import load_manifest, load_records
 from moe_rbench_models.tiny import build_tiny_model
 from moe_rbench_tasks.judges import load_judge
 
@@ -91,30 +98,35 @@ def test_rates_and_standard_errors_equal_an_independent_computation(planted_reco
         ids = record.layers["decoder.0"].context_ids
         per_doc[record.task].append(((ids == 3).any(-1).sum(), len(ids)))
     row = next(r for r in attribution.rows if (r.layer, r.expert) == ("decoder.0", 3))
-    variances = []
+    variances, rates = [], []
     for task in ("planted", "plain"):
         hits, tokens = map(np.array, zip(*per_doc[task], strict=True))
         rate = hits.sum() / tokens.sum()
         n = len(hits)  # ratio-estimator variance of a clustered proportion, by its textbook formula
         variances.append(n / (n - 1) * ((hits - rate * tokens) ** 2).sum() / tokens.sum() ** 2)
+        rates.append(rate)
         assert {"planted": row.rate_a, "plain": row.rate_b}[task] == pytest.approx(rate, abs=1e-6)
     assert row.stderr == pytest.approx(math.sqrt(sum(variances)), abs=1e-6)
-    assert row.p_value == pytest.approx(math.erfc(abs(row.risk_difference) / row.stderr / math.sqrt(2)), rel=1e-6)
+    # Student's t with (fewer documents - 1) degrees of freedom
+    t_value = (rates[0] - rates[1]) / math.sqrt(sum(variances))
+    assert row.p_value == pytest.approx(2 * student_t.sf(t_value, 11), rel=1e-6)
 
 
 def test_the_model_arguments_steer_the_expert(planted_model, planted_records, tmp_path):
+    from lm_eval._cli.utils import key_val_to_dict
+
     attribution = attribute_experts(planted_records, "planted", "plain")
     forced = steering_experts(attribution, 1, "force")
     assert forced == {"decoder.0": [3]}
-    steered = record_two_sets(planted_model, tmp_path / "forced", documents=4)
-    with MoEHFLM(
-        pretrained=str(planted_model), device="cpu", routing_out=str(tmp_path / "f"), force_experts="0:3"
-    ) as lm:
+    argument = model_argument(attribution, forced, "force")
+    assert argument == 'force_experts="0:3"'
+    options = key_val_to_dict(f"pretrained={planted_model},{argument}")  # as lm_eval --model_args reads it
+    with MoEHFLM(device="cpu", routing_out=str(tmp_path / "forced"), **options) as lm:
         lm.loglikelihood([Instance("loglikelihood", {}, (text(1, False), " end"), 0, metadata=("plain", 0, 1))])
-    (record,) = load_records(tmp_path / "f")
+    (record,) = load_records(tmp_path / "forced")
     assert (record.layers["decoder.0"].context_ids == 3).any(-1).all()  # every token, none of them an @
-    before = [r for r in load_records(steered) if r.task == "plain"]
-    assert not any((r.layers["decoder.0"].context_ids == 3).any() for r in before)
+    unforced = [r for r in load_records(planted_records) if r.task == "plain"]
+    assert not any((r.layers["decoder.0"].context_ids == 3).any() for r in unforced)
 
 
 def test_the_attribute_command_writes_table_figure_and_model_arguments(planted_records, tmp_path):
@@ -138,12 +150,20 @@ def test_sets_by_correctness_are_the_documents_lm_eval_scored_right_and_wrong(ti
     _, samples = lm_eval_outputs(tmp_path / "run")
     right = {("moe_rbench_sst2", s["doc_id"]) for s in samples["moe_rbench_sst2"] if s["acc"] == 1}
     recorded = {(r.task, r.doc_id) for r in load_records(tmp_path / "r")}
-    assert select_documents("correct", recorded, tmp_path / "run", None) == (right, 0)
-    assert select_documents("wrong", recorded, tmp_path / "run", None)[0] == recorded - right
+    run_id = load_manifest(tmp_path / "r")["run"]
+    assert select_documents("correct", recorded, tmp_path / "run", None, run_id) == (right, 0)
+    assert select_documents("wrong", recorded, tmp_path / "run", None, run_id)[0] == recorded - right
     attribution = attribute_experts(tmp_path / "r", "correct", "wrong", tmp_path / "run")
     assert (attribution.a.documents, attribution.b.documents) == (len(right), 16 - len(right))
     with pytest.raises(AttributionError, match=r"line 1: correct/wrong needs a 0/1 score .* --metric"):
-        select_documents("correct", recorded, tmp_path / "run", "nonexistent")
+        select_documents("correct", recorded, tmp_path / "run", "nonexistent", run_id)
+    # the same documents recorded by another run: the samples are not that run's
+    with MoEHFLM(
+        pretrained=str(tiny_model("olmoe")), device="cpu", batch_size=8, routing_out=str(tmp_path / "r2")
+    ) as lm:
+        evaluate_to(tmp_path / "run2", lm, ["moe_rbench_sst2"], limit=16)
+    with pytest.raises(AttributionError, match=r"records routing run .* but the routing records are of run"):
+        attribute_experts(tmp_path / "r2", "correct", "wrong", tmp_path / "run")
 
 
 def test_sets_by_a_judges_verdict_leave_out_what_it_did_not_judge(tiny_model, tmp_path):
@@ -156,10 +176,29 @@ def test_sets_by_a_judges_verdict_leave_out_what_it_did_not_judge(tiny_model, tm
         row["refusal"] = None if row["doc_id"] == 7 else row["doc_id"] % 2 == 0
     judged.write_text("".join(json.dumps(row) + "\n" for row in rows))
     recorded = {(r.task, r.doc_id) for r in load_records(tmp_path / "r")}
-    refused, unjudged = select_documents("judge:refusal=true", recorded, tmp_path / "run", None)
+    run_id = load_manifest(tmp_path / "r")["run"]
+    refused, unjudged = select_documents("judge:refusal=true", recorded, tmp_path / "run", None, run_id)
     assert refused == {("moe_rbench_safety_dna", i) for i in (0, 2, 4, 6)} and unjudged == 1
     attribution = attribute_experts(tmp_path / "r", "judge:refusal=true", "judge:refusal=false", tmp_path / "run")
     assert (attribution.a.documents, attribution.b.documents, attribution.b.left_out) == (4, 3, 1)
+
+
+def test_a_multiple_choice_context_counts_once_and_layers_without_span_tokens_are_not_tested(tiny_model, tmp_path):
+    requests = [
+        Instance("loglikelihood", {}, (text(i, False) + " is it", choice), c, metadata=(task, i, 1))
+        for task in ("x", "y")
+        for i in range(4)
+        for c, choice in enumerate([" yes", " no", " maybe"])
+    ]
+    with MoEHFLM(pretrained=str(tiny_model("switch_transformers")), device="cpu", routing_out=str(tmp_path)) as lm:
+        lm.loglikelihood(requests)
+    contexts = {(r.task, r.doc_id): len(r.layers["encoder.1"].context_ids) for r in load_records(tmp_path)}
+    prompt = attribute_experts(tmp_path, "x", "y")
+    assert prompt.a.tokens == sum(n for (task, _), n in contexts.items() if task == "x")  # not three times that
+    # the prompt reaches the encoder only: decoder layers are left out of the tests (and of the q-values)
+    assert prompt.untested == ["decoder.1"] and {row.layer for row in prompt.rows} == {"encoder.1"}
+    continuation = attribute_experts(tmp_path, "x", "y", span="continuation")
+    assert continuation.untested == ["encoder.1"] and {row.layer for row in continuation.rows} == {"decoder.1"}
 
 
 @pytest.mark.parametrize(
@@ -209,6 +248,10 @@ def test_steer_refuses_an_evaluation_it_cannot_steer(planted_records, tmp_path):
                "--out", str(tmp_path), "--", "--model", "hf", "--tasks", "moe_rbench_sst2"]  # fmt: skip
     result = run(command, check=False)
     assert result.returncode == 2 and "steer evaluates with `--model moe_hf`" in result.stderr
-    taken = [*command[:-4], "--model", "moe_hf", "--model_args", 'pretrained=x,force_experts="0:1"']
-    result = run(taken, check=False)
-    assert result.returncode == 2 and "already set force_experts" in result.stderr
+    for model_args, message in [
+        ('pretrained=x,force_experts="0:1"', "set force_experts; steer adds the intervention itself"),
+        ('{"pretrained": "x", "routing_out": "r"}', "set routing_out; steer adds"),
+        ("pretrained", "--model_args 'pretrained': expected `key=value`"),
+    ]:
+        result = run([*command[:-4], "--model", "moe_hf", "--model_args", model_args], check=False)
+        assert result.returncode == 2 and message in result.stderr, result.stderr

@@ -186,7 +186,12 @@ class RoutingHooks(HookSet):
                     "disable_mode=drop, or register a RouterAdapter for it."
                 )
         if change.forced:
-            kept = ids if dropped is None else ids[~dropped]
+            if dropped is not None and dropped.any():
+                raise RuntimeError(
+                    f"Forcing failed in layer {layer.key}: {int(dropped.sum())} tokens exceeded the forced expert's "
+                    "capacity and were processed by no expert. Use disable_experts on this model."
+                )
+            kept = ids
             missing = [e for e in sorted(change.forced) if not (kept == e).any(-1).all()]
             if missing:
                 raise RuntimeError(

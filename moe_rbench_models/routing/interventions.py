@@ -98,13 +98,35 @@ def plan_interventions(
                 f"force_experts needs a router whose expert scores come from a linear projection; the adapter for "
                 f"{type(layer.router).__name__} only reads its gate"
             )
-        if on and k is not None and len(on) > k:
-            raise ValueError(
-                f"force_experts: layer {layer.key} selects {k} experts per token, so at most {k} can be forced; got "
-                f"{len(on)} ({sorted(on)}). Force fewer, or raise top_k."
-            )
+        if on:
+            _check_forceable(layer, on, k)
         plan[layer.key] = LayerIntervention(new_k.get(layer.key), off, disable_mode, drop_renormalize, on)
     return plan
+
+
+def _check_forceable(layer: MoELayer, forced: frozenset[int], k: int | None) -> None:
+    router = type(layer.router).__name__
+    if k is not None and len(forced) > k:
+        raise ValueError(
+            f"force_experts: layer {layer.key} selects {k} experts per token, so at most {k} can be forced; got "
+            f"{len(forced)} ({sorted(forced)}). Force fewer, or raise top_k."
+        )
+    capacity = getattr(layer.router, "expert_capacity", None)
+    if capacity is not None:
+        raise ValueError(
+            f"force_experts: {router} (layer {layer.key}) gives each expert a capacity of {capacity} tokens; a forced "
+            "expert would get every token and drop those past its capacity (processed by no expert). Use "
+            "disable_experts on this model."
+        )
+    groups, kept_groups = getattr(layer.router, "num_group", None), getattr(layer.router, "topk_group", None)
+    if isinstance(groups, int) and isinstance(kept_groups, int) and groups > 0:
+        spanned = sorted({expert // (layer.num_experts // groups) for expert in forced})
+        if len(spanned) > kept_groups:
+            raise ValueError(
+                f"force_experts: {router} (layer {layer.key}) selects experts within its best {kept_groups} of "
+                f"{groups} groups; the forced experts {sorted(forced)} lie in {len(spanned)} groups ({spanned}). "
+                f"Force experts of at most {kept_groups} groups."
+            )
 
 
 def _experts_per_layer(spec: str | dict | None, option: str, layers: list[MoELayer]) -> dict[str, set[int]]:
@@ -148,7 +170,7 @@ FORCE_MARGIN = 0.01  # SteerMoE's: a forced expert's logit is the token's highes
 class EditedRouterLogits(TorchFunctionMode):
     """Active during one router's forward: its expert logits (the `linear` output with one column per expert) get
     the lowest value for disabled experts, so that softmax, sigmoid and top-k skip them, and for forced experts
-    the token's highest remaining logit plus a margin, so that top-k selects them."""
+    the token's highest logit plus a margin, so that top-k selects them."""
 
     def __init__(self, num_experts: int, disabled: frozenset[int], forced: frozenset[int] = frozenset()) -> None:
         super().__init__()
@@ -163,11 +185,10 @@ class EditedRouterLogits(TorchFunctionMode):
             if self.disabled:
                 output = output.masked_fill(self._mask(output.device, forced=False), lowest)
             if self.forced:
-                forced = self._mask(output.device, forced=True)
-                top = output.masked_fill(forced, lowest).amax(-1, keepdim=True)
+                top = output.amax(-1, keepdim=True)  # SteerMoE's: the token's highest logit, forced experts included
                 # a margin the dtype can represent at this magnitude (bf16 rounds 0.01 away above |logit| 2)
                 margin = FORCE_MARGIN + top.abs() * 4 * torch.finfo(output.dtype).eps
-                output = torch.where(forced, top + margin, output)
+                output = torch.where(self._mask(output.device, forced=True), top + margin, output)
         return output
 
     def _mask(self, device: torch.device, forced: bool) -> torch.Tensor:
