@@ -40,7 +40,7 @@ from moe_rbench.judging import json_lines
 from moe_rbench.runs import RESULTS_FILE, SAMPLES_FILE
 from moe_rbench.tables import markdown, number, pyplot, save_figure, save_table
 from moe_rbench_models.errors import MoERBenchError, OptionError
-from moe_rbench_models.routing.records import expert_counts, load_manifest, load_records
+from moe_rbench_models.routing.records import expert_counts, load_manifest, load_records, recorded_tasks
 
 SPANS = ("prompt", "continuation", "all")
 CORRECTNESS_METRICS = ("acc", "exact_match")
@@ -89,28 +89,47 @@ class Attribution:
 Document = tuple[str, int]  # (task, doc_id)
 
 
+@dataclass(frozen=True)
+class DocumentSet:
+    """Set A or B: the documents a judge's verdict or their correctness names, or every recorded document of the
+    tasks matching `patterns`."""
+
+    selector: str
+    documents: frozenset[Document] | None = None
+    patterns: tuple[str, ...] = ()
+    left_out: int = 0  # documents a judge gave no verdict
+
+    def holds(self, doc: Document) -> bool:
+        if self.documents is not None:
+            return doc in self.documents
+        return any(fnmatch.fnmatch(doc[0], pattern) for pattern in self.patterns)
+
+
 def select_documents(
-    selector: str, recorded: set[Document], samples: str | Path | None, metric: str | None, routing_run: str
-):
-    """The documents a selector names, and how many documents it left out (a judge gave them no verdict).
-    `routing_run`: the records' run id, which the samples' run must name."""
+    selector: str, tasks: set[str], samples: str | Path | None, metric: str | None, routing_run: str
+) -> DocumentSet:
+    """The set a selector names; `tasks`: the recorded tasks; `routing_run`: the records' run id, which the
+    samples' run must name."""
     if selector in ("correct", "wrong"):
-        scores, stamp = _correctness(_require(samples, selector), metric)
-        _check_same_run(_require(samples, selector), stamp, routing_run)
-        return {doc for doc, score in scores.items() if score == (selector == "correct")}, 0
+        samples = _require(samples, selector)
+        scores, stamp = _correctness(samples, metric)
+        _check_same_run(samples, stamp, routing_run)
+        return DocumentSet(
+            selector, frozenset(doc for doc, score in scores.items() if score == (selector == "correct"))
+        )
     if selector.startswith("judge:"):
-        documents, unjudged, stamp = _judged(selector, _require(samples, selector))
-        _check_same_run(_require(samples, selector), stamp, routing_run)
-        return documents, unjudged
-    patterns = [part.strip() for part in selector.split(",") if part.strip()]
-    tasks = {task for task, _ in recorded}
+        samples = _require(samples, selector)
+        documents, unjudged, stamp = _judged(selector, samples)
+        _check_same_run(samples, stamp, routing_run)
+        return DocumentSet(selector, frozenset(documents), left_out=unjudged)
+    patterns = tuple(part.strip() for part in selector.split(",") if part.strip())
     unmatched = [pattern for pattern in patterns if not fnmatch.filter(tasks, pattern)]
     if not patterns or unmatched:
         raise AttributionError(
             f"{selector!r}: no recorded task matches {', '.join(unmatched) or 'it'}; recorded tasks: "
             f"{', '.join(sorted(tasks))}. Give task patterns, judge:FIELD=VALUE, correct or wrong."
         )
-    return {doc for doc in recorded if any(fnmatch.fnmatch(doc[0], pattern) for pattern in patterns)}, 0
+    return DocumentSet(selector, patterns=patterns)
 
 
 def _require(samples: str | Path | None, selector: str) -> Path:
@@ -142,7 +161,7 @@ def _check_same_run(samples: Path, stamp: str, routing_run: str) -> None:
 
 
 def _find_files(path: Path, pattern: str, what: str) -> list[Path]:
-    files = [path] if path.is_file() else sorted(path.rglob(pattern))
+    files = sorted(path.rglob(pattern))
     if not files:
         raise AttributionError(f"No {what} ({pattern}) under {path}")
     return files
@@ -221,25 +240,28 @@ def _judged(selector: str, path: Path) -> tuple[set[Document], int, str]:
 
 
 def _verdict(value) -> str:
-    return str(value).lower() if isinstance(value, bool) else str(value).strip().lower()
+    return str(value).strip().lower()
 
 
 # -- counting -------------------------------------------------------------------------------------------------
 
 
-def _counts(directory: str | Path, sets: list[list[Document]], span: str, layers: list[dict]):
-    """Per set: expert counts [documents, layers, experts] and token counts [documents, layers] of the span."""
+def _counts(directory: str | Path, sets: list[DocumentSet], span: str, layers: list[dict]):
+    """In one pass over the records, per set: document -> (expert counts [layers, experts], span tokens [layers]);
+    and the documents both sets hold."""
     experts = max(layer["num_experts"] for layer in layers)
-    place = {doc: (which, row) for which, documents in enumerate(sets) for row, doc in enumerate(documents)}
-    counts = [np.zeros((len(documents), len(layers), experts), dtype=np.int64) for documents in sets]
-    tokens = [np.zeros((len(documents), len(layers)), dtype=np.int64) for documents in sets]
+    per_document: list[dict[Document, tuple[np.ndarray, np.ndarray]]] = [{} for _ in sets]
+    shared: set[Document] = set()
     parts = {"prompt": ("context",), "continuation": ("continuation",), "all": ("context", "continuation")}[span]
     seen: set[tuple] = set()
     for record in load_records(directory):
         doc = (record.task, record.doc_id)
-        if doc not in place:
+        holders = [i for i, documents in enumerate(sets) if record.task is not None and documents.holds(doc)]
+        if len(holders) != 1:
+            shared.update([doc] if holders else [])
             continue
-        which, row = place[doc]
+        zeros = (np.zeros((len(layers), experts), dtype=np.int64), np.zeros(len(layers), dtype=np.int64))
+        counts, tokens = per_document[holders[0]].setdefault(doc, zeros)
         for part in parts:
             spans = getattr(record, f"{part}_spans")
             if not spans or (doc, spans) in seen:  # a multiple-choice context once, however many choices share it
@@ -249,9 +271,9 @@ def _counts(directory: str | Path, sets: list[list[Document]], span: str, layers
                 routing = record.layers[layer["key"]]
                 ids, dropped = getattr(routing, f"{part}_ids"), getattr(routing, f"{part}_dropped")
                 n = layer["num_experts"]
-                counts[which][row, position, :n] += expert_counts(ids, dropped, n)
-                tokens[which][row, position] += len(ids) - (0 if dropped is None else int(dropped.sum()))
-    return list(zip(counts, tokens, strict=True))
+                counts[position, :n] += expert_counts(ids, dropped, n)
+                tokens[position] += len(ids) - (0 if dropped is None else int(dropped.sum()))
+    return per_document, shared
 
 
 def _rate_and_variance(counts: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -282,22 +304,24 @@ def attribute_experts(
         raise OptionError(f"alpha must be between 0 and 1, got {alpha}")
     manifest = load_manifest(routing)
     layers = manifest["layers"]
-    recorded = {(record.task, record.doc_id) for record in load_records(routing) if record.task is not None}
-    sets = [select_documents(selector, recorded, samples, metric, manifest.get("run")) for selector in (a, b)]
-    for selector, (documents, _) in zip((a, b), sets, strict=True):
-        missing = sorted(documents - recorded)
+    sets = [
+        select_documents(selector, recorded_tasks(routing), samples, metric, manifest.get("run")) for selector in (a, b)
+    ]
+    per_document, shared = _counts(routing, sets, span, layers)
+    for documents, counted in zip(sets, per_document, strict=True):
+        missing = sorted(documents.documents - counted.keys()) if documents.documents is not None else []
         if missing:
             raise AttributionError(
-                f"{selector!r}: {len(missing)} document(s) have no routing records in {routing} (first: task "
-                f"{missing[0][0]}, doc_id {missing[0][1]}); the samples and the records come from different runs"
+                f"{documents.selector!r}: {len(missing)} document(s) have no routing records in {routing} (first: "
+                f"task {missing[0][0]}, doc_id {missing[0][1]}); the samples and the records come from different runs"
             )
-        if len(documents) < 2:
-            raise AttributionError(f"{selector!r} selects {len(documents)} document(s); a set needs at least 2")
-    overlap = sets[0][0] & sets[1][0]
-    if overlap:
-        task, doc_id = sorted(overlap)[0]
-        raise AttributionError(f"{a!r} and {b!r} share {len(overlap)} document(s) (first: {task} {doc_id})")
-    measured = _counts(routing, [sorted(documents) for documents, _ in sets], span, layers)
+    if shared:
+        task, doc_id = sorted(shared)[0]
+        raise AttributionError(f"{a!r} and {b!r} share {len(shared)} document(s) (first: {task} {doc_id})")
+    for documents, counted in zip(sets, per_document, strict=True):
+        if len(counted) < 2:
+            raise AttributionError(f"{documents.selector!r} selects {len(counted)} document(s); a set needs at least 2")
+    measured = [tuple(np.stack(arrays) for arrays in zip(*counted.values(), strict=True)) for counted in per_document]
     (rate_a, var_a, clusters_a), (rate_b, var_b, clusters_b) = (_rate_and_variance(*pair) for pair in measured)
     tested = np.minimum(clusters_a, clusters_b) >= 2
     if not tested.any():
@@ -308,8 +332,8 @@ def attribute_experts(
     degrees = np.minimum(clusters_a, clusters_b) - 1
     rows = _tests(rate_a - rate_b, np.sqrt(var_a + var_b), degrees, (rate_a, rate_b), layers, tested, alpha)
     summaries = [
-        SetSummary(selector, len(documents), int(measured[i][1].sum(0).max()), left_out)
-        for i, (selector, (documents, left_out)) in enumerate(zip((a, b), sets, strict=True))
+        SetSummary(documents.selector, len(counted), int(tokens.sum(0).max()), documents.left_out)
+        for documents, counted, (_, tokens) in zip(sets, per_document, measured, strict=True)
     ]
     untested = [layer["key"] for layer, ok in zip(layers, tested, strict=True) if not ok]
     return Attribution(rows, *summaries, span, alpha, layers, untested)

@@ -25,7 +25,7 @@ import numpy as np
 
 from moe_rbench.tables import markdown, number, pyplot, save_figure, save_table
 from moe_rbench_models.errors import OptionError
-from moe_rbench_models.routing.records import VERSION, expert_counts, load_manifest, load_records
+from moe_rbench_models.routing.records import VERSION, expert_counts, load_manifest, load_records, recorded_tasks
 from moe_rbench_tasks.families import aligned, family_of
 
 
@@ -79,7 +79,7 @@ def _l1(a: np.ndarray, b: np.ndarray) -> float:
 
 def trace_routing(directory: str | Path, id_task: str, ood_tasks: list[str]) -> list[TraceRow]:
     """Rows for every (OOD task, layer). `ood_tasks` may hold shell patterns (`moe_rbench_style_*`)."""
-    available = {task for task in _recorded_tasks(directory)}
+    available = recorded_tasks(directory)
     if id_task not in available:
         raise OptionError(
             f"No records of ID task {id_task!r} in {directory}; recorded tasks: {', '.join(sorted(available))}"
@@ -123,10 +123,6 @@ def pairing_notes(rows: list[TraceRow], id_task: str) -> list[str]:
         "documents across tasks), so only the distribution L1 is given"
         for task in unpaired
     ]
-
-
-def _recorded_tasks(directory: str | Path) -> set[str]:
-    return {task for task in load_manifest(directory)["summary"] if task != "None"}
 
 
 def write_trace(rows: list[TraceRow], out_dir: str | Path, id_task: str) -> list[Path]:

@@ -150,13 +150,14 @@ def test_sets_by_correctness_are_the_documents_lm_eval_scored_right_and_wrong(ti
     _, samples = lm_eval_outputs(tmp_path / "run")
     right = {("moe_rbench_sst2", s["doc_id"]) for s in samples["moe_rbench_sst2"] if s["acc"] == 1}
     recorded = {(r.task, r.doc_id) for r in load_records(tmp_path / "r")}
-    run_id = load_manifest(tmp_path / "r")["run"]
-    assert select_documents("correct", recorded, tmp_path / "run", None, run_id) == (right, 0)
-    assert select_documents("wrong", recorded, tmp_path / "run", None, run_id)[0] == recorded - right
+    tasks, run_id = {"moe_rbench_sst2"}, load_manifest(tmp_path / "r")["run"]
+    correct = select_documents("correct", tasks, tmp_path / "run", None, run_id)
+    assert (correct.documents, correct.left_out) == (right, 0)
+    assert select_documents("wrong", tasks, tmp_path / "run", None, run_id).documents == recorded - right
     attribution = attribute_experts(tmp_path / "r", "correct", "wrong", tmp_path / "run")
     assert (attribution.a.documents, attribution.b.documents) == (len(right), 16 - len(right))
     with pytest.raises(AttributionError, match=r"line 1: correct/wrong needs a 0/1 score .* --metric"):
-        select_documents("correct", recorded, tmp_path / "run", "nonexistent", run_id)
+        select_documents("correct", tasks, tmp_path / "run", "nonexistent", run_id)
     # the same documents recorded by another run: the samples are not that run's
     with MoEHFLM(
         pretrained=str(tiny_model("olmoe")), device="cpu", batch_size=8, routing_out=str(tmp_path / "r2")
@@ -175,10 +176,9 @@ def test_sets_by_a_judges_verdict_leave_out_what_it_did_not_judge(tiny_model, tm
     for row in rows:  # the verdicts a model that refuses every other prompt would get; one unjudged
         row["refusal"] = None if row["doc_id"] == 7 else row["doc_id"] % 2 == 0
     judged.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    recorded = {(r.task, r.doc_id) for r in load_records(tmp_path / "r")}
     run_id = load_manifest(tmp_path / "r")["run"]
-    refused, unjudged = select_documents("judge:refusal=true", recorded, tmp_path / "run", None, run_id)
-    assert refused == {("moe_rbench_safety_dna", i) for i in (0, 2, 4, 6)} and unjudged == 1
+    refused = select_documents("judge:refusal=true", {"moe_rbench_safety_dna"}, tmp_path / "run", None, run_id)
+    assert refused.documents == {("moe_rbench_safety_dna", i) for i in (0, 2, 4, 6)} and refused.left_out == 1
     attribution = attribute_experts(tmp_path / "r", "judge:refusal=true", "judge:refusal=false", tmp_path / "run")
     assert (attribution.a.documents, attribution.b.documents, attribution.b.left_out) == (4, 3, 1)
 

@@ -138,6 +138,11 @@ def load_manifest(directory: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def recorded_tasks(directory: str | Path) -> set[str]:
+    """The tasks whose requests a routing directory holds (from its manifest: no shard is read)."""
+    return {task for task in load_manifest(directory)["summary"] if task != "None"}
+
+
 def load_records(directory: str | Path) -> Iterator[RoutingRecord]:
     """One record per request captured in `directory`, in shard order."""
     directory = Path(directory)
