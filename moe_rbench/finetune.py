@@ -39,7 +39,7 @@ from moe_rbench_models.errors import OptionError
 from moe_rbench_models.internals import InternalsChanged
 from moe_rbench_models.routing.discovery import MoELayer, find_moe_layers
 from moe_rbench_models.routing.hooks import HookSet, router_logits
-from moe_rbench_models.routing.interventions import set_top_k
+from moe_rbench_models.routing.interventions import set_top_k, top_k_limit
 from moe_rbench_tasks.families import family_of
 from moe_rbench_tasks.training import TRAIN_SETS, classification_docs, instruction_examples
 
@@ -117,12 +117,12 @@ def for_model(recipe: Recipe, model: torch.nn.Module, layers: list[MoELayer]) ->
         return replace(recipe, aux_loss_coef=0.0)
     if recipe.top_k is not None:
         fixed = [layer.key for layer in layers if layer.top_k_owner is None]
-        too_many = [layer.key for layer in layers if recipe.top_k > layer.num_experts]
+        too_many = [layer.key for layer in layers if recipe.top_k > top_k_limit(layer)]
         if fixed or too_many:
             raise OptionError(
                 f"--top_k {recipe.top_k}: "
                 + (f"the routers of layers {', '.join(fixed)} have a fixed k" if fixed else "")
-                + (f"layers {', '.join(too_many)} have fewer experts" if too_many else "")
+                + (f"layers {', '.join(too_many)} have fewer experts to route a token to" if too_many else "")
             )
     coef = recipe.aux_loss_coef
     if coef is None:

@@ -279,6 +279,8 @@ def test_bad_recipes_are_refused_with_the_fix(options, message):
     [
         ("llama", {"expert_dropout": 0.1, "top_k": 1}, "--expert_dropout, --top_k need a Mixture-of-Experts model"),
         ("mixtral", {"top_k": 5}, "--top_k 5: layers decoder.0, decoder.1 have fewer experts"),
+        # 8 experts, but grouped routing keeps 1 group of 4
+        ("deepseek_v3", {"top_k": 5}, "--top_k 5: layers decoder.0, decoder.1 have fewer experts to route a token to"),
     ],
 )
 def test_knobs_the_model_cannot_take_are_refused_before_any_data_is_read(

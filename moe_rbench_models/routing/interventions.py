@@ -148,13 +148,18 @@ def _checked_top_k(layer: MoELayer, k: int) -> int:
             f"top_k cannot be changed for layer {layer.key}: {type(layer.router).__name__} routes each token to a "
             f"fixed number of experts ({layer.top_k}) by construction"
         )
-    limit = layer.num_experts
-    groups, kept_groups = getattr(layer.router, "num_group", None), getattr(layer.router, "topk_group", None)
-    if isinstance(groups, int) and isinstance(kept_groups, int) and groups > 0:
-        limit = kept_groups * (layer.num_experts // groups)  # grouped top-k (DeepSeek-V3) picks within kept groups
+    limit = top_k_limit(layer)
     if not 1 <= k <= limit:
         raise ValueError(f"top_k for layer {layer.key} must be between 1 and {limit}, got {k}")
     return k
+
+
+def top_k_limit(layer: MoELayer) -> int:
+    """The most experts a token of this layer can be routed to."""
+    groups, kept_groups = getattr(layer.router, "num_group", None), getattr(layer.router, "topk_group", None)
+    if isinstance(groups, int) and isinstance(kept_groups, int) and groups > 0:
+        return kept_groups * (layer.num_experts // groups)  # grouped top-k (DeepSeek-V3) picks within kept groups
+    return layer.num_experts
 
 
 def set_top_k(layer: MoELayer, k: int) -> int:
