@@ -1,23 +1,43 @@
 """`moe-rbench attribute`: the experts behind a behaviour, found from saved routing records (SteerMoE's detection,
-Fayyaz et al., 2025: compare how often each expert activates on inputs with and without the behaviour).
+Fayyaz et al., 2025, adobe-research/SteerMoE @0c7e6b5: compare how often each expert activates on inputs with and
+without the behaviour). docs/fidelity-steering.md sets each knob beside SteerMoE's, with the test that checks it.
 
-Two sets of documents, A and B, from one `routing_out` directory, each chosen
+Two sets of units, A and B, from one `routing_out` directory, each chosen
 - by task: `moe_rbench_sst2`, `'moe_rbench_style_*'` (shell patterns over the recorded tasks, comma-separated);
 - by a judge's verdict: `judge:refusal=true` (`judge:JUDGE.FIELD=VALUE` where several judges give FIELD), over the
   `judged_<judge>.jsonl` file that `moe-rbench judge` wrote for the run's samples (`samples=`);
 - by correctness: `correct` or `wrong`, from the samples lm-eval logged (`--log_samples`; `samples=`), by a 0/1
-  metric per document (`metric=`; default `acc`, else `exact_match`).
+  metric per document (`metric=`; default `acc`, else `exact_match`);
+- by request: `choice:N` (or `choice:N@PATTERNS`), the N-th request of each document (lm-eval's request index: the
+  N-th answer choice of a multiple-choice task), so that two answers to one prompt can be compared.
+A unit is a document (all its requests), or for `choice:N` one request.
 
-Per MoE layer and expert, over the tokens of the chosen span of each document (`prompt`: the context entries, a
-multiple-choice context once; `continuation`: the scored or generated tokens; `all`): the activation rate in A and
-in B (the share of tokens whose top-k holds the expert; tokens dropped for capacity are not counted), the risk
-difference A - B, and a two-proportion test. Tokens of one document are not independent draws (a prompt's
-tokens route alike), so each rate's standard error is the cluster (ratio-estimator) one over the documents with
-tokens in the span, not the binomial one over tokens, which would call nearly every expert significant; the
-statistic is referred to Student's t with (fewer documents of the two sets - 1) degrees of freedom, as few
-clusters make the normal approximation too bold. A layer is tested only where each set has tokens of the span
-in at least 2 documents (in an encoder-decoder model the prompt reaches the encoder layers only). p-values are
+Spans (which stored positions count). A routing record's continuation entry is the position whose output scores
+(or produced) a continuation token, so in a causal model its input is the token before: for the answer " Maybe"
+after "...:" the entries' inputs are [':', ' ', 'Ma'] and they score [' ', 'Ma', 'ybe'] (records.py). SteerMoE
+counts the positions whose input is a target-response token (custom_steering.ipynb cells 8 and 11: the target's
+token range in the prompt, `router_prob_n2_1[:, token_1_idx, :]`). So:
+- `prompt`: positions whose input is a prompt token: the context entries and, in a causal model, the first
+  continuation entry (its input is the last prompt token); a context shared by several requests of a document (a
+  multiple-choice question) counts once per unit;
+- `continuation`: positions whose input is a continuation token: the continuation entries but the first (the last
+  continuation token is never an input, in lm-eval's scoring or generation, so it has no routing);
+- `scored`: the positions that score or produce the continuation tokens (all continuation entries: what
+  `continuation` meant in earlier releases);
+- `all`: every stored position once (prompt, continuation, and the first decoder position of an encoder-decoder
+  model or of a rolling loglikelihood, whose input is the decoder-start or prefix token: in no other span).
+
+Per MoE layer and expert: the activation rate in A and in B (the share of the span's tokens whose top-k holds the
+expert, pooled over tokens as SteerMoE's a/(a+d), cell 12; tokens dropped for capacity are not counted), the risk
+difference A - B, and a test (attribution_stats.py): units, not tokens, are the independent draws (a prompt's
+tokens route alike). Unpaired sets: an exact permutation test over units where the relabelings can be enumerated,
+else a clustered (ratio-estimator) t-test. Paired sets (`pair_by`: `document` pairs the units of one document,
+e.g. `choice:0` with `choice:1`; `doc_key` pairs documents with the same aligned id, e.g. an SST-2 sentence and its
+Shakespeare-style version, as `moe-rbench trace` aligns them): an exact sign-flip test or a paired t-test. Only
+complete pairs are used; the others are counted as left out. A layer is tested only where each set has tokens of
+the span in at least 2 units (in an encoder-decoder model the prompt reaches the encoder layers only). p-values are
 corrected for the layer x expert tests by Benjamini-Hochberg (q-values); an expert is significant when q < alpha.
+SteerMoE tests nothing: it ranks by |risk difference| (`select_experts(..., selection="steermoe")`).
 
 Samples and judged files must come from the run that wrote the records: the results file beside them names the
 routing run (`config.moe.routing.run`), which must be the records' own.
@@ -27,24 +47,35 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import math
+import re
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 from scipy.stats import false_discovery_control
-from scipy.stats import t as student_t
 
+from moe_rbench.attribution_stats import CellTests, paired_tests, unpaired_tests
 from moe_rbench.judging import json_lines
 from moe_rbench.runs import RESULTS_FILE, SAMPLES_FILE
 from moe_rbench.tables import markdown, number, pyplot, save_figure, save_table
 from moe_rbench_models.errors import MoERBenchError, OptionError
-from moe_rbench_models.routing.records import expert_counts, load_manifest, load_records, recorded_tasks
+from moe_rbench_models.routing.records import (
+    VERSION,
+    RoutingRecord,
+    expert_counts,
+    load_manifest,
+    load_records,
+    recorded_tasks,
+)
+from moe_rbench_tasks.families import aligned, family_of
 
-SPANS = ("prompt", "continuation", "all")
+SPANS = ("prompt", "continuation", "scored", "all")
+PAIRINGS = ("document", "doc_key")
 CORRECTNESS_METRICS = ("acc", "exact_match")
-DIRECTIONS = ("disable", "force")
+SELECTIONS = ("significant", "steermoe")
+DISABLE_MODES = ("reroute", "steermoe")
+CHOICE = re.compile(r"choice:(?P<index>\d+)(?:@(?P<patterns>.+))?")
 
 
 class AttributionError(MoERBenchError, ValueError):
@@ -58,19 +89,21 @@ class ExpertRow:
     rate_a: float
     rate_b: float
     risk_difference: float
-    stderr: float
-    z: float
+    stderr: float  # clustered (unpaired) or paired standard error of the risk difference
+    z: float  # risk difference / stderr (the t statistic)
     p_value: float
     q_value: float
     significant: bool
+    test: str  # the test that gave p: exact permutation, clustered t, exact sign-flip, paired t, exact (zero variance)
 
 
 @dataclass(frozen=True)
 class SetSummary:
     selector: str
-    documents: int
+    documents: int  # units counted: documents, or requests for choice:N (with pair_by, those in complete pairs)
     tokens: int  # tokens of the span (in the MoE layer that sees most: encoder and decoder layers differ)
     left_out: int = 0  # documents the selector could not place (a judge gave no verdict)
+    unpaired: int = 0  # pair_by: units without a partner in the other set, left out
 
 
 @dataclass(frozen=True)
@@ -81,28 +114,38 @@ class Attribution:
     span: str
     alpha: float
     layers: list[dict]  # the routing manifest's layers (key, side, layer, num_experts, top_k)
-    untested: list[str]  # layers without span tokens in 2 documents of each set
+    untested: list[str]  # layers without span tokens in 2 units of each set
+    pair_by: str | None = None
+    pairs: int = 0  # complete pairs (pair_by)
 
 
 # -- the two sets ---------------------------------------------------------------------------------------------
 
 Document = tuple[str, int]  # (task, doc_id)
+Unit = tuple  # (task, doc_id), or (task, doc_id, request_index) for choice:N
 
 
 @dataclass(frozen=True)
 class DocumentSet:
     """Set A or B: the documents a judge's verdict or their correctness names, or every recorded document of the
-    tasks matching `patterns`."""
+    tasks matching `patterns`; with `choice`, only each document's request of that index."""
 
     selector: str
     documents: frozenset[Document] | None = None
     patterns: tuple[str, ...] = ()
     left_out: int = 0  # documents a judge gave no verdict
+    choice: int | None = None  # choice:N: lm-eval's request index within the document
 
-    def holds(self, doc: Document) -> bool:
+    def holds(self, record: RoutingRecord) -> bool:
+        if record.task is None or (self.choice is not None and record.request_index != self.choice):
+            return False
         if self.documents is not None:
-            return doc in self.documents
-        return any(fnmatch.fnmatch(doc[0], pattern) for pattern in self.patterns)
+            return (record.task, record.doc_id) in self.documents
+        return any(fnmatch.fnmatch(record.task, pattern) for pattern in self.patterns)
+
+    def unit(self, record: RoutingRecord) -> Unit:
+        document = (record.task, record.doc_id)
+        return document if self.choice is None else (*document, record.request_index)
 
 
 def select_documents(
@@ -122,14 +165,22 @@ def select_documents(
         documents, unjudged, stamp = _judged(selector, samples)
         _check_same_run(samples, stamp, routing_run)
         return DocumentSet(selector, frozenset(documents), left_out=unjudged)
-    patterns = tuple(part.strip() for part in selector.split(",") if part.strip())
+    choice = CHOICE.fullmatch(selector.strip())
+    if selector.startswith("choice:") and not choice:
+        raise AttributionError(f"{selector!r}: write choice:N (the N-th request of each document) or choice:N@TASKS")
+    patterns = _task_patterns(choice["patterns"] or "*" if choice else selector, selector, tasks)
+    return DocumentSet(selector, patterns=patterns, choice=int(choice["index"]) if choice else None)
+
+
+def _task_patterns(text: str, selector: str, tasks: set[str]) -> tuple[str, ...]:
+    patterns = tuple(part.strip() for part in text.split(",") if part.strip())
     unmatched = [pattern for pattern in patterns if not fnmatch.filter(tasks, pattern)]
     if not patterns or unmatched:
         raise AttributionError(
             f"{selector!r}: no recorded task matches {', '.join(unmatched) or 'it'}; recorded tasks: "
-            f"{', '.join(sorted(tasks))}. Give task patterns, judge:FIELD=VALUE, correct or wrong."
+            f"{', '.join(sorted(tasks))}. Give task patterns, judge:FIELD=VALUE, correct, wrong or choice:N."
         )
-    return DocumentSet(selector, patterns=patterns)
+    return patterns
 
 
 def _require(samples: str | Path | None, selector: str) -> Path:
@@ -246,46 +297,172 @@ def _verdict(value) -> str:
 # -- counting -------------------------------------------------------------------------------------------------
 
 
+@dataclass
+class UnitCounts:
+    counts: np.ndarray  # [layers, experts]: span tokens whose top-k holds the expert
+    tokens: np.ndarray  # [layers]: span tokens (not dropped for capacity)
+    task: str
+    doc_key: str | None
+
+
+def span_positions(record: RoutingRecord, span: str, new_prompt: bool) -> list[tuple[str, slice]]:
+    """The record's stored positions in `span`, as (part, slice of that part's entries); `new_prompt`: whether
+    the record's prompt has not been counted yet for its unit (a shared multiple-choice context counts once)."""
+    encoder_decoder = any(side == "encoder" for _, side, _, _ in record.context_spans)
+    # the first continuation entry's input: the last prompt token (causal), the decoder-start token
+    # (encoder-decoder) or the prefix token (a rolling loglikelihood has no prompt)
+    first_is_prompt = not encoder_decoder and record.request_type != "loglikelihood_rolling"
+    first = 1 if first_is_prompt else 0
+    prompt = [("context", slice(None))] + ([("continuation", slice(0, 1))] if first_is_prompt else [])
+    if span == "scored":
+        return [("continuation", slice(None))]
+    if span == "continuation":
+        return [("continuation", slice(1, None))]
+    if span == "prompt":
+        return prompt if new_prompt else []
+    return (prompt if new_prompt else []) + [("continuation", slice(first, None))]
+
+
+def _prompt_key(record: RoutingRecord) -> tuple:
+    """What identifies a record's prompt within its document: its context span (shared by the requests of a
+    multiple-choice document) and the first continuation entry's input (the last prompt token)."""
+    first_input = int(record.continuation_inputs[0]) if len(record.continuation_inputs) else None
+    return record.context_spans, first_input
+
+
+def _add_positions(unit: UnitCounts, record: RoutingRecord, parts, layers: list[dict]) -> None:
+    for part, positions in parts:
+        for index, layer in enumerate(layers):
+            routing = record.layers[layer["key"]]
+            ids, dropped = getattr(routing, f"{part}_ids")[positions], getattr(routing, f"{part}_dropped")
+            dropped = None if dropped is None else dropped[positions]
+            unit.counts[index, : layer["num_experts"]] += expert_counts(ids, dropped, layer["num_experts"])
+            unit.tokens[index] += len(ids) - (0 if dropped is None else int(dropped.sum()))
+
+
 def _counts(directory: str | Path, sets: list[DocumentSet], span: str, layers: list[dict]):
-    """In one pass over the records, per set: document -> (expert counts [layers, experts], span tokens [layers]);
-    and the documents both sets hold."""
+    """In one pass over the records, per set: unit -> its counts; the documents a record of which both sets hold;
+    the prompts (document, prompt key) both sets count."""
     experts = max(layer["num_experts"] for layer in layers)
-    per_document: list[dict[Document, tuple[np.ndarray, np.ndarray]]] = [{} for _ in sets]
+    units: list[dict[Unit, UnitCounts]] = [{} for _ in sets]
+    prompts: list[set[tuple]] = [set() for _ in sets]
     shared: set[Document] = set()
-    parts = {"prompt": ("context",), "continuation": ("continuation",), "all": ("context", "continuation")}[span]
-    seen: set[tuple] = set()
     for record in load_records(directory):
-        doc = (record.task, record.doc_id)
-        holders = [i for i, documents in enumerate(sets) if record.task is not None and documents.holds(doc)]
+        holders = [i for i, documents in enumerate(sets) if documents.holds(record)]
         if len(holders) != 1:
-            shared.update([doc] if holders else [])
+            shared.update([(record.task, record.doc_id)] if holders else [])
             continue
-        zeros = (np.zeros((len(layers), experts), dtype=np.int64), np.zeros(len(layers), dtype=np.int64))
-        counts, tokens = per_document[holders[0]].setdefault(doc, zeros)
-        for part in parts:
-            spans = getattr(record, f"{part}_spans")
-            if not spans or (doc, spans) in seen:  # a multiple-choice context once, however many choices share it
-                continue
-            seen.add((doc, spans))
-            for position, layer in enumerate(layers):
-                routing = record.layers[layer["key"]]
-                ids, dropped = getattr(routing, f"{part}_ids"), getattr(routing, f"{part}_dropped")
-                n = layer["num_experts"]
-                counts[position, :n] += expert_counts(ids, dropped, n)
-                tokens[position] += len(ids) - (0 if dropped is None else int(dropped.sum()))
-    return per_document, shared
+        (i,) = holders
+        key = sets[i].unit(record)
+        unit = units[i].setdefault(
+            key,
+            UnitCounts(
+                np.zeros((len(layers), experts), dtype=np.int64),
+                np.zeros(len(layers), dtype=np.int64),
+                record.task,
+                record.doc_key,
+            ),
+        )
+        prompt = (record.task, record.doc_id, *_prompt_key(record))
+        new_prompt = (key, prompt) not in prompts[i]
+        prompts[i].add((key, prompt))
+        _add_positions(unit, record, span_positions(record, span, new_prompt), layers)
+    both = {prompt for _, prompt in prompts[0]} & {prompt for _, prompt in prompts[1]}
+    return units, shared, both
 
 
-def _rate_and_variance(counts: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pooled activation rate [layers, experts], its cluster (ratio-estimator) variance over the documents with
-    tokens in each layer, and the number of those documents [layers]."""
-    total = tokens.sum(0)[:, None].astype(float)
-    rate = counts.sum(0) / np.maximum(total, 1)
-    clusters = (tokens > 0).sum(0)
-    residual = counts - rate[None] * tokens[:, :, None]  # 0 for a document without tokens
-    factor = np.where(clusters > 1, clusters / np.maximum(clusters - 1, 1), np.nan)[:, None]
-    variance = factor * (residual**2).sum(0) / np.maximum(total, 1) ** 2
-    return rate, variance, clusters
+def _check_units(sets, units, shared: set, shared_prompts: set, span: str, routing) -> None:
+    for documents, counted in zip(sets, units, strict=True):
+        recorded = {unit[:2] for unit in counted}
+        missing = sorted(documents.documents - recorded) if documents.documents is not None else []
+        if missing:
+            raise AttributionError(
+                f"{documents.selector!r}: {len(missing)} document(s) have no routing records in {routing} (first: "
+                f"task {missing[0][0]}, doc_id {missing[0][1]}); the samples and the records come from different runs"
+            )
+    if shared:
+        task, doc_id = sorted(shared)[0]
+        raise AttributionError(
+            f"{sets[0].selector!r} and {sets[1].selector!r} share {len(shared)} document(s) (first: {task} {doc_id})"
+        )
+    if shared_prompts and span == "prompt":
+        task, doc_id, *_ = sorted(shared_prompts, key=str)[0]
+        raise AttributionError(
+            f"{sets[0].selector!r} and {sets[1].selector!r} share the prompt of {len(shared_prompts)} document(s) "
+            f"(first: {task} {doc_id}), so --span prompt would count the same positions in both; compare what "
+            "differs: --span continuation (or scored)"
+        )
+    for documents, counted in zip(sets, units, strict=True):
+        if len(counted) < 2:
+            raise AttributionError(f"{documents.selector!r} selects {len(counted)} unit(s); a set needs at least 2")
+
+
+# -- pairs ------------------------------------------------------------------------------------------------------
+
+
+def _pair_key(key: Unit, unit: UnitCounts, pair_by: str):
+    return key[:2] if pair_by == "document" else unit.doc_key
+
+
+def pair_units(units: list[dict[Unit, UnitCounts]], pair_by: str, version: int):
+    """Complete pairs: per pair key (document, or aligned doc_key), set A's and set B's units of that key; and the
+    units of each set left without a partner."""
+    if pair_by == "doc_key" and version < VERSION:
+        raise AttributionError(
+            f"--pair_by doc_key: these records are of version {version}, whose document keys do not align "
+            "documents across tasks; record the routing again"
+        )
+    grouped = [defaultdict(list) for _ in units]
+    for by_key, counted in zip(grouped, units, strict=True):
+        for key, unit in counted.items():
+            by_key[_pair_key(key, unit, pair_by)].append(unit)
+    keys = sorted((grouped[0].keys() & grouped[1].keys()) - {None}, key=str)
+    unpaired = [sum(len(v) for k, v in by_key.items() if k not in keys) for by_key in grouped]
+    pairs = [(grouped[0][key], grouped[1][key]) for key in keys]
+    if pair_by == "doc_key":
+        _check_aligned(pairs)
+    return pairs, unpaired
+
+
+def _check_aligned(pairs) -> None:
+    """Documents pair by key only within tasks whose ids name the same documents (as `moe-rbench trace` pairs)."""
+    for side_a, side_b in pairs:
+        for task_a in {unit.task for unit in side_a}:
+            for task_b in {unit.task for unit in side_b}:
+                if (
+                    task_a != task_b
+                    and not aligned(task_a, task_b)
+                    and not family_of(task_a) is family_of(task_b) is None
+                ):
+                    raise AttributionError(
+                        f"--pair_by doc_key: documents of {task_a} and {task_b} share an id, but their ids do not "
+                        "name the same documents (families.py aligns ids within the Style-OOD tasks and SNLI / "
+                        "SNLI-hard); pair sets whose documents are versions of one another, or leave out --pair_by"
+                    )
+
+
+def _stack(units: list[UnitCounts]) -> tuple[np.ndarray, np.ndarray]:
+    return np.stack([unit.counts for unit in units]), np.stack([unit.tokens for unit in units])
+
+
+def _summed(groups: list[list[UnitCounts]]) -> tuple[np.ndarray, np.ndarray]:
+    """Per group (the units of one set in one pair), counts and tokens summed."""
+    return (
+        np.stack([sum(unit.counts for unit in group) for group in groups]),
+        np.stack([sum(unit.tokens for unit in group) for group in groups]),
+    )
+
+
+# -- the attribution ----------------------------------------------------------------------------------------
+
+
+def _check_options(span: str, alpha: float, pair_by: str | None) -> None:
+    if span not in SPANS:
+        raise OptionError(f"span must be one of {', '.join(SPANS)}, got {span!r}")
+    if not 0 < alpha < 1:
+        raise OptionError(f"alpha must be between 0 and 1, got {alpha}")
+    if pair_by is not None and pair_by not in PAIRINGS:
+        raise OptionError(f"pair_by must be one of {', '.join(PAIRINGS)} (or none), got {pair_by!r}")
 
 
 def attribute_experts(
@@ -296,69 +473,75 @@ def attribute_experts(
     span: str = "prompt",
     alpha: float = 0.05,
     metric: str | None = None,
+    pair_by: str | None = None,
 ) -> Attribution:
     """The layer x expert attribution of set A against set B (see the module docstring)."""
-    if span not in SPANS:
-        raise OptionError(f"span must be one of {', '.join(SPANS)}, got {span!r}")
-    if not 0 < alpha < 1:
-        raise OptionError(f"alpha must be between 0 and 1, got {alpha}")
+    _check_options(span, alpha, pair_by)
     manifest = load_manifest(routing)
     layers = manifest["layers"]
     sets = [
         select_documents(selector, recorded_tasks(routing), samples, metric, manifest.get("run")) for selector in (a, b)
     ]
-    per_document, shared = _counts(routing, sets, span, layers)
-    for documents, counted in zip(sets, per_document, strict=True):
-        missing = sorted(documents.documents - counted.keys()) if documents.documents is not None else []
-        if missing:
+    units, shared, shared_prompts = _counts(routing, sets, span, layers)
+    _check_units(sets, units, shared, shared_prompts, span, routing)
+    unpaired, pairs = [0, 0], []
+    if pair_by:
+        pairs, unpaired = pair_units(units, pair_by, manifest.get("version", 1))
+        if len(pairs) < 2:
             raise AttributionError(
-                f"{documents.selector!r}: {len(missing)} document(s) have no routing records in {routing} (first: "
-                f"task {missing[0][0]}, doc_id {missing[0][1]}); the samples and the records come from different runs"
+                f"--pair_by {pair_by}: {len(pairs)} complete pair(s) of {a!r} and {b!r} ({unpaired[0]} and "
+                f"{unpaired[1]} units without a partner); "
+                + (
+                    "`document` pairs units of one document, as choice:0 with choice:1"
+                    if pair_by == "document"
+                    else "`doc_key` pairs documents with the same aligned id, as an SST-2 sentence and its styles"
+                )
             )
-    if shared:
-        task, doc_id = sorted(shared)[0]
-        raise AttributionError(f"{a!r} and {b!r} share {len(shared)} document(s) (first: {task} {doc_id})")
-    for documents, counted in zip(sets, per_document, strict=True):
-        if len(counted) < 2:
-            raise AttributionError(f"{documents.selector!r} selects {len(counted)} document(s); a set needs at least 2")
-    measured = [tuple(np.stack(arrays) for arrays in zip(*counted.values(), strict=True)) for counted in per_document]
-    (rate_a, var_a, clusters_a), (rate_b, var_b, clusters_b) = (_rate_and_variance(*pair) for pair in measured)
-    tested = np.minimum(clusters_a, clusters_b) >= 2
+        arrays = [_summed([pair[side] for pair in pairs]) for side in (0, 1)]
+    else:
+        arrays = [_stack(list(counted.values())) for counted in units]
+    (counts_a, tokens_a), (counts_b, tokens_b) = arrays
+    tested = np.minimum((tokens_a > 0).sum(0), (tokens_b > 0).sum(0)) >= 2
     if not tested.any():
         raise AttributionError(
-            f"no MoE layer has {span} tokens in at least 2 documents of each set ({a!r}: up to "
-            f"{clusters_a.max()}, {b!r}: up to {clusters_b.max()}); choose another --span or larger sets"
+            f"no MoE layer has {span} tokens in at least 2 units of each set ({a!r}: up to "
+            f"{(tokens_a > 0).sum(0).max()}, {b!r}: up to {(tokens_b > 0).sum(0).max()}); choose another --span "
+            "(a one-token continuation has no continuation input: --span scored counts the position that scores it) "
+            "or larger sets"
         )
-    degrees = np.minimum(clusters_a, clusters_b) - 1
-    rows = _tests(rate_a - rate_b, np.sqrt(var_a + var_b), degrees, (rate_a, rate_b), layers, tested, alpha)
+    tests = (paired_tests if pair_by else unpaired_tests)(counts_a, tokens_a, counts_b, tokens_b, tested)
     summaries = [
-        SetSummary(documents.selector, len(counted), int(tokens.sum(0).max()), documents.left_out)
-        for documents, counted, (_, tokens) in zip(sets, per_document, measured, strict=True)
+        SetSummary(
+            documents.selector,
+            sum(len(pair[side]) for pair in pairs) if pair_by else len(units[side]),
+            int(tokens.sum(0).max()),
+            documents.left_out,
+            unpaired[side],
+        )
+        for side, (documents, (_, tokens)) in enumerate(zip(sets, arrays, strict=True))
     ]
     untested = [layer["key"] for layer, ok in zip(layers, tested, strict=True) if not ok]
-    return Attribution(rows, *summaries, span, alpha, layers, untested)
+    rows = _rows(tests, layers, tested, alpha)
+    return Attribution(rows, *summaries, span, alpha, layers, untested, pair_by, len(pairs))
 
 
-def _tests(difference, stderr, degrees, rates, layers: list[dict], tested, alpha: float) -> list[ExpertRow]:
-    """One row per expert of the tested layers: the t-test of the difference, BH q-values over them all."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z = np.where(stderr > 0, difference / stderr, np.where(difference == 0, 0.0, np.sign(difference) * np.inf))
-        p_values = 2 * student_t.sf(np.abs(z), np.maximum(degrees, 1)[:, None])
-    rate_a, rate_b = rates
+def _rows(tests: CellTests, layers: list[dict], tested: np.ndarray, alpha: float) -> list[ExpertRow]:
+    """One row per expert of the tested layers, with BH q-values over them all; largest |risk difference| first."""
     cells = [(i, e) for i, layer in enumerate(layers) if tested[i] for e in range(layer["num_experts"])]
-    q_values = false_discovery_control([p_values[cell] for cell in cells], method="bh")
+    q_values = false_discovery_control([tests.p_value[cell] for cell in cells], method="bh")
     rows = [
         ExpertRow(
             layers[i]["key"],
             e,
-            round(float(rate_a[i, e]), 6),
-            round(float(rate_b[i, e]), 6),
-            round(float(difference[i, e]), 6),
-            round(float(stderr[i, e]), 6),
-            round(float(z[i, e]), 4) if math.isfinite(z[i, e]) else float(z[i, e]),
-            float(p_values[i, e]),
+            float(tests.rate_a[i, e]),
+            float(tests.rate_b[i, e]),
+            float(tests.difference[i, e]),
+            float(tests.stderr[i, e]),
+            float(tests.statistic[i, e]),
+            float(tests.p_value[i, e]),
             float(q),
             bool(q < alpha),
+            str(tests.test[i, e]),
         )
         for (i, e), q in zip(cells, q_values, strict=True)
     ]
@@ -368,75 +551,173 @@ def _tests(difference, stderr, degrees, rates, layers: list[dict], tested, alpha
 # -- from attribution to model arguments ------------------------------------------------------------------------
 
 
-def steering_experts(attribution: Attribution, top: int, direction: str) -> dict[str, list[int]]:
-    """The top experts significantly more active in A than in B, per layer key, within what the intervention
-    allows in a layer (forced: at most k; disabled: at least k left)."""
-    if direction not in DIRECTIONS:
-        raise OptionError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
-    if top < 1:
-        raise OptionError(f"top must be at least 1, got {top}")
+@dataclass(frozen=True)
+class SteeringPlan:
+    """Experts to force (more active in A) and to disable (more active in B), in one configuration."""
+
+    forced: dict[str, list[int]]  # layer key -> expert ids
+    disabled: dict[str, list[int]]
+    selection: str
+    disable_mode: str
+    asked: tuple[int, int]  # (force N, disable M)
+    skipped: list[dict] = field(default_factory=list)  # rows passed over for a layer's limit (layer, expert, why)
+
+
+def select_experts(
+    attribution: Attribution,
+    force: int,
+    disable: int,
+    selection: str = "significant",
+    disable_mode: str = "reroute",
+) -> SteeringPlan:
+    """Steering toward A's behaviour: up to `force` experts more active in A forced on, up to `disable` experts more
+    active in B disabled (swap A and B to steer toward B: SteerMoE's reverse_effect, src/utils.py l.96-98).
+
+    `significant` (ours): rows with q < alpha only, largest |risk difference| first; forced at most k per layer and,
+    with disable_mode=reroute, at least k experts left enabled per layer; a row beyond its layer's limit is passed
+    over and the next one taken. `steermoe` (src/utils.py l.90-125): every row, ranked by |risk difference| (ties:
+    layer, then expert); the first `force` rows with RD > 0 and the first `disable` with RD < 0, an error when fewer
+    exist (l.103-107); a positive row beyond k forced in its layer is skipped but still counts toward `force`
+    (l.118-122); negative rows have no per-layer limit (l.123-125: SteerMoE's soft deactivation), except that with
+    disable_mode=reroute (hard removal) a row that would leave fewer than k experts is skipped likewise."""
+    _check_selection(force, disable, selection, disable_mode)
     layers = {layer["key"]: layer for layer in attribution.layers}
-    chosen: dict[str, list[int]] = defaultdict(list)
-    taken = 0
+    if selection == "steermoe":
+        return _steermoe_selection(attribution, layers, force, disable, disable_mode)
+    chosen: dict[str, dict[str, list[int]]] = {"force": defaultdict(list), "disable": defaultdict(list)}
+    skipped, wanted = [], {"force": force, "disable": disable}
     for row in attribution.rows:
-        if taken == top:
-            break
-        if not row.significant or row.risk_difference <= 0 or layers[row.layer]["top_k"] is None:
-            continue  # a layer whose k the records do not give cannot be checked against the limits
         layer = layers[row.layer]
-        limit = layer["top_k"] if direction == "force" else layer["num_experts"] - layer["top_k"]
-        if len(chosen[row.layer]) < limit:
-            chosen[row.layer].append(row.expert)
-            taken += 1
-    return {key: sorted(experts) for key, experts in chosen.items()}
+        if not row.significant or row.risk_difference == 0 or layer["top_k"] is None:
+            continue  # a layer whose k the records do not give cannot be checked against the limits
+        kind = "force" if row.risk_difference > 0 else "disable"
+        if sum(map(len, chosen[kind].values())) == wanted[kind]:
+            continue
+        if len(chosen[kind][row.layer]) < _limit(layer, kind, disable_mode):
+            chosen[kind][row.layer].append(row.expert)
+        else:
+            skipped.append(_skip(row, layer, kind, disable_mode))
+    return _plan(chosen, selection, disable_mode, (force, disable), skipped)
 
 
-def model_argument(attribution: Attribution, experts: dict[str, list[int]], direction: str) -> str:
-    """`disable_experts="0:3,5;2:1"` (or force_experts) for `--model_args`; layers by block index unless the
-    model has an encoder and a decoder."""
+def _check_selection(force: int, disable: int, selection: str, disable_mode: str) -> None:
+    if selection not in SELECTIONS:
+        raise OptionError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
+    if disable_mode not in DISABLE_MODES:
+        raise OptionError(f"disable_mode must be one of {', '.join(DISABLE_MODES)}, got {disable_mode!r}")
+    if force < 0 or disable < 0:
+        raise OptionError(f"--force and --disable count experts (0 or more), got {force} and {disable}")
+
+
+def _limit(layer: dict, kind: str, disable_mode: str) -> int:
+    """How many experts of a layer may be forced (k: all are selected) or disabled (reroute: k must remain)."""
+    if kind == "force":
+        return layer["top_k"]
+    return layer["num_experts"] - layer["top_k"] if disable_mode == "reroute" else layer["num_experts"]
+
+
+def _skip(row: ExpertRow, layer: dict, kind: str, disable_mode: str) -> dict:
+    why = (
+        f"{layer['top_k']} experts already forced in its layer (top-k {layer['top_k']})"
+        if kind == "force"
+        else f"disable_mode={disable_mode} must leave {layer['top_k']} experts enabled"
+    )
+    return {"layer": row.layer, "expert": row.expert, "kind": kind, "why": why}
+
+
+def _steermoe_selection(attribution, layers: dict, force: int, disable: int, disable_mode: str) -> SteeringPlan:
+    order = {layer["key"]: i for i, layer in enumerate(attribution.layers)}
+    ranked = sorted(attribution.rows, key=lambda row: (-abs(row.risk_difference), order[row.layer], row.expert))
+    positive = [row for row in ranked if row.risk_difference > 0][:force]
+    negative = [row for row in ranked if row.risk_difference < 0][:disable]
+    if len(positive) < force or len(negative) < disable:
+        raise AttributionError(
+            f"SteerMoE's selection takes the top {force} rows with A - B > 0 and the top {disable} with A - B < 0; "
+            f"there are {len(positive)} and {len(negative)} such rows (SteerMoE raises here too, src/utils.py "
+            "l.106-107). Ask for fewer with --force/--disable, or record more units"
+        )
+    chosen: dict[str, dict[str, list[int]]] = {"force": defaultdict(list), "disable": defaultdict(list)}
+    skipped = []
+    for kind, rows in (("force", positive), ("disable", negative)):
+        for row in rows:
+            layer = layers[row.layer]
+            if layer["top_k"] is None and (kind == "force" or disable_mode == "reroute"):
+                raise AttributionError(
+                    f"layer {row.layer}: the records do not give its top-k, so the per-layer limit of SteerMoE's "
+                    f"selection cannot be applied to expert {row.expert}; use --selection significant"
+                )
+            if len(chosen[kind][row.layer]) < _limit(layer, kind, disable_mode):
+                chosen[kind][row.layer].append(row.expert)
+            else:  # skipped, and counted toward the N asked (src/utils.py l.118-122)
+                skipped.append(_skip(row, layer, kind, disable_mode))
+    return _plan(chosen, "steermoe", disable_mode, (force, disable), skipped)
+
+
+def _plan(chosen, selection: str, disable_mode: str, asked: tuple[int, int], skipped: list[dict]) -> SteeringPlan:
+    def ordered(experts: dict[str, list[int]]) -> dict[str, list[int]]:
+        return {key: sorted(ids) for key, ids in experts.items() if ids}
+
+    return SteeringPlan(ordered(chosen["force"]), ordered(chosen["disable"]), selection, disable_mode, asked, skipped)
+
+
+def _layer_spec(attribution: Attribution, experts: dict[str, list[int]]) -> str:
     two_sides = len({layer["side"] for layer in attribution.layers}) > 1
     names = {layer["key"]: layer["key"] if two_sides else str(layer["layer"]) for layer in attribution.layers}
-    spec = ";".join(f"{names[key]}:{','.join(map(str, ids))}" for key, ids in experts.items())
-    return f'{direction}_experts="{spec}"'
+    order = [layer["key"] for layer in attribution.layers]
+    return ";".join(f"{names[key]}:{','.join(map(str, experts[key]))}" for key in order if key in experts)
+
+
+def model_argument(attribution: Attribution, plan: SteeringPlan) -> str:
+    """The plan as one `--model_args` addition: `force_experts="0:3,5;2:1",disable_experts="1:0",disable_mode=...`
+    (layers by block index unless the model has an encoder and a decoder); "" when it steers nothing."""
+    parts = []
+    if plan.forced:
+        parts.append(f'force_experts="{_layer_spec(attribution, plan.forced)}"')
+    if plan.disabled:
+        parts += [f'disable_experts="{_layer_spec(attribution, plan.disabled)}"', f"disable_mode={plan.disable_mode}"]
+    return ",".join(parts)
 
 
 # -- output -----------------------------------------------------------------------------------------------------
 
 
-def write_attribution(attribution: Attribution, out_dir: str | Path, top: int = 10) -> list[Path]:
-    """`attribution.md/.csv/.json` (ranked table, the sets, model arguments for the top experts) and the
-    layer x expert heatmap `attribution.png`."""
+def write_attribution(
+    attribution: Attribution, out_dir: str | Path, plan: SteeringPlan | None = None, note: str = ""
+) -> list[Path]:
+    """`attribution.md/.csv/.json` (ranked table, the sets, the steering plan and its model arguments; `note`: why
+    there is no plan) and the layer x expert heatmap `attribution.png`."""
     out = Path(out_dir)
-    arguments = {
-        direction: model_argument(attribution, experts, direction)
-        for direction in DIRECTIONS
-        if (experts := steering_experts(attribution, top, direction))
-    }
-    records = [asdict(row) for row in attribution.rows]
+    argument = model_argument(attribution, plan) if plan else ""
     meta = {
         "a": asdict(attribution.a),
         "b": asdict(attribution.b),
         "span": attribution.span,
         "alpha": attribution.alpha,
+        "pair_by": attribution.pair_by,
+        "pairs": attribution.pairs,
         "untested_layers": attribution.untested,
-        "model_args": arguments,
+        "steering": asdict(plan) if plan else None,
+        "model_args": argument,
     }
-    paths = save_table(
-        out,
-        "attribution",
-        list(ExpertRow.__dataclass_fields__),
-        records,
-        _text_report(attribution, arguments, top),
-        meta,
-    )
+    text = _text_report(attribution) + _steering_report(attribution, plan, argument, note)
+    records = [asdict(row) for row in attribution.rows]
+    paths = save_table(out, "attribution", list(ExpertRow.__dataclass_fields__), records, text, meta)
     return paths + heatmap(attribution, out / "attribution")
 
 
-def _text_report(attribution: Attribution, arguments: dict[str, str], top: int) -> str:
-    a, b = attribution.a, attribution.b
-    shown = [row for row in attribution.rows if row.significant][: max(top, 20)] or attribution.rows[:top]
+def _set_line(name: str, summary: SetSummary, attribution: Attribution) -> str:
+    units = "requests" if CHOICE.fullmatch(summary.selector.strip()) else "documents"
+    line = f"{name} = `{summary.selector}`: {summary.documents} {units}, {summary.tokens} {attribution.span} tokens"
+    notes = [f"{summary.left_out} unjudged left out"] if summary.left_out else []
+    notes += [f"{summary.unpaired} without a partner left out"] if attribution.pair_by else []
+    return line + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def _text_report(attribution: Attribution) -> str:
+    significant_ranks = {id(row) for row in [row for row in attribution.rows if row.significant][:40]}
+    shown = [row for rank, row in enumerate(attribution.rows) if rank < 20 or id(row) in significant_ranks]
     table = markdown(
-        ["layer", "expert", "rate A", "rate B", "A - B", "stderr", "p", "q", ""],
+        ["layer", "expert", "rate A", "rate B", "A - B", "stderr", "p", "q", "test", ""],
         [
             [
                 row.layer,
@@ -447,39 +728,52 @@ def _text_report(attribution: Attribution, arguments: dict[str, str], top: int) 
                 number(row.stderr),
                 f"{row.p_value:.3g}",
                 f"{row.q_value:.3g}",
+                row.test,
                 "significant" if row.significant else "",
             ]
             for row in shown
         ],
-        [False, True, True, True, True, True, True, True, False],
+        [False, True, True, True, True, True, True, True, False, False],
     )
     significant = sum(row.significant for row in attribution.rows)
+    tests = ", ".join(sorted({row.test for row in attribution.rows}))
+    pairing = f", {attribution.pairs} pairs by {attribution.pair_by}" if attribution.pair_by else ""
     lines = [
         "### Experts behind the behaviour: A vs B",
         "",
-        f"A = `{a.selector}`: {a.documents} documents, {a.tokens} {attribution.span} tokens"
-        + (f" ({a.left_out} unjudged left out)" if a.left_out else ""),
-        f"B = `{b.selector}`: {b.documents} documents, {b.tokens} {attribution.span} tokens"
-        + (f" ({b.left_out} unjudged left out)" if b.left_out else ""),
+        _set_line("A", attribution.a, attribution),
+        _set_line("B", attribution.b, attribution),
         "",
         f"{significant} of {len(attribution.rows)} layer x expert pairs differ at q < {attribution.alpha} "
-        "(two-proportion test, standard errors clustered by document, Benjamini-Hochberg).",
+        f"(tests: {tests}{pairing}; units, not tokens, as independent draws; Benjamini-Hochberg).",
         "",
         table,
     ]
     if attribution.untested:
         lines += [
-            f"Not tested (no {attribution.span} tokens in 2 documents of each set): {', '.join(attribution.untested)}",
+            f"Not tested (no {attribution.span} tokens in 2 units of each set): {', '.join(attribution.untested)}",
             "",
         ]
+    return "\n".join(lines) + "\n"
+
+
+def _steering_report(attribution: Attribution, plan: SteeringPlan | None, argument: str, note: str) -> str:
     unknown_k = [layer["key"] for layer in attribution.layers if layer["top_k"] is None]
-    if unknown_k:
-        lines += [f"Not steered (the records do not give their top-k): {', '.join(unknown_k)}", ""]
-    if arguments:
-        lines += [f"Model arguments for the top {top} experts more active in A:", ""]
-        lines += [f"- `{argument}`" for argument in arguments.values()]
-    else:
-        lines.append("No expert is significantly more active in A than in B: nothing to steer.")
+    lines = [f"Not steered (the records do not give their top-k): {', '.join(unknown_k)}", ""] if unknown_k else []
+    if plan is None:
+        return "\n".join([*lines, f"No steering plan: {note}"]) + "\n"
+    force, disable = plan.asked
+    lines.append(
+        f"Steering toward A ({plan.selection} selection, disable_mode={plan.disable_mode}): asked to force {force} "
+        f"experts more active in A and disable {disable} more active in B; forcing "
+        f"{sum(map(len, plan.forced.values()))}, disabling {sum(map(len, plan.disabled.values()))}."
+    )
+    lines += [
+        f"- skipped {s['kind']} {s['layer']} expert {s['expert']}: {s['why']}"
+        + (" (counted toward the number asked, as SteerMoE does)" if plan.selection == "steermoe" else "")
+        for s in plan.skipped
+    ]
+    lines += ["", f"Model arguments: `{argument}`" if argument else "Nothing to steer: no expert qualifies."]
     return "\n".join(lines) + "\n"
 
 

@@ -96,34 +96,58 @@ def trace(args: argparse.Namespace) -> int:
     return 0
 
 
-def attribute(args: argparse.Namespace) -> int:
-    from moe_rbench.attribute import attribute_experts, write_attribution
+REMOVED_STEERING_FLAGS = (
+    "--direction and --top were replaced by --force N / --disable M, which steer toward A in one configuration as "
+    "SteerMoE does: `--direction force --top N` is `--force N`; `--direction disable --top N` (switch off the "
+    "experts more active in A) is `--a <B> --b <A> --disable N` (swap the sets)"
+)
 
-    attribution = attribute_experts(args.routing, args.a, args.b, args.samples, args.span, args.alpha, args.metric)
-    paths = write_attribution(attribution, args.out, args.top)
+
+def _check_removed_flags(args: argparse.Namespace) -> None:
+    from moe_rbench_models.errors import OptionError
+
+    if args.direction is not None or args.top is not None:
+        raise OptionError(REMOVED_STEERING_FLAGS)
+
+
+def attribute(args: argparse.Namespace) -> int:
+    from moe_rbench.attribute import AttributionError, attribute_experts, select_experts, write_attribution
+
+    _check_removed_flags(args)
+    attribution = attribute_experts(
+        args.routing, args.a, args.b, args.samples, args.span, args.alpha, args.metric, args.pair_by
+    )
+    force, disable = (10 if n is None else n for n in (args.force, args.disable))
+    try:
+        plan, note = select_experts(attribution, force, disable, args.selection, args.disable_mode), ""
+    except AttributionError as error:
+        plan, note = None, str(error)
+    paths = write_attribution(attribution, args.out, plan, note)
     print(paths[0].read_text(encoding="utf-8"))
     for path in paths:
         print(path)
+    if note:  # the table is written; the selection asked for could not be made
+        print(f"moe-rbench attribute: {note}", file=sys.stderr)
+        return 2
     return 0
 
 
 def steer(args: argparse.Namespace) -> int:
-    from moe_rbench.steer import markdown, steer
+    from moe_rbench.steer import SteerOptions, markdown, steer
 
-    steering = steer(
-        args.routing,
-        args.a,
-        args.b,
-        args.lm_eval_args,
-        args.out,
-        args.top,
-        args.direction,
-        args.samples,
-        args.span,
-        args.alpha,
-        args.before,
-        args.metric,
+    _check_removed_flags(args)
+    options = SteerOptions(
+        force=args.force or 0,
+        disable=args.disable or 0,
+        selection=args.selection,
+        disable_mode=args.disable_mode,
+        samples=args.samples,
+        span=args.span,
+        alpha=args.alpha,
+        metric=args.metric,
+        pair_by=args.pair_by,
     )
+    steering = steer(args.routing, args.a, args.b, args.lm_eval_args, args.out, options, args.before)
     print(markdown(steering))
     print(f"tables: {args.out}/steer.md, attribution: {args.out}/attribution/attribution.md")
     return 0
@@ -260,7 +284,10 @@ COMMANDS = {
 
 def _attribution_options(parser: argparse.ArgumentParser, steering: bool) -> None:
     parser.add_argument("--routing", required=True, help="a routing_out directory of moe_hf")
-    sets = "task patterns ('moe_rbench_style_*'), judge:FIELD=VALUE (judge:refusal=true), correct or wrong"
+    sets = (
+        "task patterns ('moe_rbench_style_*'), judge:FIELD=VALUE (judge:refusal=true), correct, wrong, or choice:N "
+        "(the N-th request of each document: the N-th answer choice; choice:N@TASKS for some tasks)"
+    )
     parser.add_argument("--a", required=True, help=f"set A: {sets}")
     parser.add_argument("--b", required=True, help="set B, as --a")
     parser.add_argument(
@@ -270,19 +297,43 @@ def _attribution_options(parser: argparse.ArgumentParser, steering: bool) -> Non
     parser.add_argument(
         "--span",
         default="prompt",
-        choices=("prompt", "continuation", "all"),
-        help="tokens counted: the prompt (default), the scored or generated continuation, or both",
+        choices=("prompt", "continuation", "scored", "all"),
+        help="positions counted: those whose input is a prompt token (default) or a continuation token (SteerMoE's "
+        "target tokens: the last continuation token is never an input), those that score or produce the "
+        "continuation tokens (scored: what `continuation` meant in earlier releases), or all",
+    )
+    parser.add_argument(
+        "--pair_by",
+        choices=("document", "doc_key"),
+        help="paired sets, as SteerMoE's: units of one document (--a choice:0 --b choice:1), or documents with the "
+        "same aligned id (an SST-2 sentence and its styled version); only complete pairs are used",
     )
     parser.add_argument("--alpha", type=float, default=0.05, help="false discovery rate (default 0.05)")
-    parser.add_argument("--top", type=positive_int, default=10, help="experts to steer (default 10)")
+    count = "" if steering else " (default 10)"
+    parser.add_argument(
+        "--force", type=int, metavar="N", help=f"experts more active in A to force on{count}: steering toward A"
+    )
+    parser.add_argument(
+        "--disable", type=int, metavar="M", help=f"experts more active in B to switch off{count}: steering toward A"
+    )
+    parser.add_argument(
+        "--selection",
+        default="significant",
+        choices=("significant", "steermoe"),
+        help="significant (default): experts with q < alpha, within each layer's limits; steermoe: SteerMoE's, the "
+        "top rows by |A - B| without a test, a row beyond its layer's limit skipped but counted",
+    )
+    parser.add_argument(
+        "--disable_mode",
+        default="reroute",
+        choices=("reroute", "steermoe"),
+        help="how moe_hf disables: reroute (default; removed from the router, at least k experts must remain) or "
+        "steermoe (SteerMoE's edit: the expert's log-probability set to the token's minimum - 0.01; no limit)",
+    )
+    parser.add_argument("--top", type=int, help=argparse.SUPPRESS)  # removed: REMOVED_STEERING_FLAGS
+    parser.add_argument("--direction", help=argparse.SUPPRESS)
     parser.add_argument("--out", required=True, help="output directory")
     if steering:
-        parser.add_argument(
-            "--direction",
-            default="disable",
-            choices=("disable", "force"),
-            help="disable the experts more active in A (suppress A's behaviour) or force them (promote it)",
-        )
         parser.add_argument("--before", help="an existing evaluation with the same lm_eval arguments (skip re-running)")
     parser.add_argument("--metric", help="correct/wrong: the 0/1 per-document metric (default: acc or exact_match)")
 

@@ -1,15 +1,18 @@
 """`moe-rbench steer`: from routing records to an intervention to a re-measured score, in one command.
 
-1. `attribute_experts` over the records (`--routing`, sets `--a` and `--b`) gives the top N experts significantly
-   more active in A than in B;
+1. `attribute_experts` over the records (`--routing`, sets `--a` and `--b`) and `select_experts` give the experts to
+   steer toward A's behaviour in one configuration, as SteerMoE's `steer_moe` does (src/utils.py l.72-132):
+   `--force N` experts more active in A forced on, `--disable M` experts more active in B disabled (swap --a and
+   --b to steer toward B: SteerMoE's reverse_effect); `--selection significant` (q < alpha) or `steermoe` (ranked
+   by |risk difference|, no test); `--disable_mode reroute` (hard removal) or `steermoe` (SteerMoE's soft edit);
 2. the stock lm-eval runs the evaluation given after `--` twice, into `<out>/before` and `<out>/after`, the second
-   with `disable_experts=` (suppress what A shows) or `force_experts=` (promote it) added to its model arguments,
-   both with `--log_samples`; `--before RUN` reuses an evaluation already made with the same arguments;
+   with `force_experts=`, `disable_experts=` and `disable_mode=` added to its model arguments, both with
+   `--log_samples`; `--before RUN` reuses an evaluation already made with the same arguments;
 3. `moe-rbench compare`'s metrics give the before/after table: every metric of the evaluated tasks, the change and
    its standard error, paired on the same documents (with the paired test's p-value) where the samples reproduce
    the reported number. Judges run afterwards: `moe-rbench judge --samples <out>` judges both runs.
 
-Writes `<out>/attribution/` (table, heatmap, model arguments), `<out>/steer.md/.csv/.json`.
+Writes `<out>/attribution/` (table, heatmap, steering plan, model arguments), `<out>/steer.md/.csv/.json`.
 """
 
 from __future__ import annotations
@@ -23,12 +26,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from moe_rbench import tables
-from moe_rbench.attribute import attribute_experts, model_argument, steering_experts, write_attribution
+from moe_rbench.attribute import (
+    AttributionError,
+    attribute_experts,
+    model_argument,
+    select_experts,
+    write_attribution,
+)
 from moe_rbench.compare import Comparison, GateOptions, compare, comparison_table
 from moe_rbench.runs import load_run
 from moe_rbench_models.errors import MoERBenchError, OptionError
 
-INTERVENTION_ARGS = ("disable_experts", "force_experts")
+INTERVENTION_ARGS = ("disable_experts", "force_experts", "disable_mode", "drop_renormalize")
 
 
 class SteerError(MoERBenchError, RuntimeError):
@@ -37,7 +46,7 @@ class SteerError(MoERBenchError, RuntimeError):
 
 @dataclass(frozen=True)
 class Steering:
-    model_argument: str  # e.g. disable_experts="0:3;1:2"
+    model_argument: str  # e.g. force_experts="0:3",disable_experts="1:2",disable_mode=reroute
     rows: list[Comparison]
     before: Path
     after: Path
@@ -114,36 +123,67 @@ def evaluate(lm_eval_args: list[str], output_path: Path) -> Path:
     return output_path
 
 
+@dataclass(frozen=True)
+class SteerOptions:
+    """What to steer (`select_experts`) and how the attribution is made (`attribute_experts`)."""
+
+    force: int = 0
+    disable: int = 0
+    selection: str = "significant"
+    disable_mode: str = "reroute"
+    samples: str | Path | None = None
+    span: str = "prompt"
+    alpha: float = 0.05
+    metric: str | None = None
+    pair_by: str | None = None
+
+
+def check_options(options: SteerOptions) -> None:
+    """Something to steer, and a disable_mode this moe_hf accepts (checked before any evaluation)."""
+    from moe_rbench_models.routing.interventions import DISABLE_MODES
+
+    if options.force < 1 and options.disable < 1:
+        raise OptionError("steer needs --force N and/or --disable M (experts to force on / to switch off)")
+    if options.disable and options.disable_mode not in DISABLE_MODES:
+        raise OptionError(
+            f"--disable_mode {options.disable_mode}: this moe_hf accepts disable_mode {', '.join(DISABLE_MODES)}; "
+            "update moe-rbench, or use --disable_mode reroute"
+        )
+
+
 def steer(
     routing: str | Path,
     a: str,
     b: str,
     lm_eval_args: list[str],
     out: str | Path,
-    top: int = 10,
-    direction: str = "disable",
-    samples: str | Path | None = None,
-    span: str = "prompt",
-    alpha: float = 0.05,
+    options: SteerOptions,
     before: str | Path | None = None,
-    metric: str | None = None,
 ) -> Steering:
     model_args = check_lm_eval_args(lm_eval_args)
+    check_options(options)
     out = Path(out)
     if before:
         check_before(Path(before), model_args)
     for path in ([] if before else [out / "before"]) + [out / "after"]:
         if path.exists() and any(path.iterdir()):
             raise OptionError(f"{path} already holds an evaluation; give another --out, or remove it")
-    attribution = attribute_experts(routing, a, b, samples, span, alpha, metric)
-    write_attribution(attribution, out / "attribution", top)
-    experts = steering_experts(attribution, top, direction)
-    if not experts:
+    attribution = attribute_experts(
+        routing, a, b, options.samples, options.span, options.alpha, options.metric, options.pair_by
+    )
+    try:
+        plan = select_experts(attribution, options.force, options.disable, options.selection, options.disable_mode)
+    except AttributionError as error:
+        write_attribution(attribution, out / "attribution", None, str(error))
+        raise
+    write_attribution(attribution, out / "attribution", plan)
+    argument = model_argument(attribution, plan)
+    if not argument:
         raise OptionError(
-            f"no expert is more active in {a!r} than in {b!r} at q < {alpha} (see {out / 'attribution'}); nothing "
-            "to steer. Record more documents, or swap --a and --b to steer the other way."
+            f"no expert qualifies: none is more active in {a!r} than in {b!r} (to force) or in {b!r} than in {a!r} "
+            f"(to disable) at q < {options.alpha} within the layers' limits (see {out / 'attribution'}); nothing to "
+            "steer. Record more documents, or use --selection steermoe (ranked by |A - B|, no test)."
         )
-    argument = model_argument(attribution, experts, direction)
     before_path = Path(before) if before else evaluate(lm_eval_args, out / "before")
     after_path = evaluate([*lm_eval_args, "--model_args", argument], out / "after")
     baseline, steered = load_run(before_path, "before"), load_run(after_path, "after")

@@ -5,8 +5,11 @@ differs)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+from collections import defaultdict
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -17,14 +20,21 @@ from scipy.stats import t as student_t
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from moe_rbench.attribute import (
+    Attribution,
     AttributionError,
+    ExpertRow,
+    SetSummary,
+    SteeringPlan,
     attribute_experts,
     model_argument,
     select_documents,
-    steering_experts,
+    select_experts,
 )
+from moe_rbench.attribution_stats import paired_tests, unpaired_tests
 from moe_rbench.judging import judge_samples
+from moe_rbench.steer import SteerOptions, check_options
 from moe_rbench_models import MoEHFLM
+from moe_rbench_models.errors import OptionError
 from moe_rbench_models.routing import load_manifest, load_records
 from moe_rbench_models.tiny import build_tiny_model
 from moe_rbench_tasks.judges import load_judge
@@ -87,15 +97,16 @@ def test_attribution_finds_the_planted_expert_and_nothing_the_routing_does_not_s
     assert not [row for row in attribution.rows[1:] if row.significant]
     assert not [row for row in attribution.rows if row.layer == "decoder.1" and row.risk_difference != 0]
     assert attribution.a.documents == attribution.b.documents == 12
-    assert steering_experts(attribution, 5, "force") == {"decoder.0": [3]}
+    assert select_experts(attribution, 5, 0).forced == {"decoder.0": [3]}
 
 
 @pytest.mark.equivalence
 def test_rates_and_standard_errors_equal_an_independent_computation(planted_records):
     attribution = attribute_experts(planted_records, "planted", "plain")
     per_doc = {"planted": [], "plain": []}
-    for record in load_records(planted_records):
-        ids = record.layers["decoder.0"].context_ids
+    for record in load_records(planted_records):  # the prompt: context entries and the first continuation entry
+        routing = record.layers["decoder.0"]
+        ids = np.concatenate([routing.context_ids, routing.continuation_ids[:1]])
         per_doc[record.task].append(((ids == 3).any(-1).sum(), len(ids)))
     row = next(r for r in attribution.rows if (r.layer, r.expert) == ("decoder.0", 3))
     variances, rates = [], []
@@ -116,9 +127,9 @@ def test_the_model_arguments_steer_the_expert(planted_model, planted_records, tm
     from lm_eval._cli.utils import key_val_to_dict
 
     attribution = attribute_experts(planted_records, "planted", "plain")
-    forced = steering_experts(attribution, 1, "force")
-    assert forced == {"decoder.0": [3]}
-    argument = model_argument(attribution, forced, "force")
+    plan = select_experts(attribution, 1, 0)
+    assert plan.forced == {"decoder.0": [3]}
+    argument = model_argument(attribution, plan)
     assert argument == 'force_experts="0:3"'
     options = key_val_to_dict(f"pretrained={planted_model},{argument}")  # as lm_eval --model_args reads it
     with MoEHFLM(device="cpu", routing_out=str(tmp_path / "forced"), **options) as lm:
@@ -127,20 +138,49 @@ def test_the_model_arguments_steer_the_expert(planted_model, planted_records, tm
     assert (record.layers["decoder.0"].context_ids == 3).any(-1).all()  # every token, none of them an @
     unforced = [r for r in load_records(planted_records) if r.task == "plain"]
     assert not any((r.layers["decoder.0"].context_ids == 3).any() for r in unforced)
+    # steering toward `plain`: expert 3 is more active in B, so it is disabled; with a forced expert of the second
+    # layer, one configuration
+    swapped = select_experts(attribute_experts(planted_records, "plain", "planted"), 0, 1)
+    assert (swapped.forced, swapped.disabled) == ({}, {"decoder.0": [3]})
+    plan = SteeringPlan({"decoder.1": [2]}, swapped.disabled, "significant", "reroute", (1, 1))
+    argument = model_argument(attribution, plan)
+    assert argument == 'force_experts="1:2",disable_experts="0:3",disable_mode=reroute'
+    options = key_val_to_dict(f"pretrained={planted_model},{argument}")
+    assert (options["force_experts"], options["disable_experts"], options["disable_mode"]) == ("1:2", "0:3", "reroute")
+    with MoEHFLM(device="cpu", routing_out=str(tmp_path / "both"), **options) as lm:
+        lm.loglikelihood([Instance("loglikelihood", {}, (text(1, True), " end"), 0, metadata=("planted", 0, 1))])
+    (record,) = load_records(tmp_path / "both")
+    assert not (record.layers["decoder.0"].context_ids == 3).any()  # the @ went elsewhere
+    assert (record.layers["decoder.1"].context_ids == 2).all()
 
 
 def test_the_attribute_command_writes_table_figure_and_model_arguments(planted_records, tmp_path):
     result = run(
         [str(BIN / "moe-rbench"), "attribute", "--routing", str(planted_records), "--a", "planted", "--b", "plain",
-         "--top", "1", "--out", str(tmp_path / "out")]
+         "--force", "1", "--disable", "1", "--out", str(tmp_path / "out")]
     )  # fmt: skip
     first_row = next(line for line in result.stdout.splitlines() if line.startswith("| decoder"))
-    assert first_row.startswith("| decoder.0 | 3 | 0.0436 | 0.0000 | +0.0436 |")
+    # 12 @ among the 287 prompt positions of A (every prompt token is an input once: 275 context entries and 12
+    # first continuation entries); the 12 vs 12 documents are too many to enumerate: the clustered t-test
+    assert first_row.startswith("| decoder.0 | 3 | 0.0418 | 0.0000 | +0.0418 |") and "| clustered t |" in first_row
     written = json.loads((tmp_path / "out" / "attribution.json").read_text())
     assert (written["rows"][0]["layer"], written["rows"][0]["expert"]) == ("decoder.0", 3)
-    assert written["model_args"] == {"disable": 'disable_experts="0:3"', "force": 'force_experts="0:3"'}
+    # no expert is significantly more active in B: only the forced one
+    assert written["model_args"] == 'force_experts="0:3"' and written["steering"]["disabled"] == {}
     assert (tmp_path / "out" / "attribution.png").stat().st_size > 1000
     assert (tmp_path / "out" / "attribution.csv").read_text().splitlines()[1].startswith("decoder.0,3,")
+    # SteerMoE's selection asks for rows of each sign without a test: the table is written, the shortfall an error
+    command = [str(BIN / "moe-rbench"), "attribute", "--routing", str(planted_records), "--a", "planted", "--b",
+               "plain", "--out", str(tmp_path / "steermoe"), "--selection", "steermoe", "--force", "1"]  # fmt: skip
+    result = run([*command, "--disable", "9"], check=False)
+    assert result.returncode == 2 and "the top 9 with A - B < 0; there are 1 and 2 such rows" in result.stderr
+    assert "No steering plan: SteerMoE's selection" in (tmp_path / "steermoe" / "attribution.md").read_text()
+    result = run([*command, "--disable", "2"])  # the two experts a little less active in A, untested
+    written = json.loads((tmp_path / "steermoe" / "attribution.json").read_text())
+    assert written["model_args"] == 'force_experts="0:3",disable_experts="0:1,2",disable_mode=reroute'
+    # the flags of one direction per run are gone, with the way to say the same now
+    result = run([*command[:-4], "--top", "3", "--direction", "force"], check=False)
+    assert result.returncode == 2 and "`--direction force --top N` is `--force N`" in result.stderr
 
 
 def test_sets_by_correctness_are_the_documents_lm_eval_scored_right_and_wrong(tiny_model, tmp_path):
@@ -183,22 +223,38 @@ def test_sets_by_a_judges_verdict_leave_out_what_it_did_not_judge(tiny_model, tm
     assert (attribution.a.documents, attribution.b.documents, attribution.b.left_out) == (4, 3, 1)
 
 
-def test_a_multiple_choice_context_counts_once_and_layers_without_span_tokens_are_not_tested(tiny_model, tmp_path):
+def test_encoder_decoder_spans_a_multiple_choice_context_once_and_layers_without_span_tokens_untested(
+    tiny_model, tmp_path
+):
     requests = [
         Instance("loglikelihood", {}, (text(i, False) + " is it", choice), c, metadata=(task, i, 1))
         for task in ("x", "y")
         for i in range(4)
-        for c, choice in enumerate([" yes", " no", " maybe"])
+        for c, choice in enumerate([" yes it is", " no", " maybe so"])
     ]
     with MoEHFLM(pretrained=str(tiny_model("switch_transformers")), device="cpu", routing_out=str(tmp_path)) as lm:
         lm.loglikelihood(requests)
-    contexts = {(r.task, r.doc_id): len(r.layers["encoder.1"].context_ids) for r in load_records(tmp_path)}
+    contexts, decoder = {}, {"scored": 0, "continuation": 0}
+    for record in load_records(tmp_path):  # tokens kept (not dropped for capacity), from the record arrays
+        encoder, routing = record.layers["encoder.1"], record.layers["decoder.1"]
+        contexts[(record.task, record.doc_id)] = int((~encoder.context_dropped).sum())
+        kept = ~routing.continuation_dropped if record.task == "x" else np.zeros(0, dtype=bool)
+        # the decoder's first input is the decoder-start token (0 in T5-style models): in no span but scored and all
+        assert record.continuation_inputs[0] == 0 and list(record.continuation_inputs[1:]) == list(
+            record.continuation_tokens[:-1]
+        )
+        decoder["scored"] += int(kept.sum())
+        decoder["continuation"] += int(kept[1:].sum())
     prompt = attribute_experts(tmp_path, "x", "y")
     assert prompt.a.tokens == sum(n for (task, _), n in contexts.items() if task == "x")  # not three times that
     # the prompt reaches the encoder only: decoder layers are left out of the tests (and of the q-values)
     assert prompt.untested == ["decoder.1"] and {row.layer for row in prompt.rows} == {"encoder.1"}
-    continuation = attribute_experts(tmp_path, "x", "y", span="continuation")
-    assert continuation.untested == ["encoder.1"] and {row.layer for row in continuation.rows} == {"decoder.1"}
+    for span in ("scored", "continuation"):
+        attribution = attribute_experts(tmp_path, "x", "y", span=span)
+        assert attribution.untested == ["encoder.1"] and {row.layer for row in attribution.rows} == {"decoder.1"}
+        assert attribution.a.tokens == decoder[span] > 0
+    # every position once: the encoder layer sees the contexts, the decoder layer every decoder position
+    assert attribute_experts(tmp_path, "x", "y", span="all").a.tokens == max(prompt.a.tokens, decoder["scored"])
 
 
 @pytest.mark.parametrize(
@@ -220,7 +276,7 @@ def test_steer_forces_the_planted_expert_and_writes_the_before_after_table(plant
     lm_eval_args = ["--model", "moe_hf", "--model_args", f"pretrained={planted_model}", "--tasks", "moe_rbench_sst2",
                     "--limit", "10", "--device", "cpu", "--metadata", metadata]  # fmt: skip
     command = [str(BIN / "moe-rbench"), "steer", "--routing", str(planted_records), "--a", "planted", "--b", "plain",
-               "--top", "3", "--direction", "force", "--out", str(tmp_path / "out"), "--", *lm_eval_args]  # fmt: skip
+               "--force", "3", "--out", str(tmp_path / "out"), "--", *lm_eval_args]  # fmt: skip
     result = run(command, timeout=600)
     assert 'force_experts="0:3"' in result.stdout and "| moe_rbench_sst2 / acc,none |" in result.stdout
     before, before_samples = lm_eval_outputs(tmp_path / "out" / "before")
@@ -255,3 +311,338 @@ def test_steer_refuses_an_evaluation_it_cannot_steer(planted_records, tmp_path):
     ]:
         result = run([*command[:-4], "--model", "moe_hf", "--model_args", model_args], check=False)
         assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+# -- spans, tests, selection and pairs against independent computations -------------------------------------------
+
+
+def record_spans(model_path, out):
+    """Two answers per prompt. `tail`: the prompt ends in @, answer 0 holds an @; `plain` (ids shifted by one, so
+    three documents align with `tail` by id): no @ in the prompt, answer 1 holds one. `only_at` (prompts of @ alone)
+    and `no_at`: two documents each."""
+
+    def answers(task: str, i: int) -> tuple[str, str]:
+        if task == "tail":
+            return " " + text(i + 1, True), " " + text(i + 2, False)
+        return " " + text(i + 3, False), " " + text(i + 4, True)
+
+    requests = [
+        Instance("loglikelihood", {"id": f"k{i + (task == 'plain')}"}, (context, answer), c, metadata=(task, i, 1))
+        for task in ("tail", "plain")
+        for i in range(4)
+        for context in [text(i, False) + (" @" if task == "tail" else "")]
+        for c, answer in enumerate(answers(task, i))
+    ]
+    requests += [
+        Instance("loglikelihood", {}, (PLANTED * (3 + i) if task == "only_at" else text(i + 5, False), " end"), 0,
+                 metadata=(task, i, 1))
+        for task in ("only_at", "no_at")
+        for i in range(2)
+    ]  # fmt: skip
+    with MoEHFLM(pretrained=str(model_path), device="cpu", batch_size=8, routing_out=str(out)) as lm:
+        lm.loglikelihood(requests)
+    return out
+
+
+@pytest.fixture(scope="module")
+def span_records(planted_model, tmp_path_factory):
+    return record_spans(planted_model, tmp_path_factory.mktemp("spans"))
+
+
+def inputs_in_span(records, span: str) -> dict[str, list[np.ndarray]]:
+    """Per task, the input tokens of the positions a span counts, written from the record arrays by the rule: a
+    causal model's first continuation entry reads the last prompt token, entry j > 0 reads continuation token j-1."""
+    per_task: dict[str, list[np.ndarray]] = {}
+    for record in records:
+        assert list(record.continuation_inputs[1:]) == list(record.continuation_tokens[:-1])
+        prompt = np.concatenate([record.context_tokens, record.continuation_inputs[:1]])
+        answer = record.continuation_inputs[1:]
+        first_answer = record.request_index == 0  # the document's prompt once, with its first request
+        chosen = {
+            "prompt": [prompt] if first_answer else [],
+            "continuation": [answer],
+            "scored": [record.continuation_inputs],
+            "all": ([prompt] if first_answer else []) + [answer],
+        }[span]
+        per_task.setdefault(record.task, []).extend(chosen)
+    return per_task
+
+
+def test_spans_count_the_positions_whose_input_is_a_prompt_or_continuation_token(span_records, planted_model):
+    (planted_id,) = AutoTokenizer.from_pretrained(planted_model)(PLANTED)["input_ids"]
+    records = list(load_records(span_records))
+    for record in records:  # the first router sends a position to expert 3 exactly when its input is @
+        routing = record.layers["decoder.0"]
+        for ids, inputs in ((routing.context_ids, record.context_tokens), (routing.continuation_ids,
+                                                                           record.continuation_inputs)):  # fmt: skip
+            assert list((ids == 3).any(-1)) == list(inputs == planted_id)
+    for span in ("prompt", "continuation", "scored", "all"):
+        attribution = attribute_experts(span_records, "tail", "plain", span=span)
+        row = next(r for r in attribution.rows if (r.layer, r.expert) == ("decoder.0", 3))
+        inputs = {task: np.concatenate(parts) for task, parts in inputs_in_span(records, span).items()}
+        assert (attribution.a.tokens, attribution.b.tokens) == (len(inputs["tail"]), len(inputs["plain"])), span
+        assert row.rate_a == pytest.approx(np.mean(inputs["tail"] == planted_id), abs=1e-12), span
+        assert row.rate_b == pytest.approx(np.mean(inputs["plain"] == planted_id), abs=1e-12), span
+    # the @ that ends each `tail` prompt is a prompt input (a position the old `continuation` counted, and the old
+    # `prompt` did not); the @ inside the answers is a continuation input
+    assert attribute_experts(span_records, "tail", "plain", span="prompt").rows[0].rate_a > 0
+    with pytest.raises(AttributionError, match=r"share the prompt of 4 document\(s\) .* --span continuation"):
+        attribute_experts(span_records, "choice:0@tail", "choice:1@tail", span="prompt")
+
+
+def brute_force_permutation(units_a: list[tuple[int, int]], units_b: list[tuple[int, int]]) -> Fraction:
+    """Exact two-sided permutation p-value of the difference of pooled rates, every relabeling enumerated, in
+    exact arithmetic; units are (hits, tokens)."""
+    units = units_a + units_b
+
+    def difference(in_a) -> Fraction:
+        a = [units[i] for i in in_a]
+        b = [units[i] for i in range(len(units)) if i not in in_a]
+        return Fraction(sum(h for h, _ in a), sum(t for _, t in a)) - Fraction(
+            sum(h for h, _ in b), sum(t for _, t in b)
+        )
+
+    observed = abs(difference(range(len(units_a))))
+    labelings = list(itertools.combinations(range(len(units)), len(units_a)))
+    return Fraction(sum(abs(difference(set(labeling))) >= observed for labeling in labelings), len(labelings))
+
+
+def brute_force_sign_flip(pairs: list[tuple[tuple[int, int], tuple[int, int]]]) -> Fraction:
+    """Exact two-sided sign-flip p-value: A and B swapped within every subset of the pairs, in exact arithmetic."""
+
+    def difference(flips) -> Fraction:
+        a = [pair[flip] for pair, flip in zip(pairs, flips, strict=True)]
+        b = [pair[1 - flip] for pair, flip in zip(pairs, flips, strict=True)]
+        return Fraction(sum(h for h, _ in a), sum(t for _, t in a)) - Fraction(
+            sum(h for h, _ in b), sum(t for _, t in b)
+        )
+
+    observed = abs(difference([0] * len(pairs)))
+    flips = list(itertools.product((0, 1), repeat=len(pairs)))
+    return Fraction(sum(abs(difference(f)) >= observed for f in flips), len(flips))
+
+
+def hits_and_tokens(records, expert: int, layer: str = "decoder.0") -> tuple[int, int]:
+    """An expert's activations and the tokens over the continuation positions of some records (entries 1..)."""
+    ids = np.concatenate([record.layers[layer].continuation_ids[1:] for record in records])
+    return int((ids == expert).any(-1).sum()), len(ids)
+
+
+def test_two_documents_per_set_never_give_p_zero(span_records):
+    """Expert 3 on every prompt token of A (prompts of @ alone), never in B: the clustered standard error is 0 and
+    the t-test said p = 0; the exact permutation test over C(4, 2) = 6 labelings gives 2/6 (the observed labeling
+    and its mirror image)."""
+    attribution = attribute_experts(span_records, "only_at", "no_at")
+    row = next(r for r in attribution.rows if (r.layer, r.expert) == ("decoder.0", 3))
+    assert (row.rate_a, row.rate_b, row.stderr) == (1.0, 0.0, 0.0)
+    assert row.p_value == pytest.approx(2 / 6, abs=1e-12) and row.test == "exact permutation"
+    assert not row.significant  # 2 documents a side cannot show anything at q < 0.05
+
+
+def test_exact_permutation_p_values_equal_a_brute_force(span_records):
+    attribution = attribute_experts(span_records, "tail", "plain", span="continuation")
+    records = list(load_records(span_records))
+    for row in (r for r in attribution.rows if r.layer == "decoder.0"):
+        units = [
+            [hits_and_tokens([r for r in records if (r.task, r.doc_id) == (task, i)], row.expert) for i in range(4)]
+            for task in ("tail", "plain")
+        ]
+        assert row.test == "exact permutation"  # C(8, 4) = 70 labelings
+        assert row.p_value == pytest.approx(float(brute_force_permutation(*units)), abs=1e-12), row
+    assert {row.test for row in attribution.rows} == {"exact permutation"}
+
+
+def test_pairs_by_document_compare_two_answers_to_one_prompt(span_records):
+    attribution = attribute_experts(span_records, "choice:0@tail", "choice:1@tail", span="continuation",
+                                    pair_by="document")  # fmt: skip
+    assert (attribution.pairs, attribution.a.documents, attribution.a.unpaired) == (4, 4, 0)
+    records = {(r.doc_id, r.request_index): r for r in load_records(span_records) if r.task == "tail"}
+    for row in (r for r in attribution.rows if r.layer == "decoder.0"):
+        pairs = [tuple(hits_and_tokens([records[(i, c)]], row.expert) for c in (0, 1)) for i in range(4)]
+        rate_a = Fraction(sum(a[0] for a, _ in pairs), sum(a[1] for a, _ in pairs))
+        assert row.rate_a == pytest.approx(float(rate_a), abs=1e-12)
+        assert row.test == "exact sign-flip"  # 2^4 sign flips
+        assert row.p_value == pytest.approx(float(brute_force_sign_flip(pairs)), abs=1e-12), row
+    expert_3 = next(r for r in attribution.rows if (r.layer, r.expert) == ("decoder.0", 3))
+    assert expert_3.rate_b == 0 and expert_3.p_value == pytest.approx(2 / 16)  # answer 0 alone holds an @
+
+
+def test_pairs_by_doc_key_use_complete_pairs_only(span_records):
+    attribution = attribute_experts(span_records, "tail", "plain", span="continuation", pair_by="doc_key")
+    # tail holds ids k0-k3, plain k1-k4: three complete pairs, one document of each left out
+    assert attribution.pairs == 3 and (attribution.a.unpaired, attribution.b.unpaired) == (1, 1)
+    assert attribution.a.documents == attribution.b.documents == 3
+    by_document = defaultdict(list)
+    for record in load_records(span_records):
+        by_document[(record.task, record.doc_id)].append(record)
+    for row in (r for r in attribution.rows if r.layer == "decoder.0"):
+        pairs = [
+            (hits_and_tokens(by_document[("tail", k)], row.expert), hits_and_tokens(by_document[("plain", k - 1)],
+                                                                                  row.expert))
+            for k in (1, 2, 3)
+        ]  # fmt: skip
+        assert row.p_value == pytest.approx(float(brute_force_sign_flip(pairs)), abs=1e-12), row
+    with pytest.raises(AttributionError, match=r"--pair_by document: 0 complete pair\(s\) .* choice:0 with choice:1"):
+        attribute_experts(span_records, "tail", "plain", span="continuation", pair_by="document")
+
+
+def t_reference(difference: float, stderr: float, degrees: int) -> float:
+    return 2 * student_t.sf(abs(difference) / stderr, degrees)
+
+
+def test_many_units_keep_the_clustered_t_test_and_a_zero_variance_cell_its_exact_p():
+    rng = np.random.default_rng(7)
+    tokens_a, tokens_b = rng.integers(5, 40, (30, 1)), rng.integers(5, 40, (30, 1))
+    # expert 0 random, expert 1 on every token of A and never in B (zero variance in both sets)
+    counts_a = np.stack([rng.binomial(tokens_a[:, 0], 0.3), tokens_a[:, 0]], axis=-1)[:, None, :]
+    counts_b = np.stack([rng.binomial(tokens_b[:, 0], 0.2), np.zeros(30, dtype=int)], axis=-1)[:, None, :]
+    result = unpaired_tests(counts_a, tokens_a, counts_b, tokens_b, np.array([True]))
+    variances = []
+    for counts, tokens in ((counts_a[:, 0, 0], tokens_a[:, 0]), (counts_b[:, 0, 0], tokens_b[:, 0])):
+        rate = counts.sum() / tokens.sum()  # the ratio estimator's variance, by its textbook formula
+        variances.append(30 / 29 * ((counts - rate * tokens) ** 2).sum() / tokens.sum() ** 2)
+    difference = counts_a[:, 0, 0].sum() / tokens_a.sum() - counts_b[:, 0, 0].sum() / tokens_b.sum()
+    assert list(result.test[0]) == ["clustered t", "exact (zero variance)"]  # C(60, 30) labelings: too many
+    assert result.p_value[0, 0] == pytest.approx(t_reference(difference, math.sqrt(sum(variances)), 29), rel=1e-9)
+    assert result.p_value[0, 1] == pytest.approx(2 / math.comb(60, 30), rel=1e-9)  # observed labeling and mirror
+    # 1100 units a side: the exact p-value (about 10^-661) is below every float: the smallest positive one, not 0
+    big = [np.ones((1100, 1, 1), dtype=int), np.zeros((1100, 1, 1), dtype=int)]
+    huge = unpaired_tests(big[0], np.ones((1100, 1)), big[1], np.ones((1100, 1)), np.array([True]))
+    assert huge.p_value[0, 0] == np.nextafter(0, 1) > 0 and huge.test[0, 0] == "exact (zero variance)"
+
+
+def test_exact_permutation_enumerates_only_the_units_with_tokens_in_a_layer():
+    rng = np.random.default_rng(3)
+    tokens_a, tokens_b = rng.integers(1, 30, (4, 2)), rng.integers(1, 30, (3, 2))
+    tokens_a[0, 1] = 0  # the first unit of A has no tokens in layer 1: 6 units take part there, 7 in layer 0
+    counts_a, counts_b = (
+        rng.binomial(tokens_a[:, :, None], 0.4, (4, 2, 3)),
+        rng.binomial(tokens_b[:, :, None], 0.2, (3, 2, 3)),
+    )
+    result = unpaired_tests(counts_a, tokens_a, counts_b, tokens_b, np.array([True, True]))
+    for layer in (0, 1):
+        for expert in range(3):
+            units = [
+                [(int(c[u, layer, expert]), int(t[u, layer])) for u in range(len(t)) if t[u, layer]]
+                for c, t in ((counts_a, tokens_a), (counts_b, tokens_b))
+            ]
+            assert result.test[layer, expert] == "exact permutation"
+            assert result.p_value[layer, expert] == pytest.approx(float(brute_force_permutation(*units)), abs=1e-12)
+
+
+def test_many_pairs_use_the_paired_t_test_and_a_zero_variance_cell_its_exact_p():
+    rng = np.random.default_rng(11)
+    pairs = 20
+    tokens_a, tokens_b = rng.integers(5, 30, (pairs, 1)), rng.integers(5, 30, (pairs, 1))
+    counts_a = np.stack([rng.binomial(tokens_a[:, 0], 0.35), tokens_a[:, 0]], axis=-1)[:, None, :]
+    counts_b = np.stack([rng.binomial(tokens_b[:, 0], 0.25), np.zeros(pairs, dtype=int)], axis=-1)[:, None, :]
+    result = paired_tests(counts_a, tokens_a, counts_b, tokens_b, np.array([True]))
+    ca, cb, ta, tb = counts_a[:, 0, 0], counts_b[:, 0, 0], tokens_a[:, 0], tokens_b[:, 0]
+    rate_a, rate_b = ca.sum() / ta.sum(), cb.sum() / tb.sum()
+    residuals = (ca - rate_a * ta) / ta.sum() - (cb - rate_b * tb) / tb.sum()  # linearised per-pair residuals
+    stderr = math.sqrt(pairs / (pairs - 1) * (residuals**2).sum())
+    assert list(result.test[0]) == ["paired t", "exact (zero variance)"]  # 2^20 sign flips: too many
+    assert result.stderr[0, 0] == pytest.approx(stderr, rel=1e-12)
+    assert result.p_value[0, 0] == pytest.approx(t_reference(rate_a - rate_b, stderr, pairs - 1), rel=1e-9)
+    assert result.p_value[0, 1] == pytest.approx(2 / 2**pairs, rel=1e-9)
+
+
+def synthetic_attribution(seed: int, top_k: tuple[int, ...] = (1, 2, 2), experts: int = 6) -> Attribution:
+    """Rows of distinct |risk difference| for layers decoder.0-2 (as the records would give them)."""
+    rng = np.random.default_rng(seed)
+    layers = [
+        {"key": f"decoder.{i}", "side": "decoder", "layer": i, "num_experts": experts, "top_k": k}
+        for i, k in enumerate(top_k)
+    ]
+    magnitudes = rng.permutation(np.arange(1, len(layers) * experts + 1)) / 100
+    signs = rng.choice([-1, 1], len(magnitudes))
+    rows = [
+        ExpertRow(f"decoder.{cell // experts}", cell % experts, 0.5, 0.5, float(signs[cell] * magnitudes[cell]),
+                  0.01, 0.0, float(p), float(p), bool(p < 0.05), "clustered t")
+        for cell, p in enumerate(rng.uniform(0, 0.1, len(magnitudes)))
+    ]  # fmt: skip
+    rows.sort(key=lambda row: (-abs(row.risk_difference), row.p_value))
+    summary = SetSummary("a", 10, 100)
+    return Attribution(rows, summary, summary, "prompt", 0.05, layers, [])
+
+
+def steermoe_reference(attribution: Attribution, num_pos_experts: int, num_neg_experts: int) -> np.ndarray:
+    """SteerMoE's steer_moe (src/utils.py l.90-125) without pandas: moe_manual_weights, 1 = activated, -1 =
+    deactivated."""
+    table = [
+        {"layer": int(row.layer.split(".")[1]), "expert": row.expert, "risk_diff": row.risk_difference}
+        for row in attribution.rows
+    ]
+    table.sort(key=lambda row: abs(row["risk_diff"]), reverse=True)  # sort_values(by="risk_diff_abs")
+    positive = [row for row in table if row["risk_diff"] > 0][:num_pos_experts]
+    negative = [row for row in table if row["risk_diff"] < 0][:num_neg_experts]
+    if len(positive) + len(negative) != num_pos_experts + num_neg_experts:
+        raise ValueError("Expected ... experts")
+    top_k = [layer["top_k"] for layer in attribution.layers]
+    weights = np.zeros((len(top_k), attribution.layers[0]["num_experts"]))
+    for row in positive + negative:
+        if row["risk_diff"] > 0:
+            if (weights[row["layer"]] > 0).sum() < top_k[row["layer"]]:
+                weights[row["layer"]][row["expert"]] = 1
+        else:
+            weights[row["layer"]][row["expert"]] = -1
+    return weights
+
+
+def as_sets(experts: dict[str, list[int]]) -> set[tuple[int, int]]:
+    return {(int(key.split(".")[1]), expert) for key, ids in experts.items() for expert in ids}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_steermoe_selection_equals_an_independent_reimplementation(seed):
+    attribution = synthetic_attribution(seed)
+    positive = sum(row.risk_difference > 0 for row in attribution.rows)
+    negative = len(attribution.rows) - positive
+    skipped_some = False
+    for force, disable in [(0, 3), (3, 0), (4, 5), (positive, negative), (positive - 1, 1)]:
+        plan = select_experts(attribution, force, disable, "steermoe", "steermoe")
+        weights = steermoe_reference(attribution, force, disable)
+        assert as_sets(plan.forced) == {tuple(cell) for cell in np.argwhere(weights > 0)}, (force, disable)
+        assert as_sets(plan.disabled) == {tuple(cell) for cell in np.argwhere(weights < 0)}, (force, disable)
+        # a positive row beyond k forced in its layer is skipped and still counts toward N
+        assert len(as_sets(plan.forced)) + len(plan.skipped) == force
+        skipped_some |= bool(plan.skipped)
+    assert skipped_some
+    with pytest.raises(ValueError):
+        steermoe_reference(attribution, positive + 1, 0)
+    with pytest.raises(AttributionError, match=rf"top {positive + 1} rows with A - B > 0 .* there are {positive} "):
+        select_experts(attribution, positive + 1, 0, "steermoe")
+
+
+def test_significant_selection_takes_only_significant_rows_within_each_layers_limits():
+    attribution = synthetic_attribution(4)
+    plan = select_experts(attribution, 100, 100, "significant", "reroute")
+    significant = {(int(r.layer[-1]), r.expert): r.risk_difference for r in attribution.rows if r.significant}
+    assert as_sets(plan.forced) | as_sets(plan.disabled) <= significant.keys()
+    for layer in attribution.layers:  # forced at most k, and k experts left after disabling (reroute)
+        assert len(plan.forced.get(layer["key"], [])) <= layer["top_k"]
+        assert len(plan.disabled.get(layer["key"], [])) <= layer["num_experts"] - layer["top_k"]
+    # each layer filled up to its limit in rank order: a row is skipped only when its layer is full
+    for skip in plan.skipped:
+        layer = next(layer for layer in attribution.layers if layer["key"] == skip["layer"])
+        chosen = (plan.forced if skip["kind"] == "force" else plan.disabled).get(skip["layer"], [])
+        assert len(chosen) == (layer["top_k"] if skip["kind"] == "force" else layer["num_experts"] - layer["top_k"])
+    # skipped rows do not count: the next significant row is taken
+    one = select_experts(attribution, 1, 0)
+    first = next(r for r in attribution.rows if r.significant and r.risk_difference > 0)
+    assert as_sets(one.forced) == {(int(first.layer[-1]), first.expert)}
+    unlimited = select_experts(attribution, 0, 100, "significant", "steermoe")  # soft: no "k left" limit
+    assert as_sets(unlimited.disabled) == {cell for cell, difference in significant.items() if difference < 0}
+
+
+def test_steer_refuses_a_disable_mode_the_model_does_not_accept(monkeypatch):
+    import moe_rbench_models.routing.interventions as interventions
+
+    monkeypatch.setattr(interventions, "DISABLE_MODES", ("reroute", "drop"))
+    with pytest.raises(OptionError, match="this moe_hf accepts disable_mode reroute, drop; update moe-rbench"):
+        check_options(SteerOptions(disable=2, disable_mode="steermoe"))
+    check_options(SteerOptions(force=2, disable_mode="steermoe"))  # nothing disabled: the mode is not used
+    monkeypatch.setattr(interventions, "DISABLE_MODES", ("reroute", "drop", "steermoe"))
+    check_options(SteerOptions(disable=2, disable_mode="steermoe"))
+    with pytest.raises(OptionError, match="steer needs --force N and/or --disable M"):
+        check_options(SteerOptions())
