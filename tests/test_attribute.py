@@ -25,8 +25,10 @@ from moe_rbench.attribute import (
     ExpertRow,
     SetSummary,
     SteeringPlan,
+    UnitCounts,
     attribute_experts,
     model_argument,
+    pair_units,
     select_documents,
     select_experts,
 )
@@ -646,3 +648,21 @@ def test_steer_refuses_a_disable_mode_the_model_does_not_accept(monkeypatch):
     check_options(SteerOptions(disable=2, disable_mode="steermoe"))
     with pytest.raises(OptionError, match="steer needs --force N and/or --disable M"):
         check_options(SteerOptions())
+
+
+def test_doc_keys_pair_only_documents_their_family_aligns():
+    def unit(task: str, key: str) -> UnitCounts:
+        return UnitCounts(np.ones((1, 2), dtype=int), np.ones(1, dtype=int), task, key)
+
+    shake = "moe_rbench_style_shake_w"
+    styled = [
+        {("moe_rbench_sst2", 0): unit("moe_rbench_sst2", "k")},
+        {(shake, 0): unit(shake, "k"), (shake, 1): unit(shake, "z")},
+    ]
+    pairs, unpaired = pair_units(styled, "doc_key", 2)
+    assert len(pairs) == 1 and unpaired == [0, 1]
+    crossed = [styled[0], {("moe_rbench_snli_test", 0): unit("moe_rbench_snli_test", "k")}]
+    with pytest.raises(AttributionError, match="moe_rbench_sst2 and moe_rbench_snli_test share an id, but their ids"):
+        pair_units(crossed, "doc_key", 2)
+    with pytest.raises(AttributionError, match="records are of version 1, whose document keys do not align"):
+        pair_units(styled, "doc_key", 1)
