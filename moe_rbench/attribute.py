@@ -26,6 +26,8 @@ token range in the prompt, `router_prob_n2_1[:, token_1_idx, :]`). So:
   `continuation` meant in earlier releases);
 - `all`: every stored position once (prompt, continuation, and the first decoder position of an encoder-decoder
   model or of a rolling loglikelihood, whose input is the decoder-start or prefix token: in no other span).
+Sets that share a prompt (`choice:0` and `choice:1` of the same documents) cannot compare `prompt` (the same
+positions in both: an error); with `all` the shared prompt counts in both.
 
 Per MoE layer and expert: the activation rate in A and in B (the share of the span's tokens whose top-k holds the
 expert, pooled over tokens as SteerMoE's a/(a+d), cell 12; tokens dropped for capacity are not counted), the risk

@@ -13,10 +13,12 @@ Tests, two-sided, per layer x expert cell:
 - paired sets: an exact sign-flip test (every swap of A and B within pairs) up to `SIGN_FLIP_PAIRS` pairs, else a
   paired t-test on the linearised per-pair residuals (cA_i - rA tA_i)/TA - (cB_i - rB tB_i)/TB, variance
   n/(n-1) sum r_i^2, n - 1 degrees of freedom.
-A t-test cell with zero variance (an expert on every token of one set and never in the other) would get p = 0;
-it gets the exact test's p-value instead, which is then known in closed form ((1 + [nA == nB]) / C(nA + nB, nA)
-unpaired, 2 / 2^n paired), computed in log space and never below the smallest positive float. A unit takes part in
-a layer's test when it has span tokens in that layer (an encoder-decoder model's prompt reaches its encoder only).
+A t-test cell with zero variance in both sets (e.g. an expert on every token of one set and never in the other)
+would get p = 0; it gets the exact test's p-value instead, which is then known in closed form: the observed
+labeling and its mirror image are the only ones as extreme, (1 + [nA == nB]) / C(nA + nB, nA) unpaired, 2 / 2^n
+paired (computed in log space, never below the smallest positive float). That value is also the smallest p-value
+the exact test can give, so no t-test p-value goes below it. A unit takes part in a layer's test when it has span
+tokens in that layer (an encoder-decoder model's prompt reaches its encoder only); a pair, when either side has.
 """
 
 from __future__ import annotations
@@ -68,6 +70,25 @@ def _clustered_variance(counts: np.ndarray, tokens: np.ndarray) -> np.ndarray:
     residual = counts - pooled_rate(counts, tokens)[None] * tokens[:, :, None]  # 0 for a unit without tokens
     factor = np.where(clusters > 1, clusters / np.maximum(clusters - 1, 1), np.nan)[:, None]
     return factor * (residual**2).sum(0) / total**2
+
+
+def _constant_rate(counts: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """[layers, experts]: whether every unit's rate equals the set's pooled rate (zero within-set variance), in
+    integer arithmetic (c_i T == C t_i): floating-point residuals can miss a zero by 1e-17, which would give the
+    t-test p = 0."""
+    counts, tokens = counts.astype(np.int64), tokens.astype(np.int64)
+    return (counts * tokens.sum(0)[None, :, None] == counts.sum(0)[None] * tokens[:, :, None]).all(0)
+
+
+def _t_test(difference, stderr, degrees, zero, log_p_min, label: str):
+    """The t-test's p-values, never below `exp(log_p_min)`, the smallest p-value the exact test can give (the
+    observed labeling and, where it exists, its mirror image); a zero-variance cell (`zero`) gets that exact
+    p-value. Returns (stderr, statistic, p-value, test) per cell."""
+    stderr = np.where(zero, 0.0, stderr)
+    statistic, p_value = _t_p_values(difference, stderr, degrees)
+    p_min = _smallest_exact_p(log_p_min)
+    p_value = np.where(zero, p_min, np.maximum(p_value, p_min))
+    return stderr, statistic, p_value, np.where(zero, ZERO_VARIANCE, label).astype(object)
 
 
 def _t_p_values(difference: np.ndarray, stderr: np.ndarray, degrees: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -160,12 +181,11 @@ def unpaired_tests(counts_a, tokens_a, counts_b, tokens_b, tested: np.ndarray) -
     difference = rate_a - rate_b
     stderr = np.sqrt(_clustered_variance(counts_a, tokens_a) + _clustered_variance(counts_b, tokens_b))
     units_a, units_b = (tokens_a > 0).sum(0), (tokens_b > 0).sum(0)
-    statistic, p_value = _t_p_values(difference, stderr, np.minimum(units_a, units_b) - 1)
-    test = np.full(difference.shape, CLUSTERED_T, dtype=object)
-    zero = (stderr == 0) & (difference != 0)
-    log_p = math.log(2) * (units_a == units_b)[:, None] - _log_labelings(units_a, units_b)[:, None]
-    p_value = np.where(zero, _smallest_exact_p(log_p), p_value)
-    test[zero] = ZERO_VARIANCE
+    zero = _constant_rate(counts_a, tokens_a) & _constant_rate(counts_b, tokens_b) & (difference != 0)
+    log_p_min = math.log(2) * (units_a == units_b)[:, None] - _log_labelings(units_a, units_b)[:, None]
+    stderr, statistic, p_value, test = _t_test(
+        difference, stderr, np.minimum(units_a, units_b) - 1, zero, log_p_min, CLUSTERED_T
+    )
     members = np.concatenate([tokens_a > 0, tokens_b > 0])
     for units, layers in _layer_groups(members, tested):
         in_a = int((units < len(tokens_a)).sum())
@@ -192,11 +212,9 @@ def paired_tests(counts_a, tokens_a, counts_b, tokens_b, tested: np.ndarray) -> 
     pairs = members.sum(0)
     factor = np.where(pairs > 1, pairs / np.maximum(pairs - 1, 1), np.nan)[:, None]
     stderr = np.sqrt(factor * (residual**2).sum(0))
-    statistic, p_value = _t_p_values(difference, stderr, pairs - 1)
-    test = np.full(difference.shape, PAIRED_T, dtype=object)
-    zero = (stderr == 0) & (difference != 0)
-    p_value = np.where(zero, _smallest_exact_p((math.log(2) * (1 - pairs))[:, None]), p_value)
-    test[zero] = ZERO_VARIANCE
+    zero = _constant_rate(counts_a, tokens_a) & _constant_rate(counts_b, tokens_b) & (difference != 0)
+    log_p_min = (math.log(2) * (1 - pairs))[:, None]
+    stderr, statistic, p_value, test = _t_test(difference, stderr, pairs - 1, zero, log_p_min, PAIRED_T)
     for units, layers in _layer_groups(members, tested):
         if len(units) > SIGN_FLIP_PAIRS:
             continue

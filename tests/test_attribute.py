@@ -120,9 +120,14 @@ def test_rates_and_standard_errors_equal_an_independent_computation(planted_reco
         rates.append(rate)
         assert {"planted": row.rate_a, "plain": row.rate_b}[task] == pytest.approx(rate, abs=1e-6)
     assert row.stderr == pytest.approx(math.sqrt(sum(variances)), abs=1e-6)
-    # Student's t with (fewer documents - 1) degrees of freedom
+    # Student's t with (fewer documents - 1) degrees of freedom (C(24, 12) labelings: too many to enumerate), but
+    # never below 2 / C(24, 12), the smallest p-value the exact permutation test can give: here t says 3.8e-8
     t_value = (rates[0] - rates[1]) / math.sqrt(sum(variances))
-    assert row.p_value == pytest.approx(2 * student_t.sf(t_value, 11), rel=1e-6)
+    assert 2 * student_t.sf(t_value, 11) < 2 / math.comb(24, 12) and row.test == "clustered t"
+    assert row.p_value == pytest.approx(2 / math.comb(24, 12), rel=1e-9)
+    other = next(r for r in attribution.rows if (r.layer, r.expert) == ("decoder.0", 0))
+    assert other.p_value == pytest.approx(2 * student_t.sf(abs(other.z), 11), rel=1e-6)  # above the floor
+    assert other.p_value > 2 / math.comb(24, 12)
 
 
 def test_the_model_arguments_steer_the_expert(planted_model, planted_records, tmp_path):
@@ -507,6 +512,10 @@ def test_many_units_keep_the_clustered_t_test_and_a_zero_variance_cell_its_exact
     assert list(result.test[0]) == ["clustered t", "exact (zero variance)"]  # C(60, 30) labelings: too many
     assert result.p_value[0, 0] == pytest.approx(t_reference(difference, math.sqrt(sum(variances)), 29), rel=1e-9)
     assert result.p_value[0, 1] == pytest.approx(2 / math.comb(60, 30), rel=1e-9)  # observed labeling and mirror
+    # a rate of 1/49 in every unit of A, 0 in B: zero variance, though the floating-point residuals are about 1e-17
+    tokens_a, tokens_b = (np.arange(30) % 5 + 1)[:, None] * 49, (np.arange(30) % 7 + 5)[:, None]
+    thin = unpaired_tests((tokens_a // 49)[:, :, None], tokens_a, np.zeros((30, 1, 1), int), tokens_b, np.array([True]))
+    assert thin.test[0, 0] == "exact (zero variance)" and thin.p_value[0, 0] == pytest.approx(2 / math.comb(60, 30))
     # 1100 units a side: the exact p-value (about 10^-661) is below every float: the smallest positive one, not 0
     big = [np.ones((1100, 1, 1), dtype=int), np.zeros((1100, 1, 1), dtype=int)]
     huge = unpaired_tests(big[0], np.ones((1100, 1)), big[1], np.ones((1100, 1)), np.array([True]))
