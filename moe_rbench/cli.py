@@ -6,11 +6,11 @@ moe-rbench tiny-model ARCH DIR [--set KEY=VALUE ...]
                                      a tiny random-weight checkpoint of a real architecture (offline)
 moe-rbench trace --routing DIR --id TASK --ood TASK [TASK ...] --out OUT
                                      routing shift between an ID task and OOD tasks (table and heatmap)
-moe-rbench attribute --routing DIR --a SET --b SET [--samples PATH] --out OUT
-                                     the experts more (or less) active in set A than in B: ranked table,
-                                     heatmap, model arguments (SET: task patterns, judge:FIELD=VALUE, correct, wrong)
-moe-rbench steer --routing DIR --a SET --b SET --top N --direction disable|force --out OUT -- <lm_eval arguments>
-                                     attribute, re-evaluate with the top experts disabled or forced, before/after
+moe-rbench attribute --routing DIR --a SET --b SET [--samples PATH] [--span S] [--pair_by P] --out OUT
+                                     the experts more (or less) active in set A than in B: ranked table, heatmap,
+                                     model arguments (SET: task patterns, judge:FIELD=VALUE, correct, wrong, choice:N)
+moe-rbench steer --routing DIR --a SET --b SET --force N --disable M --out OUT -- <lm_eval arguments>
+                                     attribute, re-evaluate with A's experts forced and B's disabled, before/after
 moe-rbench judge --judge JUDGE --samples PATH [--out DIR]
                                      judge the safety tasks' generations (resumable), with a summary
 moe-rbench judge --judge JUDGE --validate LABELS.csv
@@ -385,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     tracing.add_argument("--out", required=True, help="directory for trace.md, trace.csv, trace.json, trace.png")
     for name, help_text in (
         ("attribute", "the experts more active in one set of requests than another (ranked table, heatmap)"),
-        ("steer", "attribute, then re-evaluate with the top experts disabled or forced: a before/after table"),
+        ("steer", "attribute, then re-evaluate with A's experts forced and B's disabled: a before/after table"),
     ):
         _attribution_options(commands.add_parser(name, help=help_text), steering=name == "steer")
     from moe_rbench_tasks.judges import JUDGES
