@@ -7,8 +7,8 @@ caching and scores. It accepts every `hf` model argument, and:
   read it with `moe_rbench_models.routing.load_records(DIR)`); `routing_logits=true` also keeps logits;
   `routing_overwrite=true` lets a run replace the records an earlier run left in DIR (routing/writer.py);
 - `top_k=K` or `top_k="LAYER:K;..."`: experts per token; `disable_experts="*:3,7"` or `"12:5;13:0"` with
-  `disable_mode=reroute|drop` and `drop_renormalize=true|false`; `force_experts="12:5;13:0"`: experts always among
-  the selected (see routing/interventions.py);
+  `disable_mode=reroute|steermoe|drop` and `drop_renormalize=true|false`; `force_experts="12:5;13:0"`: experts
+  always among the selected, SteerMoE's way (see routing/interventions.py);
 - `dola_layers=paper|high|low|"16,18,20"` and the other `dola_*` options: DoLa; `scmoe_beta=BETA` with
   `scmoe_weak_k`, `scmoe_alpha`: MoE self-contrast (see decoding/options.py). Both change the scores
   of loglikelihood requests and the tokens `generate_until` produces;

@@ -19,7 +19,7 @@ from moe_rbench_models import MoEHFLM
 from moe_rbench_models.internals import InternalsChanged
 from moe_rbench_models.routing import RouterAdapter, find_moe_layers, load_records, register_router
 from moe_rbench_models.routing.hooks import RoutingHooks
-from moe_rbench_models.routing.interventions import plan_interventions
+from moe_rbench_models.routing.interventions import plan_interventions, scoring_space
 from moe_rbench_models.routing.records import RoutingDirectoryError
 from moe_rbench_models.tiny import build_tiny_model
 from moe_rbench_tasks.data import MissingDataError
@@ -404,30 +404,166 @@ def test_force_puts_the_expert_in_every_tokens_top_k_and_changes_outputs(tiny_mo
     assert forced["loglikelihood"] != baseline["loglikelihood"]
 
 
-@pytest.mark.equivalence
-def test_forced_routing_equals_steermoe_logit_raising_then_the_routers_own_softmax(tiny_model):
-    model = AutoModelForCausalLM.from_pretrained(tiny_model("mixtral")).eval()
+def steermoe_edit(logits: torch.Tensor, forced: list[int], lowered: list[int]) -> torch.Tensor:
+    """SteerMoE's router edit, as written in adobe-research/SteerMoE@0c7e6b5 src/modeling_vllm/olmoe.py l.117-123."""
+    router_logits = torch.nn.functional.log_softmax(logits, dim=-1)
+    max_per_tok = router_logits.max(dim=-1).values.unsqueeze(-1)
+    min_per_tok = router_logits.min(dim=-1).values.unsqueeze(-1)
+    router_logits[:, forced] = max_per_tok + 0.01
+    router_logits[:, lowered] = min_per_tok - 0.01
+    return router_logits
+
+
+def fused_moe_routing(architecture: str, scores: torch.Tensor, k: int, config) -> tuple[torch.Tensor, torch.Tensor]:
+    """The expert ids and weights vLLM's fused MoE derives from router scores in SteerMoE's model files: softmax over
+    the experts, top-k, renormalised where the model renormalises (Mixtral always, OLMoE and Qwen3 by
+    norm_topk_prob), OLMoE and Qwen3 rounding the weights to the scores' dtype as transformers' routers do; GPT-OSS:
+    top-k of the scores, then a softmax over those k (in the scores' dtype, as transformers' GptOssTopKRouter)."""
+    if architecture == "gpt_oss":
+        top, ids = torch.topk(scores, k, dim=-1)
+        return ids, torch.softmax(top, dim=-1)
+    top, ids = torch.topk(torch.softmax(scores.float(), dim=-1), k, dim=-1)
+    if architecture == "mixtral" or getattr(config, "norm_topk_prob", False):
+        top = top / top.sum(-1, keepdim=True)
+    return ids, top if architecture == "mixtral" else top.to(scores.dtype)
+
+
+def routing_used(model, layer_index: int, intervention: dict, tokens: list[int]):
+    """(router input, expert ids, expert weights) handed to the experts of one MoE layer, under an intervention."""
     layers = find_moe_layers(model)
-    hooks = RoutingHooks(layers, plan_interventions(layers, force_experts="0:3,1"), False, False).install()
-    gate = layers[0].router
-    seen = []
-    gate.register_forward_hook(lambda module, args, output: seen.append((args[0], output)))
+    hooks = RoutingHooks(layers, plan_interventions(layers, **intervention), False, False).install()
+    seen = {}
+
+    def keep(name, value) -> None:
+        seen.setdefault(name, value)
+
+    layer = layers[layer_index]
+    handles = [
+        layer.router.register_forward_hook(lambda module, args, output: keep("hidden", args[0])),
+        layer.block.experts.register_forward_pre_hook(lambda module, args: keep("used", args[1:3])),
+    ]
+    try:
+        with torch.no_grad():
+            model(torch.tensor([tokens]))
+    finally:
+        hooks.remove()
+        for handle in handles:
+            handle.remove()
+    return seen["hidden"], *seen["used"]
+
+
+def peaked(architecture: str, path, dtype: torch.dtype):
+    """The tiny model with its routers' weights scaled up: logits of a few units, as in trained routers, where an edit
+    on raw logits and SteerMoE's edit on log-probabilities round differently in bfloat16."""
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
     with torch.no_grad():
-        model(torch.tensor([[5, 17, 42, 7, 99, 3]]))
-    hooks.remove()
-    ((hidden, (_, weights, ids)),) = seen
-    # independent reference (SteerMoE): experts 1 and 3 to the token's best logit + 0.01, softmax, top-2, renormalise
-    logits = hidden.reshape(-1, hidden.shape[-1]) @ gate.weight.T
-    logits[:, [1, 3]] = logits.max(-1, keepdim=True).values + 0.01
-    probs = torch.softmax(logits.float(), -1)
-    top, expected_ids = torch.topk(probs, 2, -1)
-    assert torch.equal(ids.sort(-1).values, torch.tensor([[1, 3]] * 6))
-    torch.testing.assert_close(
-        weights.gather(-1, ids.argsort(-1)),
-        (top / top.sum(-1, keepdim=True)).gather(-1, expected_ids.argsort(-1)),
-        atol=1e-5,
-        rtol=1e-4,
+        for layer in find_moe_layers(model):
+            layer.router.weight.mul_(40)
+    return model
+
+
+def by_expert(ids: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    order = ids.argsort(-1)
+    return ids.gather(-1, order), weights.gather(-1, order).float()
+
+
+@pytest.mark.equivalence
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize(
+    ("architecture", "intervention", "forced", "lowered"),
+    [
+        ("mixtral", {"force_experts": "0:3,1"}, [1, 3], []),
+        ("olmoe", {"force_experts": "0:2"}, [2], []),
+        ("qwen3_moe", {"force_experts": "0:0"}, [0], []),
+        ("gpt_oss", {"force_experts": "0:3"}, [3], []),
+        ("olmoe", {"force_experts": "0:1", "disable_experts": "0:0,3", "disable_mode": "steermoe"}, [1], [0, 3]),
+        ("mixtral", {"disable_experts": "0:0,1,2", "disable_mode": "steermoe"}, [], [0, 1, 2]),
+    ],
+    ids=["mixtral-force", "olmoe-force", "qwen3-force", "gpt_oss-force", "olmoe-both", "mixtral-lower-3-of-4"],
+)
+def test_steered_routing_equals_steermoe_log_softmax_edit(
+    tiny_model, architecture, intervention, forced, lowered, dtype
+):
+    """force_experts and disable_mode=steermoe give the routing SteerMoE's own edit gives, in float32 and in
+    bfloat16 (the edit computed in the router logits' dtype, as SteerMoE computes it)."""
+    model = peaked(architecture, tiny_model(architecture), dtype)
+    tokens = [5, 17, 42, 7, 99, 3, 250, 11]
+    hidden, ids, weights = routing_used(model, 0, intervention, tokens)
+    layer = find_moe_layers(model)[0]
+    logits = torch.nn.functional.linear(
+        hidden.reshape(-1, hidden.shape[-1]), layer.router.weight, getattr(layer.router, "bias", None)
     )
+    reference_ids, reference_weights = fused_moe_routing(
+        architecture, steermoe_edit(logits, forced, lowered), layer.top_k, model.config
+    )
+    got, expected = by_expert(ids, weights), by_expert(reference_ids, reference_weights)
+    assert torch.equal(got[0], expected[0])
+    assert all((got[0] == expert).any(-1).all() for expert in forced)
+    torch.testing.assert_close(got[1], expected[1], **({"atol": 1e-6, "rtol": 1e-5} if dtype == torch.float32 else {}))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+def test_forced_deepseek_v3_keeps_its_sigmoid_weights(tiny_model, dtype):
+    """DeepSeek-V3 scores experts by a sigmoid (SteerMoE covers no such router): the forced expert's logit is the
+    token's highest plus 0.01 and is selected (with the best expert of its group); every weight is the router's own
+    sigmoid rule on those logits, normalised and scaled."""
+    model = peaked("deepseek_v3", tiny_model("deepseek_v3"), dtype)
+    hidden, ids, weights = routing_used(model, 1, {"force_experts": "1:6"}, [5, 17, 42, 7, 99, 3, 250, 11])
+    router = find_moe_layers(model)[1].router
+    logits = torch.nn.functional.linear(hidden.reshape(-1, hidden.shape[-1]).float(), router.weight.float())
+    logits[:, 6] = logits.max(-1).values + 0.01
+    scores = logits.sigmoid()
+    in_group = (scores + router.e_score_correction_bias)[:, 4:].clone()  # expert 6 is in group 2 (experts 4-7)
+    in_group[:, 2] = float("-inf")
+    best_other = in_group.argmax(-1) + 4
+    expected_ids = torch.stack([best_other, torch.full_like(best_other, 6)], -1)
+    picked = scores.gather(1, expected_ids)
+    expected_weights = picked / picked.sum(-1, keepdim=True) * router.routed_scaling_factor
+    got, expected = by_expert(ids, weights), by_expert(expected_ids, expected_weights)
+    assert torch.equal(got[0], expected[0])
+    torch.testing.assert_close(got[1], expected[1], atol=1e-6, rtol=1e-5)
+
+
+def test_scoring_space_follows_the_router_logits_to_softmax_or_sigmoid(tiny_model):
+    """SteerMoE's log-probability edit where experts are scored by a softmax of the logits; the raw logits where
+    they are scored by a sigmoid (DeepSeek-V3, Llama 4), whose weights log-probabilities would change."""
+    for architecture in CAUSAL_MOE:
+        model = AutoModelForCausalLM.from_pretrained(tiny_model(architecture))
+        spaces = {scoring_space(layer) for layer in find_moe_layers(model)}
+        assert spaces == {"logits" if architecture in ("deepseek_v3", "llama4_text") else "log_softmax"}, architecture
+
+
+def test_steermoe_disable_uses_disabled_experts_only_when_fewer_than_k_are_left(tiny_model):
+    """SteerMoE's deactivation ranks experts last without removing them: with 3 of 4 experts lowered and k=2 every
+    token takes the enabled one and one lowered one; hard removal (reroute) refuses the same request."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model("mixtral")).eval()
+    _, ids, _ = routing_used(model, 0, {"disable_experts": "0:0,1,2", "disable_mode": "steermoe"}, [5, 17, 42, 7])
+    assert (ids == 3).any(-1).all() and ((ids != 3).sum(-1) == 1).all()
+    with pytest.raises(ValueError, match="rerouting needs at least k enabled experts"):
+        plan_interventions(find_moe_layers(model), disable_experts="0:0,1,2")
+
+
+def test_a_router_the_edit_cannot_reach_stops_the_run_instead_of_steering_nothing(tiny_model):
+    """A router whose logits are not a `linear` call (here: a matmul) is beyond the edit: forcing stops when the
+    block is probed, disabling when the router picks a disabled expert."""
+    model = peaked("mixtral", tiny_model("mixtral"), torch.float32)
+    router = find_moe_layers(model)[0].router
+
+    def matmul_forward(hidden_states):
+        logits = torch.matmul(hidden_states.reshape(-1, router.hidden_dim), router.weight.T)
+        probs = torch.softmax(logits.float(), -1)
+        top, ids = torch.topk(probs, router.top_k, -1)
+        return logits, top / top.sum(-1, keepdim=True), ids
+
+    router.forward = matmul_forward
+    with pytest.raises(InternalsChanged, match="applies neither softmax nor sigmoid to its router logits"):
+        routing_used(model, 0, {"force_experts": "0:1"}, [5, 17, 42, 7])
+    busiest = int(routing_used(model, 0, {}, [5, 17, 42, 7])[1].flatten().mode().values)
+    with pytest.raises(
+        RuntimeError,
+        match=rf"Disabling failed in layer decoder.0: MixtralTopKRouter selected disabled expert {busiest}",
+    ):
+        routing_used(model, 0, {"disable_experts": f"0:{busiest}"}, [5, 17, 42, 7])
 
 
 def test_drop_keeps_routing_and_zeroes_weights(tiny_model, tmp_path):
@@ -476,7 +612,11 @@ def test_top_k_overall_and_per_layer(tiny_model, tmp_path):
         ("mixtral", {"disable_experts": "*:0,1,2"}, r"layer decoder\.0 would keep 1 experts for top-k 2"),
         ("mixtral", {"disable_experts": "*3"}, r"expected 'LAYER:VALUE' parts"),
         ("mixtral", {"disable_experts": "*:x"}, r"'x' is not an integer"),
-        ("mixtral", {"disable_experts": "*:0", "disable_mode": "mask"}, r"disable_mode must be one of reroute, drop"),
+        (
+            "mixtral",
+            {"disable_experts": "*:0", "disable_mode": "mask"},
+            r"disable_mode must be one of reroute, steermoe, drop",
+        ),
         (
             "mixtral",
             {"disable_experts": "*:0", "drop_renormalize": True},

@@ -20,6 +20,7 @@ from moe_rbench_models.routing.interventions import (
     EditedRouterLogits,
     LayerIntervention,
     drop_weights,
+    scoring_space,
     selection_biases,
     set_top_k,
 )
@@ -98,8 +99,8 @@ class RoutingHooks(HookSet):
     # -- reroute and force ---------------------------------------------------------------------------------
 
     def _edit_logits(self, layer: MoELayer, change: LayerIntervention) -> None:
-        disabled = change.disabled if change.mode == "reroute" else frozenset()
-        mode = EditedRouterLogits(layer.num_experts, disabled, change.forced)
+        space = scoring_space(layer) if change.forced or change.lowered else "logits"
+        mode = EditedRouterLogits(layer.num_experts, change, space)
         self._handles.append(layer.router.register_forward_pre_hook(lambda module, args: mode.__enter__() and None))
         self._handles.append(
             layer.router.register_forward_hook(
@@ -108,8 +109,10 @@ class RoutingHooks(HookSet):
         )
         for bias in selection_biases(layer):
             original = bias.clone()
-            bias[list(disabled)] = float("-inf")
-            # selection scores are in [0, 1] plus the bias: this bias puts a forced expert above every other one
+            # selection scores are in [0, 1] plus the bias: these biases put a forced expert above every other one
+            # and a lowered one below every other one; removed experts are never selected
+            bias[list(change.removed)] = float("-inf")
+            bias[list(change.lowered)] = -original.abs().max() - 1e4
             bias[list(change.forced)] = original.abs().max() + 1e4
             self._restore.append(lambda bias=bias, original=original: bias.copy_(original))
 
@@ -175,30 +178,8 @@ class RoutingHooks(HookSet):
         return rewritten
 
     def _check_and_store(self, layer, change, ids, weights, dropped, logits) -> None:
-        if change.disabled and change.mode == "reroute":
-            used = torch.isin(ids, torch.tensor(sorted(change.disabled), device=ids.device))
-            if dropped is not None:
-                used &= ~dropped.unsqueeze(-1)
-            if used.any():
-                raise RuntimeError(
-                    f"Rerouting failed in layer {layer.key}: {type(layer.router).__name__} still picked a disabled "
-                    "expert. Its scores do not come from a linear projection this hook can mask; use "
-                    "disable_mode=drop, or register a RouterAdapter for it."
-                )
-        if change.forced:
-            if dropped is not None and dropped.any():
-                raise RuntimeError(
-                    f"Forcing failed in layer {layer.key}: {int(dropped.sum())} tokens exceeded the forced expert's "
-                    "capacity and were processed by no expert. Use disable_experts on this model."
-                )
-            kept = ids
-            missing = [e for e in sorted(change.forced) if not (kept == e).any(-1).all()]
-            if missing:
-                raise RuntimeError(
-                    f"Forcing failed in layer {layer.key}: {type(layer.router).__name__} did not select expert(s) "
-                    f"{missing} for every token. Its scores do not come from a linear projection this hook can raise; "
-                    "register a RouterAdapter for it, or use disable_experts instead."
-                )
+        if change.forced or change.removed or change.lowered:
+            _check_steered(layer, change, ids, dropped, None if selection_biases(layer) else logits)
         if self.record:
             self.calls[layer.key].append(
                 ForwardRouting(
@@ -208,3 +189,44 @@ class RoutingHooks(HookSet):
                     logits=logits.detach().float() if self.keep_logits and logits is not None else None,
                 )
             )
+
+
+def _check_steered(layer: MoELayer, change: LayerIntervention, ids, dropped, scores) -> None:
+    """The router selected by the edited scores: removed experts never; a forced expert always, a lowered one only
+    where fewer than k enabled experts are left, except where `scores` (the edited scores, when the router selects by
+    them alone) tie: SteerMoE's +-0.01 can round to a tie in bfloat16, and then SteerMoE's own code selects either."""
+    if dropped is not None and dropped.any() and change.forced:
+        raise RuntimeError(
+            f"Forcing failed in layer {layer.key}: {int(dropped.sum())} tokens exceeded the forced expert's "
+            "capacity and were processed by no expert. Use disable_experts on this model."
+        )
+    kept = torch.ones(ids.shape[0], dtype=torch.bool, device=ids.device) if dropped is None else ~dropped
+    selected = torch.zeros(ids.shape[0], layer.num_experts, dtype=torch.bool, device=ids.device)
+    selected.scatter_(1, ids.long(), True)
+    steered = sorted(change.forced | change.removed | change.lowered)
+    edited = torch.zeros(layer.num_experts, dtype=torch.bool, device=ids.device)
+    edited[steered] = True
+    if scores is not None:  # a tie with an expert on the other side of the selection excuses a token
+        scores = scores.float()
+        lowest_taken = scores.masked_fill(~selected, float("inf")).amin(-1, keepdim=True)
+        best_left = scores.masked_fill(selected | edited, float("-inf")).amax(-1, keepdim=True)
+    for expert in steered:
+        if expert in change.forced:
+            wrong, tied = ~selected[:, expert], None if scores is None else scores[:, expert] == lowest_taken[:, 0]
+        else:
+            allowed = expert in change.lowered and ids.shape[-1] > layer.num_experts - len(change.disabled)
+            wrong = selected[:, expert] & ~torch.tensor(allowed, device=ids.device)
+            tied = None if scores is None or expert in change.removed else scores[:, expert] == best_left[:, 0]
+        failed = wrong & kept & (torch.ones_like(wrong) if tied is None else ~tied)
+        if failed.any():
+            raise RuntimeError(_steering_failure(layer, change, expert, int(failed.sum())))
+
+
+def _steering_failure(layer: MoELayer, change: LayerIntervention, expert: int, tokens: int) -> str:
+    what = "did not select forced" if expert in change.forced else "selected disabled"
+    return (
+        f"{'Forcing' if expert in change.forced else 'Disabling'} failed in layer {layer.key}: "
+        f"{type(layer.router).__name__} {what} expert {expert} for {tokens} token(s) although the edited router scores "
+        "say otherwise. Its scores do not come from a linear projection this hook can edit: register a RouterAdapter "
+        "for it" + (", or use disable_mode=drop." if expert not in change.forced else ", or use disable_experts.")
+    )

@@ -1,9 +1,19 @@
 """Inference-time routing interventions: the number of active experts, and switching experts off or on.
 
 - `top_k=K`, or per layer `top_k="LAYER:K;LAYER:K"`: the router's own `top_k` is set (read at every call).
+- `force_experts="*:3,7"` or `"12:5;13:0"`: SteerMoE's activation (Fayyaz et al. 2025; adobe-research/SteerMoE
+  @0c7e6b5, `src/modeling_vllm/olmoe.py` l.117-123, the same in mixtral.py l.126-132, qwen3_moe.py l.158-164,
+  phimoe.py l.315-321, gpt_oss.py l.186-192): the router's logits become log-probabilities (`log_softmax`, in the
+  logits' own dtype), and a forced expert's is set to the token's highest plus 0.01; the router then scores, selects
+  and normalises as it always does. Routers that do not score experts by a softmax of the logits (sigmoid routers
+  such as DeepSeek-V3's, which SteerMoE does not cover) get the same edit on the raw logits (`scoring_space`).
 - `disable_experts="*:3,7"` or `"12:5;13:0"` with
-  - `disable_mode=reroute`: the disabled experts' router logits are masked inside the router, so every
-    token picks its best enabled experts (additive selection biases, as DeepSeek-V3's, are masked too);
+  - `disable_mode=reroute` (hard removal): the disabled experts' scores are the lowest value of the dtype, so
+    that every token picks its best enabled experts and a disabled expert carries no probability mass (additive
+    selection biases, as DeepSeek-V3's, are masked too); at least k experts must stay enabled;
+  - `disable_mode=steermoe`: SteerMoE's deactivation (same files and lines): the disabled experts' log-probability
+    is the token's lowest minus 0.01, so they rank last but keep a little probability mass in routers that do not
+    renormalise, and are still selected when fewer than k experts are left;
   - `disable_mode=drop`: routing is kept and the disabled experts' weights are zeroed; with
     `drop_renormalize=true` the remaining weights are rescaled to the original total.
 
@@ -18,10 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from moe_rbench_models.internals import InternalsChanged
 from moe_rbench_models.routing.discovery import MoELayer
 from moe_rbench_models.specs import parse_items, parse_layer_spec
 
-DISABLE_MODES = ("reroute", "drop")
+DISABLE_MODES = ("reroute", "steermoe", "drop")
 
 
 @dataclass(frozen=True)
@@ -34,7 +45,17 @@ class LayerIntervention:
 
     @property
     def edits_logits(self) -> bool:
-        return bool(self.forced) or bool(self.disabled) and self.mode == "reroute"
+        return bool(self.forced) or bool(self.disabled) and self.mode in ("reroute", "steermoe")
+
+    @property
+    def removed(self) -> frozenset[int]:
+        """Experts taken out of selection (hard removal)."""
+        return self.disabled if self.mode == "reroute" else frozenset()
+
+    @property
+    def lowered(self) -> frozenset[int]:
+        """Experts ranked last, SteerMoE's way (still selected when fewer than k are left)."""
+        return self.disabled if self.mode == "steermoe" else frozenset()
 
 
 def resolve_layers(spec: str, layers: list[MoELayer]) -> list[MoELayer]:
@@ -77,31 +98,37 @@ def plan_interventions(
         if layer.key not in new_k and layer.key not in disabled and layer.key not in forced:
             continue
         off, on = frozenset(disabled.get(layer.key, ())), frozenset(forced.get(layer.key, ()))
-        if off & on:
-            raise ValueError(
-                f"layer {layer.key}: experts {sorted(off & on)} are both disabled and forced; keep each expert in one "
-                "of disable_experts and force_experts"
-            )
-        if off and disable_mode == "drop" and layer.adapter is not None:
-            raise ValueError(
-                f"disable_mode=drop needs the routing a gate hands to its experts; the adapter for "
-                f"{type(layer.router).__name__} only reads it. Use disable_mode=reroute."
-            )
         k = new_k.get(layer.key, layer.top_k)
-        if disable_mode == "reroute" and off and k is not None and layer.num_experts - len(off) < k:
-            raise ValueError(
-                f"disable_experts: layer {layer.key} would keep {layer.num_experts - len(off)} experts "
-                f"for top-k {k}; rerouting needs at least k enabled experts"
-            )
-        if on and layer.adapter is not None:
-            raise ValueError(
-                f"force_experts needs a router whose expert scores come from a linear projection; the adapter for "
-                f"{type(layer.router).__name__} only reads its gate"
-            )
-        if on:
-            _check_forceable(layer, on, k)
+        _check_layer(layer, off, on, k, disable_mode)
         plan[layer.key] = LayerIntervention(new_k.get(layer.key), off, disable_mode, drop_renormalize, on)
     return plan
+
+
+def _check_layer(layer: MoELayer, off: frozenset[int], on: frozenset[int], k: int | None, disable_mode: str) -> None:
+    if off & on:
+        raise ValueError(
+            f"layer {layer.key}: experts {sorted(off & on)} are both disabled and forced; keep each expert in one "
+            "of disable_experts and force_experts"
+        )
+    if off and disable_mode == "drop" and layer.adapter is not None:
+        raise ValueError(
+            f"disable_mode=drop needs the routing a gate hands to its experts; the adapter for "
+            f"{type(layer.router).__name__} only reads it. Use disable_mode=reroute."
+        )
+    if (on or off and disable_mode == "steermoe") and layer.adapter is not None:
+        raise ValueError(
+            f"{'force_experts' if on else 'disable_mode=steermoe'} edits the router's log-probabilities, which "
+            f"the adapter for {type(layer.router).__name__} does not expose (it only reads its gate). Use "
+            "disable_experts with disable_mode=reroute."
+        )
+    if disable_mode == "reroute" and off and k is not None and layer.num_experts - len(off) < k:
+        raise ValueError(
+            f"disable_experts: layer {layer.key} would keep {layer.num_experts - len(off)} experts "
+            f"for top-k {k}; rerouting needs at least k enabled experts (disable_mode=steermoe ranks disabled "
+            "experts last instead, and uses them when fewer than k are left)"
+        )
+    if on:
+        _check_forceable(layer, on, k)
 
 
 def _check_forceable(layer: MoELayer, forced: frozenset[int], k: int | None) -> None:
@@ -169,39 +196,128 @@ def set_top_k(layer: MoELayer, k: int) -> int:
     return previous
 
 
-FORCE_MARGIN = 0.01  # SteerMoE's: a forced expert's logit is the token's highest plus this
+STEERMOE_MARGIN = 0.01  # SteerMoE's: forced <- the token's highest score + 0.01, lowered <- its lowest - 0.01
+SCORING_SPACES = ("log_softmax", "logits")
+
+
+def steered_scores(
+    logits: torch.Tensor,
+    forced: torch.Tensor | None,
+    lowered: torch.Tensor | None,
+    removed: torch.Tensor | None,
+    space: str,
+) -> torch.Tensor:
+    """Router logits `[..., E]` edited as SteerMoE edits them (the masks are `[E]` booleans or None): in `space`
+    `log_softmax` the logits become log-probabilities first, computed in their own dtype as SteerMoE does; each token's
+    highest and lowest score are taken before any edit; forced experts get the highest + 0.01, lowered ones the
+    lowest - 0.01, and removed ones the lowest value of the dtype (our hard removal)."""
+    scores = F.log_softmax(logits, dim=-1) if space == "log_softmax" else logits
+    top, bottom = scores.amax(-1, keepdim=True), scores.amin(-1, keepdim=True)
+    if forced is not None:
+        scores = torch.where(forced, top + STEERMOE_MARGIN, scores)
+    if lowered is not None:
+        scores = torch.where(lowered, bottom - STEERMOE_MARGIN, scores)
+    if removed is not None:
+        scores = scores.masked_fill(removed, torch.finfo(scores.dtype).min)
+    return scores
 
 
 class EditedRouterLogits(TorchFunctionMode):
-    """Active during one router's forward: its expert logits (the `linear` output with one column per expert) get
-    the lowest value for disabled experts, so that softmax, sigmoid and top-k skip them, and for forced experts
-    the token's highest logit plus a margin, so that top-k selects them."""
+    """Active during one router's forward: its expert logits (the `linear` output with one column per expert) are
+    replaced by `steered_scores`, which the router then scores, selects and normalises as usual."""
 
-    def __init__(self, num_experts: int, disabled: frozenset[int], forced: frozenset[int] = frozenset()) -> None:
+    def __init__(self, num_experts: int, change: LayerIntervention, space: str) -> None:
         super().__init__()
-        self.num_experts = num_experts
-        self.disabled, self.forced = sorted(disabled), sorted(forced)
-        self._masks: dict[tuple[torch.device, bool], torch.Tensor] = {}
+        self.num_experts, self.space = num_experts, space
+        self.experts = {"forced": change.forced, "lowered": change.lowered, "removed": change.removed}
+        self._masks: dict[tuple[torch.device, str], torch.Tensor | None] = {}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         output = func(*args, **(kwargs or {}))
         if func is F.linear and output.shape[-1] == self.num_experts:
-            lowest = torch.finfo(output.dtype).min
-            if self.disabled:
-                output = output.masked_fill(self._mask(output.device, forced=False), lowest)
-            if self.forced:
-                top = output.amax(-1, keepdim=True)  # SteerMoE's: the token's highest logit, forced experts included
-                # a margin the dtype can represent at this magnitude (bf16 rounds 0.01 away above |logit| 2)
-                margin = FORCE_MARGIN + top.abs() * 4 * torch.finfo(output.dtype).eps
-                output = torch.where(self._mask(output.device, forced=True), top + margin, output)
+            masks = {name: self._mask(output.device, name) for name in self.experts}
+            output = steered_scores(output, masks["forced"], masks["lowered"], masks["removed"], self.space)
         return output
 
-    def _mask(self, device: torch.device, forced: bool) -> torch.Tensor:
-        if (device, forced) not in self._masks:
-            mask = torch.zeros(self.num_experts, dtype=torch.bool)
-            mask[self.forced if forced else self.disabled] = True
-            self._masks[device, forced] = mask.to(device)
-        return self._masks[device, forced]
+    def _mask(self, device: torch.device, name: str) -> torch.Tensor | None:
+        if (device, name) not in self._masks:
+            experts = sorted(self.experts[name])
+            mask = torch.zeros(self.num_experts, dtype=torch.bool, device=device) if experts else None
+            if mask is not None:
+                mask[experts] = True
+            self._masks[device, name] = mask
+        return self._masks[device, name]
+
+
+class _ScoringProbe(TorchFunctionMode):
+    """Follows a router's expert logits (the `linear` output with one column per expert, inside the router) through
+    one forward of its MoE block, and notes which of softmax and sigmoid is applied to them or to floating-point
+    tensors computed from them. Integer tensors (selected ids, sort orders) carry no scores and are not followed."""
+
+    SOFTMAX = {"softmax", "log_softmax", "_softmax", "_log_softmax"}
+    SIGMOID = {"sigmoid", "sigmoid_"}
+
+    def __init__(self, num_experts: int) -> None:
+        super().__init__()
+        self.num_experts, self.inside_router = num_experts, False
+        self.followed: dict[int, torch.Tensor] = {}  # id -> tensor, kept alive so that ids are not reused
+        self.seen: set[str] = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        output = func(*args, **(kwargs or {}))
+        inputs = _tensors((args, kwargs or {}))
+        is_source = self.inside_router and func is F.linear and output.shape[-1] == self.num_experts
+        if is_source or any(id(x) in self.followed for x in inputs if x.is_floating_point()):
+            name = getattr(func, "__name__", "")
+            self.seen |= {"softmax"} if name in self.SOFTMAX else {"sigmoid"} if name in self.SIGMOID else set()
+            for tensor in _tensors(output):
+                if tensor.is_floating_point():
+                    self.followed[id(tensor)] = tensor
+        return output
+
+
+def _tensors(value) -> list[torch.Tensor]:
+    """The tensors in a (nested) tuple, list or dict of call arguments or results."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return [tensor for item in value for tensor in _tensors(item)]
+    return []
+
+
+def scoring_space(layer: MoELayer) -> str:
+    """Where SteerMoE's edit applies for this layer: `log_softmax` when the router scores experts by a softmax of its
+    logits (then log-probabilities and logits give the same routing, and SteerMoE's edit is exact), `logits` when it
+    scores them by a sigmoid (DeepSeek-V3, Llama4: SteerMoE covers no such router, and log-probabilities would change
+    every expert's sigmoid weight). Found by following the logits through one forward of the MoE block on two random
+    tokens (no gradients, the global random state untouched)."""
+    weight = next(p for p in layer.router.parameters() if p.dim() == 2 and p.shape[0] == layer.num_experts)
+    routers = {id(parameter) for parameter in layer.router.parameters()}
+    block_weight = next((p for p in layer.block.parameters() if id(p) not in routers), weight)  # the hidden dtype
+    hidden = torch.randn(1, 2, weight.shape[1], generator=torch.Generator().manual_seed(0))
+    probe = _ScoringProbe(layer.num_experts)
+    handles = [
+        layer.router.register_forward_pre_hook(lambda module, args: setattr(probe, "inside_router", True)),
+        layer.router.register_forward_hook(lambda module, args, output: setattr(probe, "inside_router", False)),
+    ]
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]), probe:
+            layer.block(hidden.to(dtype=block_weight.dtype, device=block_weight.device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    if len(probe.seen) != 1:
+        raise InternalsChanged(
+            "transformers",
+            f"{type(layer.block).__name__} (layer {layer.key}) applies "
+            f"{' and '.join(sorted(probe.seen)) or 'neither softmax nor sigmoid'} to its router logits (the `linear` "
+            f"output with {layer.num_experts} columns inside {type(layer.router).__name__}); force_experts and "
+            "disable_mode=steermoe edit routers that compute their logits with one `linear` call and score experts "
+            "by one softmax or one sigmoid of them",
+        )
+    return "log_softmax" if probe.seen == {"softmax"} else "logits"
 
 
 def selection_biases(layer: MoELayer) -> list[torch.Tensor]:
