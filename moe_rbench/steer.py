@@ -139,16 +139,9 @@ class SteerOptions:
 
 
 def check_options(options: SteerOptions) -> None:
-    """Something to steer, and a disable_mode this moe_hf accepts (checked before any evaluation)."""
-    from moe_rbench_models.routing.interventions import DISABLE_MODES
-
+    """Something to steer (checked before any evaluation)."""
     if options.force < 1 and options.disable < 1:
         raise OptionError("steer needs --force N and/or --disable M (experts to force on / to switch off)")
-    if options.disable and options.disable_mode not in DISABLE_MODES:
-        raise OptionError(
-            f"--disable_mode {options.disable_mode}: this moe_hf accepts disable_mode {', '.join(DISABLE_MODES)}; "
-            "update moe-rbench, or use --disable_mode reroute"
-        )
 
 
 def steer(

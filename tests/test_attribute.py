@@ -159,6 +159,15 @@ def test_the_model_arguments_steer_the_expert(planted_model, planted_records, tm
     (record,) = load_records(tmp_path / "both")
     assert not (record.layers["decoder.0"].context_ids == 3).any()  # the @ went elsewhere
     assert (record.layers["decoder.1"].context_ids == 2).all()
+    # SteerMoE's soft deactivation through the same argument: expert 3 is ranked last, never among the top 2 of 4
+    soft = model_argument(attribution, SteeringPlan({}, swapped.disabled, "steermoe", "steermoe", (0, 1)))
+    assert soft == 'disable_experts="0:3",disable_mode=steermoe'
+    with MoEHFLM(
+        device="cpu", routing_out=str(tmp_path / "soft"), **key_val_to_dict(f"pretrained={planted_model},{soft}")
+    ) as lm:
+        lm.loglikelihood([Instance("loglikelihood", {}, (text(1, True), " end"), 0, metadata=("planted", 0, 1))])
+    (record,) = load_records(tmp_path / "soft")
+    assert not (record.layers["decoder.0"].context_ids == 3).any()
 
 
 def test_the_attribute_command_writes_table_figure_and_model_arguments(planted_records, tmp_path):
@@ -646,15 +655,7 @@ def test_significant_selection_takes_only_significant_rows_within_each_layers_li
     assert as_sets(unlimited.disabled) == {cell for cell, difference in significant.items() if difference < 0}
 
 
-def test_steer_refuses_a_disable_mode_the_model_does_not_accept(monkeypatch):
-    import moe_rbench_models.routing.interventions as interventions
-
-    monkeypatch.setattr(interventions, "DISABLE_MODES", ("reroute", "drop"))
-    with pytest.raises(OptionError, match="this moe_hf accepts disable_mode reroute, drop; update moe-rbench"):
-        check_options(SteerOptions(disable=2, disable_mode="steermoe"))
-    check_options(SteerOptions(force=2, disable_mode="steermoe"))  # nothing disabled: the mode is not used
-    monkeypatch.setattr(interventions, "DISABLE_MODES", ("reroute", "drop", "steermoe"))
-    check_options(SteerOptions(disable=2, disable_mode="steermoe"))
+def test_steer_needs_something_to_steer():
     with pytest.raises(OptionError, match="steer needs --force N and/or --disable M"):
         check_options(SteerOptions())
 
