@@ -105,6 +105,9 @@ class InterimDropout(TorchFunctionMode):
         self._followed = {id(self.weight): self.weight}
         self.applied = 0
 
+    def stop(self) -> None:
+        self._followed = {}
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
@@ -151,6 +154,9 @@ def install(hooks: HookSet, layers: list[MoELayer], rate: float) -> None:
             if not module.training:
                 return
             mode.__exit__(None, None, None)
+            mode.stop()
+            if output is None:  # the forward failed: its own error is the one to see
+                return
             tokens = next((arg.numel() for arg in args if isinstance(arg, torch.Tensor)), 0)
             if tokens and not mode.applied:
                 raise InternalsChanged(
