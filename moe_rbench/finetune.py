@@ -183,6 +183,11 @@ def for_model(recipe: Recipe, model: torch.nn.Module, layers: list[MoELayer]) ->
         )
     if not layers:
         return _dense(recipe, model)
+    if (recipe.router == "freeze" or recipe.bilevel) and not router_parameters(model, layers, recipe.router_set):
+        raise OptionError(
+            f"--router freeze and --bilevel act on the routers' parameters; the routers of {type(model).__name__} have "
+            "none (a gate without weights): there is nothing to freeze or alternate"
+        )
     _check_top_k(recipe, model, layers)
     if recipe.expert_dropout:
         for layer in layers:

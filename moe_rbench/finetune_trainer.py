@@ -15,7 +15,7 @@ from `Trainer`'s defaults, with the reference's behaviour as the default and Tra
   TrainingArguments' `lr_scheduler_type`.
 - `max_grad_norm=0`: the reference clips only under fp16 (`train_utils.py` l.129), which no script uses.
 - `data_order="reference"`: each script runs under `torchrun` with a `DistributedSampler(shuffle=True)` (seed 0,
-  never `set_epoch`: the same order every epoch; `finetuning_anli.py` l.356-362) and per-rank `DataLoader`s
+  never `set_epoch`: the same order every epoch; `finetuning_anli.py` l.357-362) and per-rank `DataLoader`s
   (`drop_last=True` for classification, l.383; `False` for Alpaca, `safety-evaluation/finetuning_llama_moe.py`
   l.187). One optimizer step of the reference consumes one batch on each of `reference_gpus` ranks; here the same
   batches are the micro-batches of one accumulated step, rank by rank. `"trainer"`: Trainer's shuffling (`--seed`).

@@ -290,6 +290,31 @@ def test_expert_dropout_runs_on_every_architecture_in_training_only(tiny_model, 
             assert torch.equal(seen[0], seen[1])
 
 
+def test_expert_dropout_refuses_what_it_cannot_place(tiny_model):
+    """Experts without a known down projection are refused before training; experts that never multiply by it in a
+    training forward stop the run: never a silent no-op."""
+    from moe_rbench.finetune import for_model
+    from moe_rbench_models.internals import InternalsChanged
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model("mixtral"))
+    layers = find_moe_layers(model)
+    recipe = Recipe("classify", "sst2", expert_dropout=0.1)
+    experts = layers[0].block.experts
+    experts.register_parameter("w_out", experts.down_proj)
+    del experts.down_proj
+    with pytest.raises(OptionError, match=r"layer decoder.0 \(MixtralSparseMoeBlock\) has MixtralExperts with a"):
+        for_model(recipe, model, layers)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model("mixtral")).train()
+    layers = find_moe_layers(model)
+    layers[0].block.experts.forward = lambda hidden, index, weights: torch.zeros_like(hidden)
+    routing = TrainingRouting(model, layers, recipe)
+    try:
+        with pytest.raises(InternalsChanged, match="ran without multiplying activations by its down projection"):
+            model(torch.tensor([[5, 6, 7]]))
+    finally:
+        routing.remove()
+
+
 # -- 4. the trained top-k is the saved top-k -------------------------------------------------------------------
 
 
