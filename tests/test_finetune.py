@@ -178,6 +178,14 @@ def test_bilevel_alternate_updates_the_backbone_then_only_the_routers(tiny_model
     assert all(torch.equal(two[name], four[name]) for name in backbone)
 
 
+def test_bilevel_is_refused_where_toggling_requires_grad_breaks_the_gradient_sync(tiny_model, tmp_path):
+    recipe = Recipe("classify", "sst2", head="causal_lm", bilevel=1)
+    with pytest.raises(
+        OptionError, match=r"breaks the gradient reducer of DDP .* run bi-level training in one process"
+    ):
+        finetune(tiny_model("mixtral"), tmp_path, recipe, FIXTURE_DATA, 8, FAST, fsdp=True, **CPU)
+
+
 def test_router_freeze_keeps_every_router_parameter_bit_identical(tiny_model, tmp_path):
     start = tiny_model("olmoe")
     recipe = Recipe("classify", "sst2", head="causal_lm", router="freeze")
