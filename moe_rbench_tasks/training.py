@@ -194,9 +194,17 @@ def anli_round_docs(root: Path | None, round_number: int) -> list[dict]:
     the round's SNLI slice, the concatenation shuffled with seed 42 by `datasets`."""
     if round_number not in ANLI_ROUNDS:
         raise OptionError(f"ANLI has rounds {', '.join(map(str, ANLI_ROUNDS))}; got round {round_number}")
+    rows = snli_train_rows(root)
+    if not any(label == -1 for _, _, label in rows):
+        where = local_file(SOURCES["snli_train"], root) if root else "stanfordnlp/snli train"
+        raise MalformedDataError(
+            f"{where} has no label -1 rows: the "
+            "ANLI protocol shuffles the whole SNLI train split before dropping them (load_adv_datasets.py l.52-53), so "
+            "its slices can only be taken from the complete split; export it again keeping its 785 label -1 rows"
+        )
     snli = [
         nli_doc(premise, hypothesis, label, f"SNLI train (round {round_number} slice)[{i}]")
-        for i, (premise, hypothesis, label) in enumerate(snli_slice(snli_train_rows(root), round_number))
+        for i, (premise, hypothesis, label) in enumerate(snli_slice(rows, round_number))
     ]
     docs = anli_train_docs(root, round_number) + snli
     return [docs[i] for i in _datasets_shuffle(len(docs))]

@@ -373,6 +373,20 @@ def test_anli_rounds_are_the_reference_mixtures_in_its_prompt(tiny_model, round_
         assert feature["labels"] == doc["label"]
 
 
+def test_anli_rounds_refuse_an_snli_copy_without_its_unlabelled_rows(tmp_path):
+    """The SNLI slices depend on the order of the whole split, label -1 rows included: a copy without them would give
+    other slices, silently."""
+    from moe_rbench_tasks.data import MalformedDataError
+
+    shutil.copytree(FIXTURE_DATA / "anli", tmp_path / "anli")
+    (tmp_path / "snli" / "hf").mkdir(parents=True)
+    lines = (FIXTURE_DATA / "snli/hf/train.tsv").read_text().splitlines()
+    (tmp_path / "snli/hf/train.tsv").write_text("\n".join(line for line in lines if not line.endswith("\t-1")) + "\n")
+    with pytest.raises(MalformedDataError, match="has no label -1 rows: the ANLI protocol shuffles the whole SNLI"):
+        classification_docs("anli", tmp_path, 1)
+    assert len(classification_docs("snli", tmp_path)[1]) == 21  # the SNLI set alone needs no such rows
+
+
 def _classifier_features(recipe, tokenizer, task_name, docs):
     import moe_rbench_tasks
 
