@@ -36,7 +36,20 @@ MODELS = {  # active parameters per token match: 2 of 4 experts of 128 vs one ML
     "moe": ("mixtral", {**SHARED, "intermediate_size": 128, "num_local_experts": 4, "num_experts_per_tok": 2}),
     "dense": ("llama", {**SHARED, "intermediate_size": 256}),
 }
-TRAINING = ["--epochs", "1", "--learning_rate", "1e-3", "--batch_size", "32", "--seed", "0", "--max_length", "96"]
+# moe-rbench's own earlier recipe (Trainer defaults, left truncation), with which the committed checkpoints were built
+TRAINING = [
+    "--preset",
+    "trainer_defaults",
+    "--epochs",
+    "1",
+    "--learning_rate",
+    "1e-3",
+    "--batch_size",
+    "32",
+    "--seed",
+    "0",
+]
+TRAINING += ["--max_length", "96"]
 
 
 def train_tokenizer(data_dir: str, out: Path) -> Path:

@@ -16,7 +16,7 @@ moe-rbench judge --judge JUDGE --samples PATH [--out DIR]
 moe-rbench judge --judge JUDGE --validate LABELS.csv
                                      a judge against human labels: balanced accuracy, precision, recall
 moe-rbench judge --agreement PATH    Cohen's kappa of the judges that judged the same samples
-moe-rbench finetune MODEL OUT --protocol classify --dataset sst2|snli|boss_sa|boss_nli|boss_td | --protocol instruct
+moe-rbench finetune MODEL OUT [--preset SCRIPT] --protocol classify --dataset sst2|anli|snli_hard|boss_* | instruct
                   [--router freeze] [--bilevel K] [--expert_dropout P] [--aux_loss_coef C] [--top_k K]
                                      MoE-RBench's fine-tuning protocols with its MoE knobs (transformers' Trainer)
 moe-rbench report RUN [RUN ...] [--pair MOE=DENSE ...] --out DIR
@@ -217,34 +217,62 @@ def _validate(args: argparse.Namespace, judge_) -> int:
     return 0
 
 
-def finetune(args: argparse.Namespace) -> int:
-    from moe_rbench.finetune import Recipe
-    from moe_rbench.finetune import finetune as run_finetune
+RECIPE_OPTIONS = (
+    "protocol",
+    "dataset",
+    "head",
+    "router",
+    "router_set",
+    "bilevel",
+    "bilevel_mode",
+    "expert_dropout",
+    "aux_loss_coef",
+    "top_k",
+    "keep_safety_samples",
+    "safety_samples",
+    "prompt_format",
+    "alpaca_holdout",
+    "max_length",
+    "truncation",
+    "anli_begin_round",
+)
+OPTIMIZATION_OPTIONS = (
+    "learning_rate",
+    "epochs",
+    "batch_size",
+    "reference_gpus",
+    "weight_decay",
+    "optimizer",
+    "scheduler",
+    "gamma",
+    "warmup_fraction",
+    "max_grad_norm",
+    "data_order",
+)
 
-    recipe = Recipe(
-        protocol=args.protocol,
-        dataset=args.dataset,
-        head=args.head or ("causal_lm" if args.protocol == "instruct" else "sequence_classification"),
-        router=args.router,
-        bilevel=args.bilevel,
-        expert_dropout=args.expert_dropout,
-        aux_loss_coef=args.aux_loss_coef,
-        top_k=args.top_k,
-        keep_safety_samples=args.keep_safety_samples,
-        safety_samples=args.safety_samples,
-        max_length=args.max_length,
+
+def finetune(args: argparse.Namespace) -> int:
+    from moe_rbench.finetune import finetune as run_finetune
+    from moe_rbench.finetune_presets import PRESETS, resolve
+
+    options = vars(args)
+    recipe, optimization = resolve(
+        args.preset,
+        {name: options[name] for name in RECIPE_OPTIONS},
+        {name: options[name] for name in OPTIMIZATION_OPTIONS},
     )
     training = {
-        "num_train_epochs": args.epochs,
-        "learning_rate": args.learning_rate,
-        "per_device_train_batch_size": args.batch_size,
         "seed": args.seed,
         **({"max_steps": args.max_steps} if args.max_steps else {}),
         **_judge_options(args.training_args, "--training_args"),
     }
-    result = run_finetune(args.model, args.out, recipe, args.data_dir, args.limit, **training)
+    for note in PRESETS[args.preset].notes if args.preset else ():
+        print(f"preset {args.preset}: {note}", file=sys.stderr)
+    result = run_finetune(
+        args.model, args.out, recipe, args.data_dir, args.limit, optimization, args.preset, **training
+    )
     losses = [entry["loss"] for entry in result.log_history if "loss" in entry]
-    print(f"recipe: {result.label}; trained with {result.recipe}; data: {result.data}")
+    print(f"recipe: {result.label}; trained with {result.recipe}; {optimization}; data: {result.data}")
     if losses:
         print(f"training loss: {losses[0]:.4f} (first logged) -> {losses[-1]:.4f} (last logged)")
     print(result.path)
@@ -338,6 +366,129 @@ def _attribution_options(parser: argparse.ArgumentParser, steering: bool) -> Non
     parser.add_argument("--metric", help="correct/wrong: the 0/1 per-document metric (default: acc or exact_match)")
 
 
+def _finetune_options(commands) -> None:
+    """`moe-rbench finetune`'s options; None when not given, so that a preset's value (or the reference's default,
+    `configs/training.py` of UNITES-Lab/MoE-RBench) applies."""
+    from moe_rbench.finetune_presets import PRESETS, UNSUPPORTED
+    from moe_rbench_tasks.training import TRAIN_SETS
+
+    tuning = commands.add_parser(
+        "finetune",
+        help="fine-tune a checkpoint by MoE-RBench's protocols, with its MoE knobs (transformers' Trainer)",
+        description="Defaults without --preset are the reference's configs/training.py: learning rate 1e-4, 3 epochs, "
+        "batch 4, weight decay 0 on every parameter, StepLR(gamma 0.85) once per epoch, no gradient clipping, the "
+        "reference's batch order, no load-balancing term, right truncation at the protocol's limit.",
+    )
+    tuning.add_argument("model", help="a Hugging Face model id or local checkpoint (MoE or dense, decoder-only)")
+    tuning.add_argument("out", help="directory for the fine-tuned checkpoint")
+    tuning.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        metavar="NAME",
+        help="a reference script's whole recipe (options given as well override it): "
+        + ", ".join(PRESETS)
+        + "; not supported (encoder-decoder): "
+        + ", ".join(UNSUPPORTED),
+    )
+    tuning.add_argument("--protocol", choices=("classify", "instruct"))
+    tuning.add_argument("--dataset", choices=list(TRAIN_SETS), help="classify: the training set")
+    tuning.add_argument(
+        "--head",
+        choices=("sequence_classification", "causal_lm"),
+        help="classify: a classification head (default, the reference's) or the label words (causal_lm)",
+    )
+    tuning.add_argument("--router", choices=("train", "freeze"), help="freeze: routers get no updates (default train)")
+    tuning.add_argument(
+        "--router_set",
+        choices=("discovered", "by_name"),
+        help="the routers for --router freeze and --bilevel: those transformers declares (default) or, as the "
+        "reference, every parameter whose name contains 'router' or 'gate'",
+    )
+    tuning.add_argument("--bilevel", type=int, metavar="K", help="bi-level training, toggling the routers every K")
+    tuning.add_argument(
+        "--bilevel_mode",
+        choices=("reference", "alternate"),
+        help="reference (default): the routers' requires_grad toggles before micro-batches 0, K, 2K, ... (all but the "
+        "routers, then everything); alternate: K optimizer steps without the routers, then K of the routers only",
+    )
+    tuning.add_argument(
+        "--expert_dropout", type=float, metavar="P", help="dropout on each routed expert's interim activations"
+    )
+    tuning.add_argument(
+        "--aux_loss_coef",
+        metavar="C",
+        type=lambda text: text if text == "checkpoint" else float(text),
+        help="weight of the architecture's load-balancing loss, added once (default 0, as the reference); "
+        "'checkpoint': its router_aux_loss_coef",
+    )
+    tuning.add_argument("--top_k", type=int, metavar="K", help="experts per token, in training and in the saved config")
+    tuning.add_argument(
+        "--keep_safety_samples", action="store_true", default=None, help="instruct: keep MoE-RBench's removed samples"
+    )
+    tuning.add_argument("--safety_samples", type=int, metavar="N", help="instruct: add N safety samples")
+    tuning.add_argument(
+        "--prompt_format",
+        choices=("llama2_chat", "alpaca"),
+        help="instruct: the reference's [INST] <<SYS>>-wrapped Alpaca prompt (default) or the plain Alpaca prompt",
+    )
+    tuning.add_argument("--alpaca_holdout", type=int, metavar="N", help="instruct: samples held out (default 200)")
+    tuning.add_argument(
+        "--max_length", type=int, help="tokens per example (default: 256 for anli, 512 otherwise, as the reference)"
+    )
+    tuning.add_argument("--truncation", choices=("right", "left"), help="which end is cut (default right)")
+    tuning.add_argument("--anli_begin_round", type=int, choices=(1, 2, 3), help="anli: the first round (default 1)")
+    tuning.add_argument("--limit", type=int, help="train on the first N examples of each run only")
+    tuning.add_argument(
+        "--data_dir", help="data directory of release files (default: $MOE_RBENCH_DATA_DIR, or the hub)"
+    )
+    _optimization_options(tuning)
+
+
+def _optimization_options(tuning: argparse.ArgumentParser) -> None:
+    """`moe-rbench finetune`'s options for the weight updates (moe_rbench.finetune_trainer.Optimization)."""
+    tuning.add_argument("--epochs", type=float, help="epochs (default 3)")
+    tuning.add_argument("--learning_rate", type=float, help="default 1e-4")
+    tuning.add_argument("--batch_size", type=positive_int, help="per device (default 4)")
+    tuning.add_argument(
+        "--reference_gpus", type=positive_int, help="the reference run's GPUs: global batch = batch x GPUs (default 1)"
+    )
+    tuning.add_argument("--weight_decay", type=float, help="AdamW weight decay (default 0)")
+    tuning.add_argument(
+        "--optimizer",
+        choices=("reference", "trainer"),
+        help="reference (default): AdamW decaying every parameter, each micro-batch's mean loss; trainer: Trainer's",
+    )
+    tuning.add_argument(
+        "--scheduler",
+        choices=("step", "cosine", "linear", "trainer"),
+        help="step (default): x gamma each epoch; cosine (3 cycles) or linear with warm-up; trainer: lr_scheduler_type",
+    )
+    tuning.add_argument("--gamma", type=float, help="step scheduler: factor per epoch (default 0.85)")
+    tuning.add_argument(
+        "--warmup_fraction", type=float, help="cosine, linear: warm-up share of the steps (default 0.1)"
+    )
+    tuning.add_argument("--max_grad_norm", type=float, help="gradient clipping (default 0: none, as the reference)")
+    tuning.add_argument(
+        "--data_order",
+        choices=("reference", "trainer"),
+        help="reference (default): the batches of the reference's DistributedSampler (seed 0, the same every epoch); "
+        "trainer: Trainer's shuffling with --seed",
+    )
+    tuning.add_argument(
+        "--max_steps",
+        type=int,
+        help="stop after this many optimizer steps (step/cosine/linear schedules keep their full length)",
+    )
+    tuning.add_argument("--seed", type=int, default=42)
+    tuning.add_argument(
+        "--training_args",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="other transformers TrainingArguments, e.g. bf16=true logging_steps=1",
+    )
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -429,46 +580,7 @@ def main(argv: list[str] | None = None) -> int:
     judging.add_argument("--negative", default="1_full_compliance", help="--validate: label values of a no")
     judging.add_argument("--apart", default="3_partial_refusal", help="--validate: label values reported apart")
     judging.add_argument("--field", help="--validate: the judge's yes/no field (default: its refusal verdict)")
-    tuning = commands.add_parser(
-        "finetune", help="fine-tune a checkpoint by MoE-RBench's protocols, with its MoE knobs (transformers' Trainer)"
-    )
-    tuning.add_argument("model", help="a Hugging Face model id or local checkpoint (MoE or dense, decoder-only)")
-    tuning.add_argument("out", help="directory for the fine-tuned checkpoint")
-    tuning.add_argument("--protocol", required=True, choices=("classify", "instruct"))
-    tuning.add_argument("--dataset", help="classify: sst2, snli, boss_sa, boss_nli or boss_td")
-    tuning.add_argument(
-        "--head",
-        choices=("sequence_classification", "causal_lm"),
-        help="classify: a classification head (default, the paper's) or the label words (causal_lm)",
-    )
-    tuning.add_argument("--router", default="train", choices=("train", "freeze"), help="freeze: routers get no updates")
-    tuning.add_argument("--bilevel", type=int, metavar="K", help="alternate K backbone-only and K router-only steps")
-    tuning.add_argument("--expert_dropout", type=float, default=0.0, metavar="P", help="dropout on the experts' output")
-    tuning.add_argument(
-        "--aux_loss_coef", type=float, metavar="C", help="load-balancing loss weight (default: the checkpoint's)"
-    )
-    tuning.add_argument("--top_k", type=int, metavar="K", help="experts per token while training")
-    tuning.add_argument(
-        "--keep_safety_samples", action="store_true", help="instruct: keep MoE-RBench's removed samples"
-    )
-    tuning.add_argument("--safety_samples", type=int, default=0, metavar="N", help="instruct: add N safety samples")
-    tuning.add_argument("--max_length", type=int, default=512, help="tokens per example (default 512)")
-    tuning.add_argument("--limit", type=int, help="train on the first N examples only")
-    tuning.add_argument(
-        "--data_dir", help="data directory of release files (default: $MOE_RBENCH_DATA_DIR, or the hub)"
-    )
-    tuning.add_argument("--epochs", type=float, default=1.0, help="epochs (default 1, as the paper)")
-    tuning.add_argument("--max_steps", type=int, help="stop after this many optimizer steps")
-    tuning.add_argument("--learning_rate", type=float, default=5e-5)
-    tuning.add_argument("--batch_size", type=positive_int, default=8, help="per device")
-    tuning.add_argument("--seed", type=int, default=42)
-    tuning.add_argument(
-        "--training_args",
-        nargs="*",
-        default=[],
-        metavar="KEY=VALUE",
-        help="other transformers TrainingArguments, e.g. bf16=true gradient_accumulation_steps=4",
-    )
+    _finetune_options(commands)
     reporting = commands.add_parser("report", help="MoE-vs-dense tables and figures from lm-eval output directories")
     reporting.add_argument("runs", nargs="+", help="lm_eval --output_path directories (or results files)")
     reporting.add_argument("--label", action="append", dest="labels", help="a label per run (default: model name)")

@@ -162,6 +162,34 @@ SOURCES: dict[str, Source] = {
             license="SST / GLUE: research use",
         ),
         Source(
+            name="snli_train",
+            tasks="moe-rbench finetune --dataset snli, --dataset anli (the SNLI slice of each round)",
+            local_path="snli/hf/train.tsv",
+            hub="stanfordnlp/snli, split train",
+            obtain="export the hub dataset stanfordnlp/snli, split train, to TSV (columns premise, hypothesis, label) "
+            "keeping its label -1 rows: the ANLI protocol shuffles the whole split before it drops them",
+            license="CC BY-SA 4.0",
+        ),
+        Source(
+            name="anli_train",
+            tasks="moe-rbench finetune --dataset anli (ANLI train of each round)",
+            local_path="anli",
+            files=tuple(f"R{r}/train.jsonl" for r in (1, 2, 3)),
+            hub="facebook/anli, splits train_r1/2/3",
+            obtain="https://dl.fbaipublicfiles.com/anli/anli_v1.0.zip (folders R1, R2, R3)",
+            license="CC BY-NC 4.0",
+        ),
+        Source(
+            name="esnli_train",
+            tasks="moe-rbench finetune --dataset snli_hard (e-SNLI train, the SNLI-hard protocol's training set)",
+            local_path="esnli",
+            files=("esnli_train_1.csv", "esnli_train_2.csv"),
+            hub="esnli/esnli, split train",
+            obtain="https://github.com/OanaMariaCamburu/e-SNLI (dataset/esnli_train_1.csv and esnli_train_2.csv; "
+            "Camburu et al., NeurIPS 2018)",
+            license="SNLI: CC BY-SA 4.0; e-SNLI: MIT (repository LICENSE)",
+        ),
+        Source(
             name="alpaca",
             tasks="moe-rbench finetune --protocol instruct",
             local_path="alpaca/alpaca_data.json",
