@@ -1,6 +1,6 @@
 """`moe-rbench attribute`: the experts behind a behaviour, found from saved routing records (SteerMoE's detection,
 Fayyaz et al., 2025, adobe-research/SteerMoE @0c7e6b5: compare how often each expert activates on inputs with and
-without the behaviour). docs/fidelity-steering.md sets each knob beside SteerMoE's, with the test that checks it.
+without the behaviour). docs/fidelity.md sets each knob beside SteerMoE's, with the test that checks it.
 
 Two sets of units, A and B, from one `routing_out` directory, each chosen
 - by task: `moe_rbench_sst2`, `'moe_rbench_style_*'` (shell patterns over the recorded tasks, comma-separated);

@@ -1,6 +1,6 @@
 """`moe-rbench finetune`: MoE-RBench's fine-tuning protocols with its MoE knobs, on transformers' `Trainer`, computing
 what the authors' code computes (UNITES-Lab/MoE-RBench @b110cc5; the differences that remain are named in
-docs/fidelity-training.md).
+docs/fidelity.md).
 
 Protocols (training data: moe_rbench_tasks/training.py):
 

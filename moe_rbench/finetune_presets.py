@@ -17,7 +17,7 @@ run time; `tests/test_finetune.py` checks a few rows against the scripts' text):
 - the expert dropout and load-balancing weight the code actually applies, which is not always what the script
   passes (`NOTES`).
 
-What the presets do not reproduce (named differences, docs/fidelity-training.md): `--dropout_rate` sets MoLM's and
+What the presets do not reproduce (named differences, docs/fidelity.md): `--dropout_rate` sets MoLM's and
 Pythia's own config dropout (transformers architectures name their dropout differently, so it is not applied);
 `--pure_bf16` casts the model to bfloat16 (presets train in the precision the model loads in; pass
 `--training_args bf16=true` for mixed precision); the encoder-decoder scripts (Switch, T5) train seq2seq models,
