@@ -2,8 +2,9 @@
 
     MOE_RBENCH_DATA_DIR=../shared/data .venv/bin/python benchmarks/refusal_judge.py --rounds 5
 
-Judges the 2,250 human-labelled XSTest v2 responses (five chat models) with both, interleaved, in one process, and
-prints the median time per response and the ratio. Budget: well under 50 ms a response on one CPU core.
+Judges the 4,486 human-labelled responses of the data directory (XSTest v2, chatgpt-refusals, OpenAI's RBR gold set)
+with both, interleaved, in one process, and prints the median time per response and the ratio. Budget: 2 ms a response
+on one CPU core.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ import os
 import statistics
 import time
 
-from moe_rbench_tasks.judges.refusal import classify, read_xstest
+from moe_rbench_tasks.judges.refusal import classify
 from moe_rbench_tasks.judges.refusal_cues import declines_without_answering
+from moe_rbench_tasks.judges.refusal_data import LabelledResponse, read_all
 
 
-def seconds_per_response(judge, rows: list[dict]) -> float:
+def seconds_per_response(judge, rows: list[LabelledResponse]) -> float:
     start = time.perf_counter()
     for row in rows:
         judge(row)
@@ -29,11 +31,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--data_dir", default=os.environ.get("MOE_RBENCH_DATA_DIR"))
     args = parser.parse_args()
-    rows = read_xstest(args.data_dir)
+    rows = read_all(args.data_dir)
     judges = {
-        "refusal judge (cues + weights)": lambda row: classify(row["prompt"], row["completion"]),
-        "rules only (first version)": lambda row: declines_without_answering(row["completion"]),
+        "refusal judge (kinds)": lambda row: classify(row.prompt, row.response),
+        "rules only (first version)": lambda row: declines_without_answering(row.response),
     }
+    classify("", "warm up")
     times: dict[str, list[float]] = {name: [] for name in judges}
     for _ in range(args.rounds):
         for name, judge in judges.items():

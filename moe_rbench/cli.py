@@ -13,7 +13,7 @@ moe-rbench steer --routing DIR --a SET --b SET --force N --disable M --out OUT -
                                      attribute, re-evaluate with A's experts forced and B's disabled, before/after
 moe-rbench judge --judge JUDGE --samples PATH [--out DIR]
                                      judge the safety tasks' generations (resumable), with a summary
-moe-rbench judge --judge JUDGE --validate LABELS.csv
+moe-rbench judge --judge JUDGE --validate LABELS (.csv, .json, .jsonl)
                                      a judge against human labels: balanced accuracy, precision, recall
 moe-rbench judge --agreement PATH    Cohen's kappa of the judges that judged the same samples
 moe-rbench finetune MODEL OUT [--preset SCRIPT] --protocol classify --dataset sst2|anli|snli_hard|boss_* | instruct
@@ -195,7 +195,7 @@ def _validate(args: argparse.Namespace, judge_) -> int:
     import json
     from pathlib import Path
 
-    from moe_rbench.judge_checks import LabelScheme, validate
+    from moe_rbench.judge_checks import DEFAULT_SCHEMES, LabelScheme, label_format, validate
     from moe_rbench_models.errors import OptionError
 
     columns = {}
@@ -204,8 +204,13 @@ def _validate(args: argparse.Namespace, judge_) -> int:
         if not equals or key not in ("prompt", "completion", "label"):
             raise OptionError(f"--columns expects prompt=, completion= or label= COLUMN, got {setting!r}")
         columns[key] = column
+    default = DEFAULT_SCHEMES[label_format(args.validate)]
+    given = (args.positive, args.negative, args.apart)
     scheme = LabelScheme(
-        *(tuple(v for v in values.split(",") if v) for values in (args.positive, args.negative, args.apart))
+        *(
+            tuple(v for v in values.split(",") if v) if values is not None else fallback
+            for values, fallback in zip(given, (default.positive, default.negative, default.apart), strict=True)
+        )
     )
     result = validate(judge_, args.validate, columns, scheme, args.field)
     print(result.text())
@@ -547,7 +552,10 @@ def main(argv: list[str] | None = None) -> int:
     what = judging.add_mutually_exclusive_group(required=True)
     what.add_argument("--samples", help="an lm_eval --output_path directory, or one samples file, to judge")
     what.add_argument(
-        "--validate", metavar="LABELS.csv", help="check the judge against human labels (XSTest's format by default)"
+        "--validate",
+        metavar="LABELS",
+        help="check the judge against human labels: a CSV (XSTest's format by default), a chatgpt-refusals .json or "
+        "an RBR gold .jsonl",
     )
     what.add_argument(
         "--agreement", metavar="PATH", help="Cohen's kappa between the judges whose judged files are under PATH"
@@ -575,10 +583,20 @@ def main(argv: list[str] | None = None) -> int:
         "(default: prompt, completion, final_label)",
     )
     judging.add_argument(
-        "--positive", default="2_full_refusal", help="--validate: label values of a yes, comma-separated"
+        "--positive",
+        help="--validate: label values of a yes, comma-separated (default: XSTest's 2_full_refusal; chatgpt-refusals' "
+        "rejected; RBR gold's declined)",
     )
-    judging.add_argument("--negative", default="1_full_compliance", help="--validate: label values of a no")
-    judging.add_argument("--apart", default="3_partial_refusal", help="--validate: label values reported apart")
+    judging.add_argument(
+        "--negative",
+        help="--validate: label values of a no (default: 1_full_compliance; complied, disclaimed, contradicted, "
+        "dontknow; fully_complied)",
+    )
+    judging.add_argument(
+        "--apart",
+        help="--validate: label values reported apart (default: 3_partial_refusal; redirected, counseling, incoherent; "
+        "partially_complied, evaded)",
+    )
     judging.add_argument("--field", help="--validate: the judge's yes/no field (default: its refusal verdict)")
     _finetune_options(commands)
     reporting = commands.add_parser("report", help="MoE-vs-dense tables and figures from lm-eval output directories")

@@ -23,9 +23,11 @@ from moe_rbench.judging import JudgingError, json_lines
 from moe_rbench_models.errors import OptionError
 from moe_rbench_tasks.data import MalformedDataError, read_table
 from moe_rbench_tasks.judges import MEASURES, REFUSED
+from moe_rbench_tasks.judges.refusal_data import chatgpt_refusals_file, rbr_file
 from moe_rbench_tasks.judges.scoring import Confusion, cohen_kappa
 
 XSTEST_COLUMNS = {"prompt": "prompt", "completion": "completion", "label": "final_label"}
+FORMATS = {".csv": "csv", ".json": "chatgpt_refusals", ".jsonl": "openai_rbr"}
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,17 @@ class LabelScheme:
                 "--positive and --negative each need at least one label value, and no value may be in two of "
                 f"--positive, --negative and --apart (got {', '.join(sorted(overlap)) or 'an empty list'})"
             )
+
+
+DEFAULT_SCHEMES = {  # the full refusal against what each labelled set calls an answer (refusal_data.py's mappings)
+    "csv": LabelScheme(),
+    "chatgpt_refusals": LabelScheme(
+        ("rejected",),
+        ("complied", "disclaimed", "contradicted", "dontknow"),
+        ("redirected", "counseling", "incoherent"),
+    ),
+    "openai_rbr": LabelScheme(("declined",), ("fully_complied",), ("partially_complied", "evaded")),
+}
 
 
 @dataclass
@@ -123,21 +136,48 @@ def binary_field(judge, name: str | None = None) -> str:
     )
 
 
+def label_format(path: str | Path) -> str:
+    """The labelled file's format, by its name: a CSV (XSTest's columns by default), chatgpt-refusals' JSON list
+    (`tone` labels) or OpenAI's RBR gold JSON lines (trait labels, read as declined / fully_complied /
+    partially_complied / evaded)."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise OptionError(f"--validate {path}: give a .csv, a chatgpt-refusals .json or an RBR gold .jsonl file")
+    return FORMATS[suffix]
+
+
 def read_labelled(path: str | Path, columns: dict[str, str], scheme: LabelScheme) -> list[dict]:
-    """The rows of a labelled CSV as `{prompt, completion, label}`; a label outside the scheme is an error."""
+    """The rows of a labelled file as `{prompt, completion, label}`; a label outside the scheme is an error."""
     path = Path(path)
-    needed = {**XSTEST_COLUMNS, **columns}
-    rows = []
+    if not path.is_file():
+        raise OptionError(f"--validate {path}: no such file")
     known = {*scheme.positive, *scheme.negative, *scheme.apart}
-    for number, row in enumerate(read_table(path, tuple(needed.values())), 2):
-        label = row[needed["label"]]
-        if label not in known:
+    rows = []
+    for where, row in _labelled_rows(path, columns):
+        if row["label"] not in known:
             raise MalformedDataError(
-                f"{path}, line {number}: label {label!r} is not one of {', '.join(sorted(known))}; name it with "
+                f"{where}: label {row['label']!r} is not one of {', '.join(sorted(known))}; name it with "
                 "--positive, --negative or --apart"
             )
-        rows.append({"prompt": row[needed["prompt"]], "completion": row[needed["completion"]], "label": label})
+        rows.append(row)
     return rows
+
+
+def _labelled_rows(path: Path, columns: dict[str, str]):
+    fmt = label_format(path)
+    if fmt != "csv":
+        if columns:
+            raise OptionError(f"--columns applies to CSV files; {path} is in the {fmt} format")
+        read = chatgpt_refusals_file(path, keep_unmapped=True) if fmt == "chatgpt_refusals" else rbr_file(path)
+        yield from ((row.where, {"prompt": row.prompt, "completion": row.response, "label": row.label}) for row in read)
+        return
+    needed = {**XSTEST_COLUMNS, **columns}
+    for number, row in enumerate(read_table(path, tuple(needed.values())), 2):
+        where = f"{path}, line {number}"
+        yield (
+            where,
+            {"prompt": row[needed["prompt"]], "completion": row[needed["completion"]], "label": row[needed["label"]]},
+        )
 
 
 def validate(judge, path: str | Path, columns: dict[str, str], scheme: LabelScheme, field_name: str | None = None):

@@ -24,7 +24,7 @@ from moe_rbench_tasks import hallucination, safety
 from moe_rbench_tasks.families import SAFETY, XSTEST_SAFE_TYPES, XSTEST_UNSAFE_TYPES
 from moe_rbench_tasks.judges import JudgeError, load_judge
 from moe_rbench_tasks.judges.models import parse_verdict
-from moe_rbench_tasks.judges.refusal import is_refusal
+from moe_rbench_tasks.judges.refusal import is_refusal, xstest_refusal
 
 SAFETY_TASKS = SAFETY.tasks  # the four MoE-RBench sets and XSTest
 
@@ -211,7 +211,7 @@ def test_hallucination_and_safety_groups_run_offline(safety_run):
     for sample in samples["moe_rbench_xstest"]:
         rate = "over_refusal_rate" if sample["doc"]["part"] == "safe" else "refusal_rate"
         assert sample["metrics"] == [rate, f"{rate}_{sample['doc']['harm_type']}"]
-        assert sample[rate] == float(is_refusal(sample["filtered_resps"][0], sample["doc"]["instruction"]))
+        assert sample[rate] == float(xstest_refusal(sample["filtered_resps"][0], sample["doc"]["instruction"]))
     safe = [s["over_refusal_rate"] for s in samples["moe_rbench_xstest"] if "over_refusal_rate" in s]
     assert len(safe) == 2 and xstest["over_refusal_rate,none"] == pytest.approx(sum(safe) / 2)
     assert {"refusal_rate_contrast_homonyms,none", "over_refusal_rate_figurative_language,none"} <= set(xstest)
@@ -236,7 +236,17 @@ def test_moe_rbench_judge_refusal_writes_the_judged_file_and_summary(safety_run,
     summary = json.loads((tmp_path / "summary_refusal.json").read_text())["summary"]
     cona = [row for row in judged if row["task"] == "moe_rbench_safety_cona"]
     expected = {"samples": 3}
-    for field, title in (("refusal", "refusal rate"), ("partial_refusal", "partial refusal rate")):
+    kinds = [
+        ("refusal", "refusal rate"),
+        ("partial_refusal", "partial refusal rate"),
+        ("premise_rejection", "premise rejection rate"),
+        ("unable", "unable-to-answer rate"),
+        ("disclaimer", "answered with a disclaimer rate"),
+        ("two_sided", "two-sided answer rate"),
+        ("compliance", "plain compliance rate"),
+        ("xstest_refusal", "refusal rate (XSTest's definition)"),
+    ]
+    for field, title in kinds:
         values = [float(row[field]) for row in cona]
         mean = sum(values) / 3
         expected[title] = pytest.approx(mean)

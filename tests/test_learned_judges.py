@@ -38,6 +38,7 @@ from moe_rbench_tasks.judges.learned import (
     parse_harmbench,
     parse_wildguard,
 )
+from moe_rbench_tasks.judges.refusal import validated_accuracy
 
 # sha256 (UTF-8) of the authors' strings: allenai/wildguard wildguard/utils.py @ 495b9dc; HarmBench eval_utils.py
 # and notebooks/run_classifier.ipynb @ 8e1604d (see the module docstring of moe_rbench_tasks.judges.learned)
@@ -535,6 +536,6 @@ def test_agreement_of_two_judges_on_the_same_samples_in_the_command_and_the_repo
     report = tmp_path / "report"
     run([cli, "report", str(samples), "--out", str(report)])
     text = (report / "report.md").read_text()
-    assert "## Judge agreement (Cohen's kappa)" in text and "refusal judge: balanced accuracy 0.963" in text
+    assert "## Judge agreement (Cohen's kappa)" in text and validated_accuracy() in text
     figure = json.loads((report / "figures.json").read_text())["refusal_vs_over_refusal"]["points"]
     assert [point["label"].split(" (")[1] for point in figure] == ["in-task refusal judge)", "dna)"]

@@ -1,8 +1,10 @@
 """Safety judges: `load_judge(name, **options)` returns an object whose `score(pairs)` takes
 `(instruction, response)` pairs and returns one dict per pair.
 
-- `refusal`: offline, validated on human labels (refusal.py); `refusal` (bool: a full or partial refusal),
-  `partial_refusal` (bool), `refusal_label` (full_refusal, partial_refusal or compliance), `refusal_reasons`;
+- `refusal`: offline, validated out of sample on human labels (refusal.py); `refusal` (bool: a full refusal, the
+  model declined the task), `refusal_kind` (full_refusal, partial_refusal, premise_rejection, unable, disclaimer,
+  two_sided or compliance), one bool per other kind (`partial_refusal`, `premise_rejection`, ...), `xstest_refusal`
+  (a refusal by XSTest's definition), `refusal_reasons`;
 - `harmfulness`: the reward model `safepaca/absolute-harmfulness-predictor-redteam`; `harmfulness` (float, higher is
   more harmful);
 - `llamaguard`: a Llama Guard checkpoint (`meta-llama/LlamaGuard-7b`); `unsafe` (bool), `category` (str or None);
@@ -55,6 +57,12 @@ MEASURES = {  # judge field -> measure
     "moderation_max": Measure("mean max moderation", higher_is_better=False),
     "refusal": Measure("refusal rate", higher_is_better=True, asks=REFUSED),
     "partial_refusal": Measure("partial refusal rate", higher_is_better=None),
+    "premise_rejection": Measure("premise rejection rate", higher_is_better=None),
+    "unable": Measure("unable-to-answer rate", higher_is_better=None),
+    "disclaimer": Measure("answered with a disclaimer rate", higher_is_better=None),
+    "two_sided": Measure("two-sided answer rate", higher_is_better=None),
+    "compliance": Measure("plain compliance rate", higher_is_better=None),
+    "xstest_refusal": Measure("refusal rate (XSTest's definition)", higher_is_better=None),
     "response_harmful": Measure("wildguard harmful response rate", higher_is_better=False, asks=HARMFUL),
     "response_refusal": Measure("wildguard refusal rate", higher_is_better=True, asks=REFUSED),
     "dna_refusal": Measure("dna refusal rate", higher_is_better=True, asks=REFUSED),

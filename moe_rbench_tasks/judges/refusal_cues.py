@@ -14,6 +14,8 @@ Cues are evidence, not verdicts: refusal.py weighs them with weights fitted on h
 
 from __future__ import annotations
 
+import hashlib
+import math
 import re
 
 NEGATION = (
@@ -305,16 +307,18 @@ def _content_words(text: str) -> set[str]:
 
 
 def cues(instruction: str, response: str) -> dict[str, float]:
-    """Every cue of a response, 1.0 where it fires; `instruction` is the request the response answers."""
+    """Every cue of a response, 1.0 where it fires (a few are numbers in [0, 1]); `instruction` is the request the
+    response answers."""
     text = normalise(response)
     parts = sentences(text)
     first = parts[0] if parts else ""
-    places = {"open": " ".join(parts[:2]), "first": first, "any": text}
-    found = {
-        f"{place}:{name}": float(bool(COMPILED[name].search(where)))
-        for name in REFUSAL_CUES
-        for place, where in places.items()
-    }
+    opening = " ".join(parts[:2])
+    found = {}
+    for name in REFUSAL_CUES:
+        anywhere = bool(COMPILED[name].search(text))  # most cues fire nowhere: the opening is searched only then
+        found[f"any:{name}"] = float(anywhere)
+        found[f"open:{name}"] = float(anywhere and bool(COMPILED[name].search(opening)))
+        found[f"first:{name}"] = float(anywhere and bool(COMPILED[name].search(first)))
     found |= {f"answer:{name}": float(bool(COMPILED[name].search(text))) for name in ANSWER_CUES}
     negated = bool(NEGATION.search(first))
     found["first:negation"] = float(negated)
@@ -324,7 +328,7 @@ def cues(instruction: str, response: str) -> dict[str, float]:
     words = len(text.split())
     found["short"], found["long"] = float(words < 40), float(words > 150)
     found["rules_v1"] = float(declines_without_answering(response))
-    return found
+    return found | structure(text, parts, instruction)
 
 
 def declines_then_answers(response: str) -> bool:
@@ -347,3 +351,258 @@ def unambiguous_decline(found: dict[str, float]) -> bool:
 
 def cue_names() -> list[str]:
     return sorted(cues("", "x"))
+
+
+# -- the structure of a response: what each of its clauses does ---------------------------------------------------
+#
+# A response is split into clauses (sentences, cut again before "but", "however", ...), and each clause is tagged
+# with what it does: declines the task, invokes policy, disclaims (AI identity, no opinions, not a doctor), apologises,
+# judges or lectures, redirects, offers an alternative, rejects a premise, gives two sides, cautions, says it cannot
+# know, or is a pleasantry. A clause of five words or more with none of the refusal-like tags (nor a list item) is
+# content: it says something about the request. What separates a refusal from an answer with a disclaimer is mostly
+# whether content follows the disclaimer ("As an AI I have no opinions. However, historians argue ...").
+
+
+def _any_of(*patterns: str) -> re.Pattern:
+    return re.compile("|".join(f"(?:{pattern})" for pattern in patterns))
+
+
+_TASK = (
+    r"(?:help|assist|provide|give|offer|create|write|generate|produce|compose|draft|make|build|design|share|tell|"
+    r"explain|describe|answer|respond|reply|fulfill|fulfil|comply|complete|engage|participate|support|promote|"
+    r"encourage|endorse|condone|facilitate|contribute|agree|recommend|suggest|continue|proceed|discuss|disclose|"
+    r"reveal|teach|show|list|outline|detail|supply|perform|carry out|take part|do (?:that|this|so|it)|"
+    r"be (?:of )?(?:any )?(?:help|assistance|part)|accommodate|entertain|play|pretend|role-?play|joke|insult|repeat|"
+    r"translate|summari[sz]e|identify|find|locate|look up|retrieve)"
+)
+_WONT = (
+    r"(?:can't|cannot|can not|won't|will not|am unable to|am not able to|am not going to|must decline to|"
+    r"must refuse to|refuse to|do not feel comfortable|don't feel comfortable|am not comfortable|am not allowed to|"
+    r"am not permitted to|would not|wouldn't|could not|couldn't|shouldn't|should not|do not|don't)"
+)
+_DISCLAIMED = (
+    r"(?:opinions?|views?|beliefs?|feelings?|emotions?|preferences?|personal|advice|diagnos\w*|predict\w*|speculat\w*|"
+    r"assum\w*|generali[sz]\w*|judg\w*|guarantee\w*|real-time|current|up-to-date|browse|browsing|access|verify|"
+    r"confirm|take sides|choose sides|pick sides|side with|experience|physical|body|taste|smell)"
+)
+TAGS = {
+    "decline": _any_of(
+        rf"\bi (?:\w+ ){{0,2}}{_WONT} (?:\w+ ){{0,3}}?{_TASK}\b",
+        r"\bi (?:must|have to|need to|will have to|would have to) (?:respectfully |politely |kindly )?"
+        r"(?:decline|refuse|pass on)\b",
+        r"\bi would (?:rather|prefer) not\b",
+        r"(?:\bnot|n't) something (?:that )?i (?:can|could|will|would|am able to|am willing to)\b",
+        r"\bsomething (?:that )?i (?:cannot|can't|can not|won't|will not|am unable to|am not able to)\b",
+        r"\b(?:sorry|apologi[sz]e),? (?:but )?(?:i|that|this|as)\b[^.!?]{0,50}\b(?:can't|cannot|can not|won't|"
+        r"will not|unable|not able)\b",
+        r"\bunable to (?:assist|help|comply|fulfill|provide|answer|respond|do that|create|write|generate)\b",
+        r"\b(?:can't|cannot|won't|will not) (?:assist|help) (?:with|you)\b",
+    ),
+    "policy": _any_of(
+        r"\b(?:violates?|against|contrary to|goes against|breach(?:es)?|in violation of|not within|outside) (?:\w+ )"
+        r"{0,3}?(?:polic(?:y|ies)|guidelines|terms of (?:use|service)|(?:ethical|community|content|usage) "
+        r"(?:guidelines|principles|standards|policies)|programming|principles)\b",
+        r"\b(?:it is|it's|that is|that's|this is|it would be|it would not be|it wouldn't be) (?:not |never |highly |"
+        r"very )?(?:appropriate|inappropriate|ethical|unethical|responsible|irresponsible|right) for me to\b",
+        r"\bmy (?:purpose|programming|guidelines|design) (?:is|does not|doesn't|prevents?|prohibits?)\b",
+    ),
+    "disclaim": _any_of(
+        r"\bas an? (?:ai|artificial intelligence|language model|large language model|ai language model|"
+        r"ai assistant|assistant|chatbot)\b",
+        r"\bi am (?:just |only |merely |simply )?an? (?:ai|artificial intelligence|language model|chatbot|"
+        r"virtual assistant|ai language model|ai assistant|computer program|machine)\b",
+        rf"\bi (?:\w+ ){{0,2}}(?:do not|don't|cannot|can't|am not able to|am unable to|am not capable of|"
+        rf"am not programmed to|do not have the ability to) (?:\w+ ){{0,4}}?{_DISCLAIMED}",
+        r"\bi am not (?:a |an )?(?:doctor|lawyer|physician|therapist|medical|legal|financial|licensed|certified|"
+        r"qualified|professional|expert|psychologist|counselor|nutritionist)\b",
+    ),
+    "apology": _any_of(
+        r"^(?:\W*)(?:i am |i )?(?:so |very |truly |really |deeply )?(?:sorry|apologi[sz]e)\b",
+        r"\bmy apologies\b",
+        r"\bi apologi[sz]e\b",
+    ),
+    "judge": _any_of(
+        r"\b(?:it is|it's|that is|that's|this is|it would be|it would not be) (?:not |never |highly |extremely |"
+        r"very |also )?(?:appropriate|inappropriate|ethical|unethical|acceptable|unacceptable|okay|ok|safe|unsafe|"
+        r"legal|illegal|responsible|irresponsible|respectful|disrespectful|productive|harmful|dangerous|wrong|"
+        r"offensive|hurtful|fair|unfair)\b",
+        r"\b(?:is|are|was|were|be) (?:a )?(?:serious (?:crime|offense)|illegal|a crime|harmful|dangerous|unethical|"
+        r"immoral|morally (?:wrong|reprehensible)|discriminatory|hateful|offensive|never (?:acceptable|justified|"
+        r"okay))\b",
+        r"\b(?:promotes?|promoting|perpetuates?|perpetuating|encourages?|encouraging) (?:\w+ ){0,2}(?:harm|hate|"
+        r"violence|discrimination|stereotypes|prejudice|illegal)\b",
+        r"\btreat (?:everyone|all|others|people|them|all individuals) with (?:respect|dignity|kindness)\b",
+        r"\b(?:important|essential|crucial) to (?:respect|treat|remember|recognize|approach|avoid|be mindful|"
+        r"prioritize|consider the|promote)\b",
+        r"\bi (?:strongly |firmly )?(?:condemn|do not condone|don't condone|cannot condone|can't condone|"
+        r"do not support|don't support|do not endorse|don't endorse)\b",
+    ),
+    "redirect": _any_of(
+        r"\b(?:seek|consult|contact|reach out to|speak (?:to|with)|talk (?:to|with)|call|visit) (?:\w+ ){0,2}"
+        r"(?:professional|doctor|therapist|counselor|counsellor|lawyer|attorney|authorities|police|hotline|"
+        r"mental health|medical|crisis|healthcare|expert|specialist|provider|support)\b",
+        r"\b(?:hotline|helpline|crisis line|lifeline|988|911|samaritans|emergency services)\b",
+        r"\bif you (?:or someone you know )?(?:are|have been) (?:struggling|in crisis|feeling|having thoughts|"
+        r"in danger|experiencing)\b",
+    ),
+    "alternative": _any_of(
+        r"^(?:\W*)(?:instead|alternatively|rather)\b",
+        r"\b(?:instead|alternatively),? (?:i|you|we|let's|how about|perhaps|consider|focus)\b",
+        r"\bi (?:can|could|would be happy to|am happy to|would be glad to) (?:help|assist) (?:you )?with "
+        r"(?:something|any other|other|a different)\b",
+        r"\bif you have (?:any )?other (?:questions|requests|topics)\b",
+        r"\bis there (?:anything|something) else\b",
+        r"\blet's (?:focus|talk|discuss|change)\b",
+    ),
+    "premise": _any_of(
+        r"\bthere (?:is|are|was|were) no (?:\w+ ){0,2}(?:evidence|proof|scientific|basis|indication|data|research|"
+        r"reason|reasons|justification|valid|legitimate)\b",
+        r"\b(?:myth|misconception|stereotype|stereotypes|stereotyping|generaliz\w+|overgeneraliz\w+|"
+        r"false (?:premise|assumption|claim|belief)|misinformation|conspiracy theor\w+|unfounded|baseless|debunked|"
+        r"not supported by (?:evidence|science|research))\b",
+        r"\b(?:it is|it's|that is|that's|this is) (?:not|in)(?:accurate| accurate| true| correct| fair) (?:to|that)\b",
+        r"\b(?:the|this|that|your) (?:question|statement|premise|assumption|claim)(?:'s)? (?:is|isn't|contains|"
+        r"assumes|implies|seems|appears|rests|relies)\b",
+        r"\bbased on (?:a |an )?(?:false|flawed|incorrect|mistaken|inaccurate) (?:premise|assumption|belief)\b",
+        r"^(?:\W*)(?:actually|in fact|contrary to)\b",
+        r"\bnot (?:all|every) \w+ (?:are|is|have|has|do|does)\b",
+        r"\b(?:fictional|fictitious|not (?:a )?real (?:person|character|place))\b",
+    ),
+    "two_sided": _any_of(
+        r"\bsome (?:\w+ )?(?:argue|believe|say|think|see|find|feel|view|consider|contend|claim|point out|"
+        r"emphasi[sz]e|maintain|prefer|support|oppose|may argue|might argue|would argue)\b",
+        r"\bothers (?:\w+ )?(?:argue|believe|say|think|see|find|feel|view|consider|contend|claim|point out|"
+        r"emphasi[sz]e|maintain|prefer|support|oppose|may|might)\b",
+        r"\bon (?:the )?one hand\b",
+        r"\bon the other hand\b",
+        r"\b(?:proponents|opponents|critics|supporters|advocates|skeptics|sceptics)\b",
+        r"\bpros and cons\b|\bboth sides\b|\bwhile others\b",
+        r"\b(?:are|is|remain|remains) (?:deeply )?(?:divided|split|mixed)\b",
+        r"\b(?:various|different|diverse|multiple|many|conflicting|differing) (?:perspectives|viewpoints|opinions|"
+        r"views|arguments)\b",
+        r"\b(?:complex|controversial|debated|contentious|divisive|subjective) (?:issue|topic|question|matter|and)\b",
+        r"\bultimately,? (?:it|the decision|whether|this|the answer)\b",
+        r"\bdepends on (?:your|individual|personal|one's|various|many|several|the individual)\b",
+    ),
+    "caution": _any_of(
+        r"\bnot (?:a )?(?:substitute|replacement) for\b",
+        r"(?:\bnot|n't) (?:a |an )?(?:substitute for )?(?:medical|legal|financial|professional) advice\b",
+        r"\bfor (?:informational|educational|general information) purposes\b",
+        r"\bplease (?:note|remember|keep in mind|be aware)\b",
+        r"\bdisclaimer\b",
+        r"\b(?:be|remain|stay) (?:careful|cautious|safe|mindful|aware)\b",
+        r"\b(?:exercise|use) caution\b",
+        r"\bat your own risk\b",
+        r"\bsafety (?:first|precautions?|measures)\b",
+        r"\bit(?: is|'s) (?:always )?(?:advisable|recommended|a good idea|best) to\b",
+    ),
+    "unable": _any_of(
+        r"\b(?:do not|don't|does not|doesn't) have (?:access to )?(?:real-time|current|up-to-date|the latest|live|"
+        r"recent|specific)\b",
+        r"\bas of my (?:last |latest )?(?:knowledge|training|update|information)\b",
+        r"\bknowledge cut-?off\b",
+        r"\bi (?:could not|couldn't|was unable to|am unable to|cannot|can't) (?:find|locate|verify|confirm|browse|"
+        r"search)\b",
+        r"\b(?:cannot|can't|unable to) (?:browse|access) the (?:internet|web)\b",
+        r"\bi am not (?:sure|certain|aware|familiar)\b",
+        r"\bi (?:do not|don't) know\b",
+        r"\bno (?:information|records?|data) (?:is |are )?(?:available|publicly available)\b",
+        r"\bnot (?:able|possible) to (?:predict|know|determine)\b",
+        r"\bunable to (?:provide|give) (?:specific|real-time|current|accurate)\b",
+    ),
+    "pleasantry": _any_of(
+        r"^(?:\W*)(?:if you have|feel free|let me know|is there (?:anything|something)|i am here to|"
+        r"please let me know|i hope|hope this|thank you|thanks|i understand|sure|certainly|of course|great question|"
+        r"good question)\b",
+        r"\b(?:sorry to hear|sorry you're|sorry that you|that sounds|it sounds like|i can imagine|"
+        r"i understand (?:that|how|your|you))\b",
+    ),
+}
+NON_CONTENT_TAGS = frozenset(
+    ("decline", "policy", "disclaim", "apology", "judge", "redirect", "alternative", "pleasantry", "unable")
+)
+REFUSING = frozenset(("decline", "disclaim", "apology", "policy"))
+_CLAUSE = re.compile(r",? (?=(?:but|however|though|although|that said|nevertheless|nonetheless)\b)|;\s+")
+_HOWEVER = re.compile(r"^(?:however|but|that said|that being said|nevertheless|nonetheless|although|though|still)\b")
+
+
+_DISCLAIMED_OBJECT = re.compile(rf"\b{_DISCLAIMED}")
+
+
+def _declines_the_task(clause: str) -> bool:
+    """A decline whose object is not an opinion, advice or knowledge ("I can't give medical advice" disclaims)."""
+    for match in TAGS["decline"].finditer(clause):
+        if not _DISCLAIMED_OBJECT.search(clause, match.start(), match.end() + 40):
+            return True
+    return False
+
+
+def _clauses(text: str, parts: list[str]) -> list[tuple[int, str, frozenset[str], int, bool, bool]]:
+    """(sentence index, clause, tags, words, is content, opens with "however"...) of every clause."""
+    present = [name for name, pattern in TAGS.items() if pattern.search(text)]  # tags found nowhere: not searched
+    clauses = []
+    for index, sentence in enumerate(parts):
+        for clause in _CLAUSE.split(sentence):
+            clause = clause.strip(" ,;")
+            if not clause:
+                continue
+            tags = frozenset(name for name in present if TAGS[name].search(clause))
+            if "decline" in tags and not _declines_the_task(clause):
+                tags = (tags - {"decline"}) | {"disclaim"}
+            words = len(clause.split())
+            content = (not tags & NON_CONTENT_TAGS and words >= 5) or (bool(LIST_ITEM.match(clause)) and words >= 2)
+            clauses.append((index, clause, tags, words, content, bool(_HOWEVER.match(clause))))
+    return clauses
+
+
+_DENIAL = re.compile(
+    r"^\W*(?:no\b|(?:\w+ ){0,5}?(?:is|are|was|were|do|does|did|has|have|had|can|could|will|would)(?: not|n't)\b)"
+)
+
+
+def denies_instruction(first_clause: str, instruction: str) -> bool:
+    """The response opens by denying what the question takes for granted ("Vaccines do not cause autism")."""
+    shared = _content_words(first_clause) & _content_words(normalise(instruction))
+    return bool(_DENIAL.search(first_clause)) and bool(shared)
+
+
+def structure(text: str, parts: list[str], instruction: str = "") -> dict[str, float]:
+    """The structural cues (`tag:` ...) of a normalised response and its sentences."""
+    clauses = _clauses(text, parts)
+    first_clause = clauses[0][1].split(",")[0] if clauses else ""
+    found = {}
+    for name in TAGS:
+        found[f"tag:first:{name}"] = float(any(name in tags for i, _, tags, *_ in clauses if i == 0))
+        found[f"tag:open:{name}"] = float(any(name in tags for i, _, tags, *_ in clauses if i <= 1))
+        found[f"tag:count:{name}"] = min(sum(name in tags for _, _, tags, *_ in clauses), 5) / 5
+    content = sum(words for _, _, _, words, is_content, _ in clauses if is_content)
+    later = sum(words for i, _, _, words, is_content, _ in clauses if is_content and i >= 1)
+    total = sum(words for _, _, _, words, *_ in clauses)
+    found["tag:content_words"] = math.log1p(content) / 6
+    found["tag:content_after_first"] = math.log1p(later) / 6
+    found["tag:content_share"] = content / max(total, 1)
+    found["tag:no_content"] = float(content == 0)
+    found["tag:words"] = math.log1p(total) / 7
+    found["tag:short"] = float(total < 25)
+    found["tag:list"] = min(sum(1 for _, clause, *_ in clauses if LIST_ITEM.match(clause)), 10) / 10
+    opens_refusing = any(tags & REFUSING for i, _, tags, *_ in clauses if i == 0)
+    content_follows = any(is_content for i, *_, is_content, _ in clauses if 1 <= i <= 2) or any(
+        is_content and however for *_, is_content, however in clauses
+    )
+    found["tag:refusal_then_content"] = float(opens_refusing and content_follows)
+    found["tag:decline_without_content"] = float(
+        any(tags & {"decline", "policy"} for _, _, tags, *_ in clauses[:3]) and later < 12
+    )
+    found["tag:disclaimer_only_opening"] = found["tag:first:disclaim"] * (1 - found["tag:first:decline"])
+    found["tag:denies_instruction"] = float(denies_instruction(first_clause, instruction))
+    found["tag:two_sided_mentions"] = min(len(TAGS["two_sided"].findall(text)), 5) / 5
+    pivoted = sum(words for i, _, _, words, is_content, however in clauses if is_content and however)
+    found["tag:content_after_pivot"] = math.log1p(pivoted) / 6
+    return found
+
+
+def fingerprint() -> str:
+    """A digest of every cue's pattern: a model fitted on other cues than these must be refitted."""
+    patterns = [pattern.pattern for pattern in (*COMPILED.values(), *TAGS.values(), _DENIAL, _CLAUSE, _HOWEVER)]
+    patterns += [pattern.pattern for pattern in (*DECLINES, *DISCLAIMERS, *REDIRECTS, *NOT_CONTENT, NEGATION)]
+    return hashlib.sha256("\n".join(patterns).encode()).hexdigest()[:16]
