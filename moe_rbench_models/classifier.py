@@ -18,6 +18,7 @@ from collections import defaultdict
 import torch
 import torch.nn.functional as F
 
+from moe_rbench_models.errors import OptionError
 from moe_rbench_models.specs import parse_items
 
 HEADS = ("causal_lm", "sequence_classification")
@@ -41,13 +42,13 @@ class ClassifierScoring:
             elif text.lower() in self.names:
                 classes.append(self.names[text.lower()])
             else:
-                raise ValueError(
+                raise OptionError(
                     f"label_map: {text!r} is neither a class id nor a class name of this checkpoint "
                     f"(id2label: {self.names or 'none'})"
                 )
         bad = [c for c in classes if not 0 <= c < self.num_classes]
         if bad:
-            raise ValueError(
+            raise OptionError(
                 f"label_map: classes {bad} do not exist; the checkpoint has classes 0-{self.num_classes - 1}"
             )
         return classes
@@ -61,7 +62,7 @@ class ClassifierScoring:
             classes = list(range(self.num_classes))
         if len(classes) != len(choices):
             source = f"label_map has {len(classes)}" if self.label_map else f"the classifier has {self.num_classes}"
-            raise ValueError(
+            raise OptionError(
                 f"{task}: {len(choices)} choices ({', '.join(c.strip() for c in choices)}) but {source} classes; "
                 'set label_map (e.g. label_map="0,1,2") to say which class each choice stands for'
             )
@@ -78,7 +79,7 @@ class ClassifierScoring:
         for (task, _, context), indices in documents.items():
             choices = sorted({requests[i].idx: requests[i].args[1] for i in indices}.items())
             if len(choices) < 2:
-                raise ValueError(
+                raise OptionError(
                     f"{task}: head=sequence_classification scores multiple-choice tasks (several choices per "
                     "document); this task asks for one loglikelihood per document."
                 )
@@ -103,7 +104,7 @@ class ClassifierScoring:
 
 
 def refuse(request_type: str) -> None:
-    raise ValueError(
+    raise OptionError(
         f"head=sequence_classification answers multiple-choice (loglikelihood) requests only; this run "
         f"asks for {request_type}. Evaluate generation and perplexity tasks with the causal LM head."
     )

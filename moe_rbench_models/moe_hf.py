@@ -15,6 +15,10 @@ caching and scores. It accepts every `hf` model argument, and:
 - `head=sequence_classification` with `label_map=...`: score multiple-choice tasks through a fine-tuned
   classification head, the paper's protocol (see classifier.py).
 
+Yes/no arguments (`routing_logits`, `routing_overwrite`, `drop_renormalize`, `dola_post_softmax`, `dola_final_norm`,
+and hf's own such as `trust_remote_code`) take true/false, 1/0 or yes/no in any case; any other value is refused
+(lm-eval passes other words on as strings, which would read as true). Every refusal is an `OptionError`.
+
 Everything works through forward hooks and a few HFLM methods that see one request batch or one row of it
 (`_model_call`, `_select_cont_toks`, `tok_batch_encode`, `_model_generate`). `close()` (or leaving a `with`
 block) publishes the routing records and removes every hook, restoring the model; lm-eval's `simple_evaluate`
@@ -23,6 +27,7 @@ publishes them when it asks for the model's info, after the evaluation.
 
 from __future__ import annotations
 
+import inspect
 import json
 from contextlib import nullcontext
 from typing import Any
@@ -34,12 +39,27 @@ from lm_eval.models.huggingface import HFLM
 
 from moe_rbench_models.classifier import HEADS, ClassifierScoring, refuse
 from moe_rbench_models.decoding import build_contrastive_decoding
+from moe_rbench_models.errors import OptionError
 from moe_rbench_models.internals import InternalsChanged, check_hflm
 from moe_rbench_models.routing.discovery import describe_moe, find_moe_layers, require_moe
 from moe_rbench_models.routing.hooks import RoutingHooks
 from moe_rbench_models.routing.interventions import plan_interventions
 from moe_rbench_models.routing.requests import RequestCapture
 from moe_rbench_models.routing.writer import RecordWriter, new_run_id
+from moe_rbench_models.specs import parse_bool
+
+# HFLM's own yes/no arguments (trust_remote_code, parallelize, ...): read strictly as well, since lm-eval hands any
+# word but true/false over as a string that Python reads as true (`trust_remote_code=no` would trust it)
+HFLM_SWITCHES = frozenset(
+    name
+    for name, parameter in inspect.signature(HFLM.__init__).parameters.items()
+    if parameter.annotation in (bool, bool | None, "bool", "bool | None")
+)
+
+
+def switch(value: Any, option: str, default: bool | None) -> bool | None:
+    """A yes/no model argument as a bool (`default` when not given or `none`); see specs.parse_bool."""
+    return default if value is None else parse_bool(value, option)
 
 
 @register_model("moe_hf")
@@ -73,17 +93,25 @@ class MoEHFLM(HFLM):
         (model arguments reach them as task metadata); taken here so that it does not reach
         `from_pretrained`. The routing options are described in the module docstring."""
         check_hflm(HFLM)
+        routing_logits, routing_overwrite, drop_renormalize = (
+            switch(routing_logits, "routing_logits", False),
+            switch(routing_overwrite, "routing_overwrite", False),
+            switch(drop_renormalize, "drop_renormalize", False),
+        )
+        dola_post_softmax = switch(dola_post_softmax, "dola_post_softmax", None)
+        dola_final_norm = switch(dola_final_norm, "dola_final_norm", None)
+        kwargs = {name: switch(value, name, None) if name in HFLM_SWITCHES else value for name, value in kwargs.items()}
         if head not in HEADS:
-            raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
+            raise OptionError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
         if head != "sequence_classification" and label_map is not None:
-            raise ValueError("label_map applies to head=sequence_classification only")
+            raise OptionError("label_map applies to head=sequence_classification only")
         if head == "sequence_classification":
             self.AUTO_MODEL_CLASS = transformers.AutoModelForSequenceClassification
         super().__init__(pretrained=pretrained, **kwargs)
         self.data_dir = data_dir
         self._classifier = ClassifierScoring(self, label_map) if head == "sequence_classification" else None
         if self._classifier is not None and (routing_out or dola_layers is not None or scmoe_beta is not None):
-            raise ValueError(
+            raise OptionError(
                 "head=sequence_classification scores with class logits; routing_out, DoLa and SCMoE work "
                 "with the causal LM head only"
             )
@@ -94,31 +122,7 @@ class MoEHFLM(HFLM):
             "disable_experts": disable_experts,
             "force_experts": force_experts,
         }
-        for option, value in routing_options.items():
-            if value is not None:
-                require_moe(self.moe_layers, option, self.model)
-        if routing_logits and not routing_out:
-            raise ValueError("routing_logits=true needs routing_out=DIR (where the logits are written)")
-        self.routing_plan = plan_interventions(
-            self.moe_layers, top_k, disable_experts, disable_mode, drop_renormalize, force_experts
-        )
-        self._interventions = {
-            "top_k": top_k,
-            "disable_experts": disable_experts,
-            "disable_mode": disable_mode,
-            "drop_renormalize": drop_renormalize,
-            "force_experts": force_experts,
-            "per_layer": {
-                key: {"top_k": change.top_k, "disabled": sorted(change.disabled), "forced": sorted(change.forced)}
-                for key, change in self.routing_plan.items()
-            },
-        }
-        self._hooks = None
-        if self.routing_plan or routing_out:
-            self._hooks = RoutingHooks(
-                self.moe_layers, self.routing_plan, record=bool(routing_out), keep_logits=routing_logits
-            ).install()
-        self._capture = self._request_capture(routing_out, routing_logits, routing_overwrite) if routing_out else None
+        self._route(routing_options, routing_logits, routing_overwrite, disable_mode, drop_renormalize)
         self._scoring_instances = None
         dola = {
             "layers": dola_layers,
@@ -140,12 +144,42 @@ class MoEHFLM(HFLM):
         }
         self.moe_options = {name: value for name, value in options.items() if value is not None}
 
+    def _route(self, options: dict, logits: bool, overwrite: bool, disable_mode: str, drop_renormalize: bool) -> None:
+        """The routing interventions and the routing capture the routing model arguments (`options`) ask for."""
+        for option, value in options.items():
+            if value is not None:
+                require_moe(self.moe_layers, option, self.model)
+        routing_out = options["routing_out"]
+        if logits and not routing_out:
+            raise OptionError("routing_logits=true needs routing_out=DIR (where the logits are written)")
+        top_k, disable_experts, force_experts = options["top_k"], options["disable_experts"], options["force_experts"]
+        self.routing_plan = plan_interventions(
+            self.moe_layers, top_k, disable_experts, disable_mode, drop_renormalize, force_experts
+        )
+        self._interventions = {
+            "top_k": top_k,
+            "disable_experts": disable_experts,
+            "disable_mode": disable_mode,
+            "drop_renormalize": drop_renormalize,
+            "force_experts": force_experts,
+            "per_layer": {
+                key: {"top_k": change.top_k, "disabled": sorted(change.disabled), "forced": sorted(change.forced)}
+                for key, change in self.routing_plan.items()
+            },
+        }
+        self._hooks = None
+        if self.routing_plan or routing_out:
+            self._hooks = RoutingHooks(
+                self.moe_layers, self.routing_plan, record=bool(routing_out), keep_logits=logits
+            ).install()
+        self._capture = self._request_capture(routing_out, logits, overwrite) if routing_out else None
+
     def set_cache_hook(self, cache_hook) -> None:
         """lm-eval's `--use_cache` keys answers by request only, not by model arguments: answers cached by a run
         with other MoE options (or none) would be returned as this configuration's, so the two do not mix."""
         if getattr(cache_hook, "dbdict", None) is not None and self.moe_options:
             options = ", ".join(f"{name}={value}" for name, value in self.moe_options.items())
-            raise ValueError(
+            raise OptionError(
                 f"--use_cache cannot be combined with moe_hf's MoE options ({options}): lm-eval's cache is keyed by "
                 "the request alone, so it would return answers computed under another configuration (and routing "
                 "capture would record nothing for cached requests). Run without --use_cache."
@@ -308,14 +342,18 @@ class MoEHFLM(HFLM):
         return super().tok_batch_encode(strings, *args, **kwargs)
 
     def _model_generate(self, context, max_length, stop, **generation_kwargs):
+        if self._capture is not None and generation_kwargs.get("attention_mask") is None:
+            raise OptionError(
+                "_model_generate was called without attention_mask: routing capture (routing_out) needs the prompts' "
+                "attention mask to tell their tokens from padding. Pass attention_mask= with the context, as "
+                "lm-eval's generate_until does, or run without routing_out."
+            )
         if self._capture is not None:
             self._capture.begin_forward()
         with self._contrasting("generate"):
             sequences = super()._model_generate(context, max_length, stop, **generation_kwargs)
         if self._capture is None:
             return sequences
-        if "attention_mask" not in generation_kwargs:
-            raise InternalsChanged("lm_eval", "HFLM._model_generate was called without the prompts' attention_mask")
         eos = generation_kwargs.get("eos_token_id", self.model.generation_config.eos_token_id)
         eos_ids = {eos} if isinstance(eos, int) else set(eos or [])
         self._capture.end_generation(

@@ -1,6 +1,9 @@
-"""The one parser of the list-valued model arguments of `moe_hf` (as lm-eval hands them over: strings, numbers or
-lists): comma-separated items (`dola_layers="16,18,20"`, `label_map="0,1,2"`, expert ids) and per-layer specs
-(`top_k="12:2;13:1"`, `disable_experts="*:3,7"`).
+"""The one parser of the list-valued and boolean model arguments of `moe_hf` (as lm-eval hands them over: strings,
+numbers, booleans or lists): comma-separated items (`dola_layers="16,18,20"`, `label_map="0,1,2"`, expert ids),
+per-layer specs (`top_k="12:2;13:1"`, `disable_experts="*:3,7"`) and yes/no switches (`routing_overwrite=true`).
+
+lm-eval turns only `true`/`false` into booleans; any other word reaches the model as a string, which Python reads as
+true (`routing_overwrite=no` would overwrite). `parse_bool` takes the usual spellings and refuses the rest.
 """
 
 from __future__ import annotations
@@ -28,6 +31,20 @@ def parse_items(
             kind = "an integer" if item is int else "valid"
             raise OptionError(f"{option}: {text!r} is not {kind}; expected {expected}, got {spec!r}") from None
     return items
+
+
+BOOLEAN_WORDS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
+
+
+def parse_bool(value: Any, option: str) -> bool:
+    """A switch as a real bool: a bool, 1/0, or (any case) true/false, 1/0, yes/no; an OptionError otherwise."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in BOOLEAN_WORDS:
+        return BOOLEAN_WORDS[value.strip().lower()]
+    raise OptionError(f"{option}: expected true or false (also 1/0 or yes/no, any case), got {value!r}")
 
 
 def parse_layer_spec(spec: Any, option: str) -> list[tuple[str, str]]:

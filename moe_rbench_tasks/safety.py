@@ -17,6 +17,7 @@ from typing import Any
 
 import datasets
 
+from moe_rbench_models.errors import OptionError
 from moe_rbench_tasks.data import (
     SOURCES,
     MalformedDataError,
@@ -47,7 +48,7 @@ def load_docs(
 ) -> datasets.DatasetDict:
     family_with_subset(SAFETY.folder, subset, "safety prompt")
     if safety_prompt not in PROMPT_STYLES:
-        raise ValueError(f"safety_prompt must be one of {', '.join(PROMPT_STYLES)}, got {safety_prompt!r}")
+        raise OptionError(f"safety_prompt must be one of {', '.join(PROMPT_STYLES)}, got {safety_prompt!r}")
     root = resolve_data_dir(data_dir)
     if subset == "dna":
         rows = _do_not_answer(root)

@@ -9,6 +9,7 @@ from torch import nn
 from moe_rbench_models.decoding.head import OutputHead, OutputHeadError, locate_output_head
 from moe_rbench_models.decoding.options import DolaOptions, SelfContrastOptions, candidate_layers, parse_options
 from moe_rbench_models.decoding.runtime import ContrastiveDecoding, DoLa, SelfContrast
+from moe_rbench_models.errors import OptionError
 from moe_rbench_models.routing.discovery import MoELayer, require_moe
 from moe_rbench_models.routing.interventions import plan_interventions
 
@@ -36,7 +37,7 @@ def build_contrastive_decoding(
         return None
     method = "DoLa" if isinstance(options, DolaOptions) else "SCMoE"
     if backend != "causal":
-        raise ValueError(
+        raise OptionError(
             f"{method} is implemented for decoder-only (causal) models; {type(model).__name__} is an "
             "encoder-decoder model."
         )
@@ -48,13 +49,13 @@ def build_contrastive_decoding(
     try:
         plan_interventions(moe_layers, top_k=options.weak_k)  # the weak routing must be possible in every layer
     except ValueError as error:
-        raise ValueError(
+        raise OptionError(
             f"SCMoE needs weak routing with scmoe_weak_k={options.weak_k} experts per token: {error}"
         ) from None
     strong_k = {layer.key: getattr(layer.top_k_owner, layer.top_k_attribute) for layer in moe_layers}
     not_weaker = {key: k for key, k in strong_k.items() if options.weak_k >= k}
     if not_weaker:
-        raise ValueError(
+        raise OptionError(
             f"scmoe_weak_k={options.weak_k} is not weaker than the model's own routing (top-k "
             f"{sorted(set(not_weaker.values()))} in layers {', '.join(not_weaker)}): the two passes would "
             "be the same and SCMoE would return the plain scores. Choose scmoe_weak_k below the top-k."
@@ -62,7 +63,7 @@ def build_contrastive_decoding(
     plan = routing_hooks.plan if routing_hooks is not None else {}
     too_many = {key: sorted(change.forced) for key, change in plan.items() if len(change.forced) > options.weak_k}
     if too_many:
-        raise ValueError(
+        raise OptionError(
             f"force_experts forces {too_many} but SCMoE's weak pass routes each token to scmoe_weak_k={options.weak_k} "
             "experts: force at most that many per layer, or raise scmoe_weak_k"
         )

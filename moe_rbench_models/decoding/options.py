@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from moe_rbench_models.errors import OptionError
 from moe_rbench_models.specs import parse_items
 
 DIVERGENCES = ("reference", "jsd")
@@ -37,11 +38,11 @@ class DolaOptions:
 
     def __post_init__(self) -> None:
         if not 0 <= self.relative_top <= 1:
-            raise ValueError(f"dola_relative_top must be between 0 and 1, got {self.relative_top}")
+            raise OptionError(f"dola_relative_top must be between 0 and 1, got {self.relative_top}")
         if self.divergence not in DIVERGENCES:
-            raise ValueError(f"dola_divergence must be one of {', '.join(DIVERGENCES)}, got {self.divergence!r}")
+            raise OptionError(f"dola_divergence must be one of {', '.join(DIVERGENCES)}, got {self.divergence!r}")
         if self.select not in SELECTIONS:
-            raise ValueError(f"dola_select must be one of {', '.join(SELECTIONS)}, got {self.select!r}")
+            raise OptionError(f"dola_select must be one of {', '.join(SELECTIONS)}, got {self.select!r}")
 
 
 @dataclass(frozen=True)
@@ -52,9 +53,9 @@ class SelfContrastOptions:
 
     def __post_init__(self) -> None:
         if self.beta <= 0:
-            raise ValueError(f"scmoe_beta must be positive, got {self.beta}")
+            raise OptionError(f"scmoe_beta must be positive, got {self.beta}")
         if not 0 <= self.alpha <= 1:
-            raise ValueError(f"scmoe_alpha must be between 0 and 1, got {self.alpha}")
+            raise OptionError(f"scmoe_alpha must be between 0 and 1, got {self.alpha}")
 
 
 def parse_options(dola: dict, scmoe: dict) -> DolaOptions | SelfContrastOptions | None:
@@ -62,14 +63,14 @@ def parse_options(dola: dict, scmoe: dict) -> DolaOptions | SelfContrastOptions 
     dola = {key: value for key, value in dola.items() if value is not None}
     scmoe = {key: value for key, value in scmoe.items() if value is not None}
     if dola and scmoe:
-        raise ValueError("DoLa (dola_*) and SCMoE (scmoe_*) are two contrastive decoding methods; choose one.")
+        raise OptionError("DoLa (dola_*) and SCMoE (scmoe_*) are two contrastive decoding methods; choose one.")
     if dola:
         if "layers" not in dola:
-            raise ValueError(f"dola_{next(iter(dola))} needs dola_layers (e.g. dola_layers=paper) to turn DoLa on")
+            raise OptionError(f"dola_{next(iter(dola))} needs dola_layers (e.g. dola_layers=paper) to turn DoLa on")
         return DolaOptions(**dola)
     if scmoe:
         if "beta" not in scmoe:
-            raise ValueError(f"scmoe_{next(iter(scmoe))} needs scmoe_beta (e.g. scmoe_beta=0.5) to turn SCMoE on")
+            raise OptionError(f"scmoe_{next(iter(scmoe))} needs scmoe_beta (e.g. scmoe_beta=0.5) to turn SCMoE on")
         return SelfContrastOptions(**scmoe)
     return None
 
@@ -89,12 +90,12 @@ def candidate_layers(spec: str | int | list | tuple, num_layers: int, tied_embed
             stop = final // 2 if final <= 40 else 20
             layers = [start] if start == final // 2 else list(range(start, stop, 2))
         if not layers:
-            raise ValueError(f"dola_layers={rule} selects no layer of this {final}-layer model; list layers instead")
+            raise OptionError(f"dola_layers={rule} selects no layer of this {final}-layer model; list layers instead")
         return tuple(layers)
     layers = parse_items(spec, "dola_layers", int, expected='paper, high, low or layer numbers such as "16,18,20"')
     bad = [layer for layer in layers if not 0 <= layer < final]
     if bad:
-        raise ValueError(
+        raise OptionError(
             f"dola_layers: {bad} out of range; premature layers are 0 (embedding output) to {final - 1} "
             f"(layer {final}, the last, is the mature layer)"
         )

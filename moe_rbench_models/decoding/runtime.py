@@ -178,6 +178,11 @@ class DoLa(ContrastiveDecoding):
             "method": "dola",
             "candidate_layers": list(self.layers),
             "mature_layer": self.head.num_layers,
+            "relative_top": self.options.relative_top,
+            "post_softmax": self.options.post_softmax,
+            "final_norm": self.options.final_norm,
+            "divergence": self.options.divergence,
+            "select": self.options.select,
             "chosen_premature_layers": {str(layer): self.chosen[layer] for layer in self.layers},
         }
 

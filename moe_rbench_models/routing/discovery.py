@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from moe_rbench_models.errors import OptionError
+
 # Routers whose number of experts per token is fixed by their algorithm (no `top_k` to change), with that k.
 FIXED_TOP_K = {"switch_transformers": 1, "nllb_moe": 2, "phimoe": 2}
 
@@ -175,7 +177,7 @@ def _num_experts(router: nn.Module) -> int:
 
 def require_moe(layers: list[MoELayer], option: str, model: nn.Module) -> None:
     if not layers:
-        raise ValueError(
+        raise OptionError(
             f"`{option}` needs a Mixture-of-Experts model, but no MoE layer was found in "
             f"{type(model).__name__} (no router declared in transformers' `_can_record_outputs` and no adapter "
             "registered). For a model with its own gate code, register it with "

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from moe_rbench_models.errors import OptionError
 from moe_rbench_models.internals import InternalsChanged
 from moe_rbench_models.routing.discovery import MoELayer
 from moe_rbench_models.specs import parse_items, parse_layer_spec
@@ -67,9 +68,9 @@ def resolve_layers(spec: str, layers: list[MoELayer]) -> list[MoELayer]:
     two_sides = len({layer.side for layer in layers}) > 1
     available = ", ".join(layer.key if two_sides else str(layer.layer) for layer in layers)
     if not matches:
-        raise ValueError(f"Layer {spec!r} is not an MoE layer of this model; MoE layers: {available}")
+        raise OptionError(f"Layer {spec!r} is not an MoE layer of this model; MoE layers: {available}")
     if len(matches) > 1:
-        raise ValueError(f"Layer {spec!r} is ambiguous here (encoder and decoder); write one of: {available}")
+        raise OptionError(f"Layer {spec!r} is ambiguous here (encoder and decoder); write one of: {available}")
     return matches
 
 
@@ -83,9 +84,9 @@ def plan_interventions(
 ) -> dict[str, LayerIntervention]:
     """Validated interventions per layer key (empty when none is asked for)."""
     if disable_mode not in DISABLE_MODES:
-        raise ValueError(f"disable_mode must be one of {', '.join(DISABLE_MODES)}, got {disable_mode!r}")
+        raise OptionError(f"disable_mode must be one of {', '.join(DISABLE_MODES)}, got {disable_mode!r}")
     if drop_renormalize and disable_mode != "drop":
-        raise ValueError("drop_renormalize applies to disable_mode=drop only")
+        raise OptionError("drop_renormalize applies to disable_mode=drop only")
     new_k: dict[str, int] = {}
     for layer_spec, value in parse_layer_spec(top_k, "top_k") if top_k is not None else []:
         (k,) = parse_items(value, "top_k", int, expected="one number of experts per token")
@@ -106,23 +107,23 @@ def plan_interventions(
 
 def _check_layer(layer: MoELayer, off: frozenset[int], on: frozenset[int], k: int | None, disable_mode: str) -> None:
     if off & on:
-        raise ValueError(
+        raise OptionError(
             f"layer {layer.key}: experts {sorted(off & on)} are both disabled and forced; keep each expert in one "
             "of disable_experts and force_experts"
         )
     if off and disable_mode == "drop" and layer.adapter is not None:
-        raise ValueError(
+        raise OptionError(
             f"disable_mode=drop needs the routing a gate hands to its experts; the adapter for "
             f"{type(layer.router).__name__} only reads it. Use disable_mode=reroute."
         )
     if (on or off and disable_mode == "steermoe") and layer.adapter is not None:
-        raise ValueError(
+        raise OptionError(
             f"{'force_experts' if on else 'disable_mode=steermoe'} edits the router's log-probabilities, which "
             f"the adapter for {type(layer.router).__name__} does not expose (it only reads its gate). Use "
             "disable_experts with disable_mode=reroute."
         )
     if disable_mode == "reroute" and off and k is not None and layer.num_experts - len(off) < k:
-        raise ValueError(
+        raise OptionError(
             f"disable_experts: layer {layer.key} would keep {layer.num_experts - len(off)} experts "
             f"for top-k {k}; rerouting needs at least k enabled experts (disable_mode=steermoe ranks disabled "
             "experts last instead, and uses them when fewer than k are left)"
@@ -134,13 +135,13 @@ def _check_layer(layer: MoELayer, off: frozenset[int], on: frozenset[int], k: in
 def _check_forceable(layer: MoELayer, forced: frozenset[int], k: int | None) -> None:
     router = type(layer.router).__name__
     if k is not None and len(forced) > k:
-        raise ValueError(
+        raise OptionError(
             f"force_experts: layer {layer.key} selects {k} experts per token, so at most {k} can be forced; got "
             f"{len(forced)} ({sorted(forced)}). Force fewer, or raise top_k."
         )
     capacity = getattr(layer.router, "expert_capacity", None)
     if capacity is not None:
-        raise ValueError(
+        raise OptionError(
             f"force_experts: {router} (layer {layer.key}) gives each expert a capacity of {capacity} tokens; a forced "
             "expert would get every token and drop those past its capacity (processed by no expert). Use "
             "disable_experts on this model."
@@ -149,7 +150,7 @@ def _check_forceable(layer: MoELayer, forced: frozenset[int], k: int | None) -> 
     if isinstance(groups, int) and isinstance(kept_groups, int) and groups > 0:
         spanned = sorted({expert // (layer.num_experts // groups) for expert in forced})
         if len(spanned) > kept_groups:
-            raise ValueError(
+            raise OptionError(
                 f"force_experts: {router} (layer {layer.key}) selects experts within its best {kept_groups} of "
                 f"{groups} groups; the forced experts {sorted(forced)} lie in {len(spanned)} groups ({spanned}). "
                 f"Force experts of at most {kept_groups} groups."
@@ -164,20 +165,20 @@ def _experts_per_layer(spec: str | dict | None, option: str, layers: list[MoELay
         for layer in resolve_layers(layer_spec, layers):
             bad = sorted(e for e in experts if not 0 <= e < layer.num_experts)
             if bad:
-                raise ValueError(f"{option}: layer {layer.key} has experts 0-{layer.num_experts - 1}; got {bad}")
+                raise OptionError(f"{option}: layer {layer.key} has experts 0-{layer.num_experts - 1}; got {bad}")
             chosen.setdefault(layer.key, set()).update(experts)
     return chosen
 
 
 def _checked_top_k(layer: MoELayer, k: int) -> int:
     if layer.top_k_owner is None:
-        raise ValueError(
+        raise OptionError(
             f"top_k cannot be changed for layer {layer.key}: {type(layer.router).__name__} routes each token to a "
             f"fixed number of experts ({layer.top_k}) by construction"
         )
     limit = top_k_limit(layer)
     if not 1 <= k <= limit:
-        raise ValueError(f"top_k for layer {layer.key} must be between 1 and {limit}, got {k}")
+        raise OptionError(f"top_k for layer {layer.key} must be between 1 and {limit}, got {k}")
     return k
 
 

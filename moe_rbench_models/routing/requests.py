@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from moe_rbench_models.errors import OptionError
 from moe_rbench_models.internals import InternalsChanged
 from moe_rbench_models.routing.discovery import MoELayer
 from moe_rbench_models.routing.hooks import ForwardRouting, RoutingHooks
@@ -178,7 +179,7 @@ class RequestCapture:
         for instance, expected in zip(instances, self._expected(instances, "generate_until"), strict=True):
             kwargs = instance.args[1]
             if int(kwargs.get("num_beams", 1) or 1) > 1 or int(kwargs.get("num_return_sequences", 1) or 1) > 1:
-                raise ValueError(
+                raise OptionError(
                     f"{instance.task_name}: routing capture follows one generated sequence per request; generation "
                     f"kwargs {json.dumps(kwargs, default=str)} ask for beam search or several sequences. Use greedy "
                     "or sampled generation, or drop routing_out."
