@@ -1,6 +1,6 @@
 """Peak memory of routing capture at scale: `hf` vs `moe_hf` with `routing_out` on the full SNLI validation task.
 
-    MOE_RBENCH_DATA_DIR=../shared/data python benchmarks/capture_memory.py [--rounds 1]
+    MOE_RBENCH_DATA_DIR=../shared/data python benchmarks/capture_memory.py [--rounds 1] [--smoke]
 
 The model of routing_overhead.py (51.8M parameters), 29,526 loglikelihood requests (9,842 documents x 3
 label words) at batch 16; each run a fresh process, only the workload measured (measure.py). Goal: peak
@@ -10,6 +10,7 @@ shards as it goes, so its memory does not grow with the run.
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -30,6 +31,7 @@ def main() -> None:
         "workload": "snli",
         "device": args.device,
         "threads": args.threads,
+        "smoke": args.smoke,
     }
     specs = {
         "hf": {**base, "model": "hf"},
@@ -41,6 +43,7 @@ def main() -> None:
     }
     report("SNLI validation", interleaved(specs, args.rounds, False, work), "hf", False)
     print(f"  records: {record_bytes_per_token_layer(routing_dir):.1f} bytes per token per MoE layer")
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """What contrastive decoding costs: plain `moe_hf` vs DoLa (and SCMoE), scoring and generation.
 
-    python benchmarks/decoding_overhead.py [--rounds 3] [--threads 1] [--device cpu] [--workloads ...]
+    python benchmarks/decoding_overhead.py [--rounds 3] [--threads 1] [--device cpu] [--workloads ...] [--smoke]
 
 The ~52M-parameter Mixtral-style model of routing_overhead.py (5 layers, vocabulary 32,000), DoLa with
 two candidate layers (`dola_layers=paper`: 2 and 4), and the workloads of measure.py: loglikelihood (288
@@ -54,7 +54,13 @@ def main() -> None:
         f"{'yes' if use_perf else 'not available'}"
     )
     for workload in args.workloads:
-        base = {"model": "moe_hf", "workload": workload, "device": args.device, "threads": args.threads}
+        base = {
+            "model": "moe_hf",
+            "workload": workload,
+            "device": args.device,
+            "threads": args.threads,
+            "smoke": args.smoke,
+        }
         model = {"pretrained": str(model_dir)}
         specs = {
             "plain": {**base, "kwargs": model},

@@ -11,7 +11,12 @@ Why instructions: on the shared 2-core development machine the same workload's w
 percent and measure the work a feature adds.
 
 SPEC: {"model": "hf" | "moe_hf", "kwargs": {...model arguments...}, "workload": "loglikelihood" |
-"generate_until", "device": ..., "threads": N, "patch": optional "module:function" called with the model}.
+"generate_until", "device": ..., "threads": N, "patch": optional "module:function" called with the model,
+"smoke": optional, true for a smoke run}.
+
+`--smoke` (every benchmark has it; tests/test_benchmarks.py runs it): a tiny model, one round, a few requests of each
+workload from the fixture data, the configurations run in this process; it checks that the benchmark still runs,
+in seconds, and measures nothing worth reading.
 """
 
 from __future__ import annotations
@@ -30,7 +35,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+SMOKE_HELP = "check that the benchmark runs: a tiny model, one round, a few requests (seconds; measures nothing)"
 STYLE_SETS = ("augment", "shake_w", "bible_p0", "romantic_p06", "tweet_p0")
+FIXTURE_DATA = ROOT / "tests" / "fixtures" / "data"
+SMOKE_REQUESTS = 12  # a smoke run's requests per workload (its generations: 4 new tokens)
+SMOKE_MODEL = {"num_hidden_layers": 4}  # the tiny Mixtral, deep enough for DoLa's `paper` layers
 
 
 # -- in the child process ------------------------------------------------------------------------------------
@@ -47,27 +56,38 @@ def task_requests(tasks: list[str], data: Path) -> list:
     return requests
 
 
-def workload_requests(workload: str) -> list:
+def workload_requests(workload: str, smoke: bool = False) -> list:
     """loglikelihood: SST-2 and five style sets of the sample data (144 documents, 288 requests);
     snli: the full SNLI validation task from the data directory in MOE_RBENCH_DATA_DIR (29,526 requests);
-    generate_until: 32 prompts, 32 new tokens each, greedy."""
+    generate_until: 32 prompts, 32 new tokens each, greedy. `smoke`: the first `SMOKE_REQUESTS` of each, from the
+    fixture data (SNLI's too), 4 new tokens."""
     from lm_eval.api.instance import Instance
 
     from moe_rbench_tasks.style_ood import load_docs
 
-    data = ROOT / "tests" / "fixtures" / "data"
     if workload == "loglikelihood":
-        return task_requests(["moe_rbench_sst2", *(f"moe_rbench_style_{s}" for s in STYLE_SETS)], data)
-    if workload == "snli":
-        return task_requests(["moe_rbench_snli"], Path(os.environ["MOE_RBENCH_DATA_DIR"]))
-    sentences = [
-        doc["sentence"] for style in ("base", "tweet_p0") for doc in load_docs(style=style, data_dir=data)["test"]
-    ]
-    gen = {"until": ["\n\n"], "max_gen_toks": 32, "do_sample": False}
-    return [
-        Instance("generate_until", {}, ("Q: " + s + "\nA:", dict(gen)), 0, metadata=("bench", i, 1))
-        for i, s in enumerate(sentences[:32])
-    ]
+        requests = task_requests(["moe_rbench_sst2", *(f"moe_rbench_style_{s}" for s in STYLE_SETS)], FIXTURE_DATA)
+    elif workload == "snli":
+        requests = task_requests(["moe_rbench_snli"], FIXTURE_DATA if smoke else benchmark_data_dir())
+    else:
+        sentences = [
+            doc["sentence"]
+            for style in ("base", "tweet_p0")
+            for doc in load_docs(subset=style, data_dir=FIXTURE_DATA)["test"]
+        ]
+        gen = {"until": ["\n\n"], "max_gen_toks": 4 if smoke else 32, "do_sample": False}
+        requests = [
+            Instance("generate_until", {}, ("Q: " + s + "\nA:", dict(gen)), 0, metadata=("bench", i, 1))
+            for i, s in enumerate(sentences[:32])
+        ]
+    return requests[:SMOKE_REQUESTS] if smoke else requests
+
+
+def benchmark_data_dir() -> Path:
+    """The data directory of the benchmarks that need the full release files."""
+    if not os.environ.get("MOE_RBENCH_DATA_DIR"):
+        sys.exit("Set MOE_RBENCH_DATA_DIR to the data directory with the release files (or run with --smoke).")
+    return Path(os.environ["MOE_RBENCH_DATA_DIR"])
 
 
 def child(spec: dict, control: str, ack: str) -> dict:
@@ -83,7 +103,7 @@ def child(spec: dict, control: str, ack: str) -> dict:
     if spec.get("patch"):
         module, function = spec["patch"].split(":")
         getattr(importlib.import_module(module), function)(lm)
-    requests = workload_requests(spec["workload"])
+    requests = workload_requests(spec["workload"], smoke=spec.get("smoke", False))
     run = getattr(lm, "loglikelihood" if spec["workload"] == "snli" else spec["workload"])
     run(requests[:8], disable_tqdm=True)  # warm-up, not measured
     if device.startswith("cuda"):
@@ -125,7 +145,11 @@ def perf_available() -> bool:
     return probe.returncode == 0 and "not supported" not in probe.stderr and "<not" not in probe.stderr
 
 
-def run_once(spec: dict, use_perf: bool, work: Path) -> dict:
+def run_once(spec: dict, use_perf: bool, work: Path, in_process: bool | None = None) -> dict:
+    """One run of `spec`: a fresh process (under `perf stat` with `use_perf`), or this one (`in_process`; by default
+    for a smoke run, which takes seconds and measures nothing; tests/test_benchmarks.py runs a fresh one apart)."""
+    if spec.get("smoke") if in_process is None else in_process:
+        return child(spec, "-", "-")
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
@@ -200,19 +224,27 @@ def report(title: str, runs: dict[str, list[dict]], baseline: str, use_perf: boo
 
 
 def setup(model_config: dict, workloads: bool = False):
-    """Command-line options (`--rounds`, `--threads`, `--device`, optionally `--workloads`), a work folder with the
-    benchmark model, its parameter count and whether perf counters are available."""
+    """Command-line options (`--rounds`, `--threads`, `--device`, `--smoke`, optionally `--workloads`), a work folder
+    with the benchmark model (a tiny one with `--smoke`), its parameter count and whether perf counters
+    are available (never used by a smoke run)."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (CPU)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     if workloads:
         parser.add_argument("--workloads", nargs="+", default=["loglikelihood", "generate_until"])
     args = parser.parse_args()
+    if args.smoke:
+        args.rounds = 1
+        print(
+            "smoke run (a tiny model, one round, a few requests): it checks that the benchmark runs; "
+            "its numbers mean nothing"
+        )
     sys.path.insert(0, str(ROOT))
     work = Path(tempfile.mkdtemp(prefix="moe_rbench_bench_"))
-    model_dir, parameters = build_model(work, **model_config)
-    return args, work, model_dir, parameters, perf_available()
+    model_dir, parameters = build_model(work, **(SMOKE_MODEL if args.smoke else model_config))
+    return args, work, model_dir, parameters, perf_available() and not args.smoke
 
 
 def build_model(work: Path, **config) -> tuple[Path, int]:

@@ -1,6 +1,6 @@
 """What routing capture costs: `hf` vs `moe_hf` (capture off) vs `moe_hf` (capture on).
 
-    python benchmarks/routing_overhead.py [--rounds 3] [--threads 1] [--device cpu]
+    python benchmarks/routing_overhead.py [--rounds 3] [--threads 1] [--device cpu] [--smoke]
 
 Builds a ~52M-parameter Mixtral-style model (hidden 512, 5 layers, 8 experts, top-2, vocabulary 32,000,
 random weights) and runs two workloads (measure.py): loglikelihood, 288 requests of SST-2 and five
@@ -53,6 +53,7 @@ def main() -> None:
             "workload": workload,
             "device": args.device,
             "threads": args.threads,
+            "smoke": args.smoke,
         }
         specs = {
             "hf": {**base, "model": "hf"},

@@ -1,12 +1,14 @@
 """What the start-up hook costs every Python process of an environment where moe-rbench is installed.
 
-    python benchmarks/startup_hook.py [--runs 30]
+    python benchmarks/startup_hook.py [--runs 30] [--smoke]
 
 1. `-X importtime`: import time of the module the `.pth` line imports (package `__init__` included), at
    a real interpreter start, with byte code written as an installed package has it (this sandbox sets
    PYTHONDONTWRITEBYTECODE, which would make every run compile the source);
 2. the finder's cost per later import that is not one it waits for (a dict lookup), and that cost
    over all the modules an lm-eval HF evaluation imports.
+
+`--smoke`: one run and a few finder calls (seconds; checks that it runs).
 """
 
 import argparse
@@ -48,9 +50,11 @@ def modules_imported_by_an_hf_evaluation(env: dict) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=30)
-    runs = parser.parse_args().runs
+    parser.add_argument("--smoke", action="store_true", help="one run, a few finder calls: checks that it runs")
+    args = parser.parse_args()
+    runs = 1 if args.smoke else args.runs
     env = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
-    miss_ns = finder_miss_ns()
+    miss_ns = finder_miss_ns(1_000 if args.smoke else 200_000)
     modules = modules_imported_by_an_hf_evaluation(env)
     print(f"hook import + install at interpreter start (median of {runs}): {hook_import_ms(runs, env):.2f} ms")
     print(
