@@ -22,8 +22,8 @@ moe-rbench finetune MODEL OUT [--preset SCRIPT] --protocol classify --dataset ss
 moe-rbench report RUN [RUN ...] [--pair MOE=DENSE ...] --out DIR
                                      MoE-vs-dense tables, figures and report.md from lm-eval outputs
 moe-rbench compare --baseline RUN --candidate RUN [--max-drop 0.01] [--paired] [--allow-missing]
-                                     CI gate: exits 1 when a reliability metric got worse, was lost or is
-                                     invalid, 2 when the runs are not comparable
+                                     CI gate: exits 0 on a pass, 1 when a reliability metric got worse, was lost
+                                     or is invalid, 2 on a usage error, 3 when the runs are not comparable
 """
 
 from __future__ import annotations
@@ -292,12 +292,20 @@ def report(args: argparse.Namespace) -> int:
 
 
 def compare(args: argparse.Namespace) -> int:
-    from moe_rbench.compare import GateOptions, run_compare
+    """Exit status: 0 pass, 1 a metric got worse, was lost or is invalid, 2 a usage error (an option, a run that
+    cannot be read: raised to `main`), 3 the runs are not comparable (a summary line, then one line per difference)."""
+    from moe_rbench.compare import EXIT_INCOMPARABLE, GateOptions, Incomparable, run_compare
 
     options = GateOptions(
         args.max_drop, tuple(args.metrics or ()), args.ignore_within_stderr, args.allow_missing, args.paired, args.alpha
     )
-    summary, status = run_compare(args.baseline, args.candidate, options)
+    try:
+        summary, status = run_compare(args.baseline, args.candidate, options)
+    except Incomparable as error:
+        print(f"moe-rbench compare: {error.summary}", file=sys.stderr)
+        for line in error.details():
+            print(f"  {line}", file=sys.stderr)
+        return EXIT_INCOMPARABLE
     print(summary)
     return status
 
@@ -606,8 +614,8 @@ def main(argv: list[str] | None = None) -> int:
     reporting.add_argument("--out", required=True, help="directory for report.md, tables and figures")
     comparing = commands.add_parser(
         "compare",
-        help="CI gate: exit 1 when a reliability metric got worse, was lost or is invalid; 2 when the runs "
-        "are not comparable",
+        help="CI gate: exit 0 on a pass, 1 when a reliability metric got worse, was lost or is invalid, 2 on a "
+        "usage error (an option, a run that cannot be read), 3 when the runs are not comparable",
     )
     comparing.add_argument("--baseline", required=True)
     comparing.add_argument("--candidate", required=True)
