@@ -196,6 +196,7 @@ def _validate(args: argparse.Namespace, judge_) -> int:
     from pathlib import Path
 
     from moe_rbench.judge_checks import DEFAULT_SCHEMES, LabelScheme, label_format, validate
+    from moe_rbench.judging import output_directory
     from moe_rbench_models.errors import OptionError
 
     columns = {}
@@ -212,13 +213,13 @@ def _validate(args: argparse.Namespace, judge_) -> int:
             for values, fallback in zip(given, (default.positive, default.negative, default.apart), strict=True)
         )
     )
+    out = output_directory(Path(args.out), "--out") if args.out else None  # before judging: fail early
     result = validate(judge_, args.validate, columns, scheme, args.field)
     print(result.text())
-    if args.out:
-        out = Path(args.out) / f"validation_{judge_.name}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result.as_dict(), indent=1))
-        print(out)
+    if out:
+        path = out / f"validation_{judge_.name}.json"
+        path.write_text(json.dumps(result.as_dict(), indent=1))
+        print(path)
     return 0
 
 
