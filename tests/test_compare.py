@@ -10,10 +10,12 @@ import json
 import math
 import shutil
 import statistics
+from pathlib import Path
 
 import pytest
 from conftest import BIN, STYLE_OOD_TASKS, evaluate_to, run
 
+from moe_rbench.compare import EXIT_FAILED, EXIT_INCOMPARABLE, EXIT_PASS, EXIT_USAGE
 from moe_rbench_models import MoEHFLM
 from moe_rbench_models.tiny import build_tiny_model
 
@@ -188,6 +190,10 @@ def test_exit_codes_tell_a_worse_run_a_usage_error_and_incomparable_runs_apart(b
     edit_results(incomparable, lambda results: results["n-shot"].update({"moe_rbench_sst2": 5}))
     result = compare(baseline, incomparable)
     assert result.returncode == 3
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    table = readme[readme.index("| exit status | meaning |") :].split("\n\n")[0].splitlines()[2:]
+    assert [line.split(" | ")[0] for line in table] == ["| 0", "| 1", "| 2", "| 3"]
+    assert (EXIT_PASS, EXIT_FAILED, EXIT_USAGE, EXIT_INCOMPARABLE) == (0, 1, 2, 3)
     assert result.stderr.splitlines() == [
         "moe-rbench compare: the runs are not comparable: 1 difference(s) in 1 task(s) (n-shot in 1); evaluate both "
         "runs with the same --num_fewshot, or compare only the tasks evaluated alike (--metrics)",
