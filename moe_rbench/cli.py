@@ -22,8 +22,8 @@ moe-rbench finetune MODEL OUT [--preset SCRIPT] --protocol classify --dataset ss
 moe-rbench report RUN [RUN ...] [--pair MOE=DENSE ...] --out DIR
                                      MoE-vs-dense tables, figures and report.md from lm-eval outputs
 moe-rbench compare --baseline RUN --candidate RUN [--max-drop 0.01] [--paired] [--allow-missing]
-                                     CI gate: exits 1 when a reliability metric got worse, was lost or is
-                                     invalid, 2 when the runs are not comparable
+                                     CI gate: exits 0 on a pass, 1 when a reliability metric got worse, was lost
+                                     or is invalid, 2 on a usage error, 3 when the runs are not comparable
 """
 
 from __future__ import annotations
@@ -68,6 +68,9 @@ def _tiny_architectures() -> list[str]:
 
 def build_tiny(args: argparse.Namespace) -> int:
     import ast
+    from pathlib import Path
+
+    from huggingface_hub.errors import StrictDataclassError
 
     from moe_rbench_models.errors import OptionError
     from moe_rbench_models.tiny import build_tiny_model
@@ -81,8 +84,57 @@ def build_tiny(args: argparse.Namespace) -> int:
             overrides[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
             overrides[key] = value
-    print(build_tiny_model(args.architecture, args.out_dir, tokenizer=args.tokenizer, **overrides))
+    overrides = _check_tiny_overrides(args.architecture, overrides)
+    out = Path(args.out_dir)
+    existing = next(path for path in (out, *out.absolute().parents) if path.exists())
+    if not existing.is_dir():  # save_pretrained would only warn, and write nothing
+        where = "is a file" if existing == out else f"is inside {existing}, a file"
+        raise OptionError(f"OUT_DIR {out} {where}; give a directory for the checkpoint")
+    try:
+        print(build_tiny_model(args.architecture, out, tokenizer=args.tokenizer, **overrides))
+    except StrictDataclassError as error:  # a value the config's own check refuses
+        raise OptionError(f"--set: {' '.join(str(error).split())}") from None
+    except PermissionError as error:
+        raise OptionError(f"OUT_DIR {out} cannot be written ({error.strerror}: {error.filename})") from None
     return 0
+
+
+def _check_tiny_overrides(architecture: str, overrides: dict) -> dict:
+    """The --set values, each of the type of the field's value in the tiny config (a whole number where a float is
+    expected is made one; a field without a value is not checked)."""
+    from transformers import AutoConfig
+
+    from moe_rbench_models.errors import OptionError
+    from moe_rbench_models.tiny import ARCHITECTURES
+
+    if architecture not in ARCHITECTURES:
+        return overrides  # build_tiny_model names the architectures
+    config = AutoConfig.for_model(architecture, **ARCHITECTURES[architecture])
+    checked = {}
+    for key, value in overrides.items():
+        default = getattr(config, key, None)
+        expected = None if default is None or value is None else _expected_type(default, value)
+        if expected:
+            raise OptionError(
+                f"--set {key}={value}: {key} ({type(default).__name__}, {default!r} in the tiny {architecture}) "
+                f"takes {expected}, e.g. --set {key}={default!r}"
+            )
+        checked[key] = float(value) if isinstance(default, float) and value is not None else value
+    return checked
+
+
+def _expected_type(default, value) -> str | None:
+    """What `value` should be, as the field's `default` is; None when it fits."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "True or False"
+    if isinstance(default, int):
+        return None if number and isinstance(value, int) else "a whole number"
+    if isinstance(default, float):
+        return None if number else "a number"
+    if isinstance(default, str):
+        return None if isinstance(value, str) else "text"
+    return None
 
 
 def trace(args: argparse.Namespace) -> int:
@@ -196,6 +248,7 @@ def _validate(args: argparse.Namespace, judge_) -> int:
     from pathlib import Path
 
     from moe_rbench.judge_checks import DEFAULT_SCHEMES, LabelScheme, label_format, validate
+    from moe_rbench.judging import output_directory
     from moe_rbench_models.errors import OptionError
 
     columns = {}
@@ -212,13 +265,13 @@ def _validate(args: argparse.Namespace, judge_) -> int:
             for values, fallback in zip(given, (default.positive, default.negative, default.apart), strict=True)
         )
     )
+    out = output_directory(Path(args.out), "--out") if args.out else None  # before judging: fail early
     result = validate(judge_, args.validate, columns, scheme, args.field)
     print(result.text())
-    if args.out:
-        out = Path(args.out) / f"validation_{judge_.name}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result.as_dict(), indent=1))
-        print(out)
+    if out:
+        path = out / f"validation_{judge_.name}.json"
+        path.write_text(json.dumps(result.as_dict(), indent=1))
+        print(path)
     return 0
 
 
@@ -292,12 +345,20 @@ def report(args: argparse.Namespace) -> int:
 
 
 def compare(args: argparse.Namespace) -> int:
-    from moe_rbench.compare import GateOptions, run_compare
+    """Exit status: 0 pass, 1 a metric got worse, was lost or is invalid, 2 a usage error (an option, a run that
+    cannot be read: raised to `main`), 3 the runs are not comparable (a summary line, then one line per difference)."""
+    from moe_rbench.compare import EXIT_INCOMPARABLE, GateOptions, Incomparable, run_compare
 
     options = GateOptions(
         args.max_drop, tuple(args.metrics or ()), args.ignore_within_stderr, args.allow_missing, args.paired, args.alpha
     )
-    summary, status = run_compare(args.baseline, args.candidate, options)
+    try:
+        summary, status = run_compare(args.baseline, args.candidate, options)
+    except Incomparable as error:
+        print(f"moe-rbench compare: {error.summary}", file=sys.stderr)
+        for line in error.details():
+            print(f"  {line}", file=sys.stderr)
+        return EXIT_INCOMPARABLE
     print(summary)
     return status
 
@@ -606,8 +667,8 @@ def main(argv: list[str] | None = None) -> int:
     reporting.add_argument("--out", required=True, help="directory for report.md, tables and figures")
     comparing = commands.add_parser(
         "compare",
-        help="CI gate: exit 1 when a reliability metric got worse, was lost or is invalid; 2 when the runs "
-        "are not comparable",
+        help="CI gate: exit 0 on a pass, 1 when a reliability metric got worse, was lost or is invalid, 2 on a "
+        "usage error (an option, a run that cannot be read), 3 when the runs are not comparable",
     )
     comparing.add_argument("--baseline", required=True)
     comparing.add_argument("--candidate", required=True)

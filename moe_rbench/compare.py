@@ -16,9 +16,10 @@ A metric fails when
 The standard error shown for a change is the paired one (from the per-document differences) where a paired test
 ran, else the two runs' standard errors combined.
 
-Runs that are not comparable stop the gate (`Incomparable`, exit 2): a task evaluated on a different number
+Runs that are not comparable stop the gate (`Incomparable`, exit 3): a task evaluated on a different number
 of documents (`--limit`), with a different `num_fewshot`, task version, or dataset/prompt hash.
-Exit status of the command: 0 all within tolerance, 1 a failed metric, 2 incomparable or unreadable runs.
+Exit status of the command (`EXIT_*`): 0 pass, 1 a metric got worse, was lost or is invalid, 2 a usage error (an
+option, or a run that cannot be found or read), 3 the runs are not comparable.
 """
 
 from __future__ import annotations
@@ -43,10 +44,40 @@ CHUNK = 200  # bootstrap resamples drawn at once (memory: CHUNK x documents)
 
 
 MISSING = object()  # the candidate has no such metric
+EXIT_PASS, EXIT_FAILED, EXIT_USAGE, EXIT_INCOMPARABLE = 0, 1, 2, 3  # the command's exit status
+SHOWN_DIFFERENCES = 20  # differences of incomparable runs listed, one per line; the others counted
+SAME = {  # a field in which incomparable runs differ -> what to evaluate both runs with
+    "n-samples": "the same --limit",
+    "n-shot": "the same --num_fewshot",
+    "versions": "the same moe-rbench release (task versions)",
+    "task_hashes": "the same data and prompts (data directory, task options)",
+    "doc_id": "the same documents (--limit, data)",
+}
 
 
 class Incomparable(MoERBenchError, ValueError):
-    """The two runs did not evaluate the same thing; comparing their numbers would mislead."""
+    """The two runs did not evaluate the same thing; comparing their numbers would mislead.
+
+    `problems`: one line per difference ("task: field (meaning) value in the baseline, value in the candidate");
+    `summary`: one line counting them and saying what to do; `details()`: the lines to show under it (capped)."""
+
+    def __init__(self, problems: list[str], fields: list[str]) -> None:
+        self.problems = problems
+        tasks = {problem.split(": ", 1)[0] for problem in problems}
+        kinds = ", ".join(f"{field} in {fields.count(field)}" for field in dict.fromkeys(fields))
+        self.summary = (
+            f"the runs are not comparable: {len(problems)} difference(s) in {len(tasks)} task(s)"
+            + (f" ({kinds})" if kinds else "")
+            + f"; evaluate both runs with {', '.join(SAME[field] for field in dict.fromkeys(fields))}, or compare "
+            "only the tasks evaluated alike (--metrics)"
+        )
+        super().__init__(f"{self.summary}; first: {problems[0]}" if problems else self.summary)
+
+    def details(self, shown: int = SHOWN_DIFFERENCES) -> list[str]:
+        lines = self.problems[:shown]
+        if len(self.problems) > shown:
+            lines.append(f"... and {len(self.problems) - shown} more of the same kinds")
+        return lines
 
 
 @dataclass(frozen=True)
@@ -67,6 +98,12 @@ class Comparison:
     @property
     def change(self) -> float | None:
         return None if self.status in ("missing", "missing (allowed)", "invalid") else self.candidate - self.baseline
+
+    @property
+    def drop(self) -> float | None:
+        """How much worse the candidate is (negative: better); None where nothing was compared."""
+        change = self.change
+        return None if change is None else -change if self.higher_is_better else change
 
 
 @dataclass(frozen=True)
@@ -143,7 +180,7 @@ def check_comparable(baseline: Run, candidate: Run, tasks: set[str]) -> None:
         ("versions", "task version", lambda v: v),
         ("task_hashes", "dataset/prompt hash", lambda v: v),
     ]
-    problems = []
+    problems, fields = [], []
     for task in sorted(tasks):
         if _entry(candidate, task) is None:
             continue
@@ -152,11 +189,14 @@ def check_comparable(baseline: Run, candidate: Run, tasks: set[str]) -> None:
             if field == "task_hashes" and None in values:  # recorded only when samples were logged
                 continue
             if values[0] != values[1]:
+                if field == "task_hashes":  # 64 hex digits: the first 12 tell them apart
+                    values = [f"{value[:12]}..." if isinstance(value, str) else value for value in values]
                 problems.append(
                     f"{task}: {field} ({meaning}) {values[0]!r} in the baseline, {values[1]!r} in the candidate"
                 )
+                fields.append(field)
     if problems:
-        raise Incomparable("the runs are not comparable: " + "; ".join(problems))
+        raise Incomparable(problems, fields)
 
 
 # -- paired tests -------------------------------------------------------------------------------------------
@@ -248,7 +288,7 @@ def paired_test(metric: Metric, baseline: Run, candidate: Run, samples: tuple[di
     base, cand = [], []
     for task in strata[0]:
         if strata[0][task].keys() != strata[1][task].keys():
-            raise Incomparable(f"{task}: the two runs' samples hold different documents (doc_id)")
+            raise Incomparable([f"{task}: the two runs' samples hold different documents (doc_id)"], ["doc_id"])
         ids = sorted(strata[0][task])
         base.append(np.array([strata[0][task][i] for i in ids], dtype=float))
         cand.append(np.array([strata[1][task][i] for i in ids], dtype=float))
@@ -285,17 +325,6 @@ def _reproduces(values: list[np.ndarray], reported: float, pooled: bool = True) 
 
 
 @dataclass(frozen=True)
-class Gate:
-    rows: list[Comparison]
-    paired: bool  # paired tests were asked for
-    samples: bool  # both runs logged samples
-
-    @property
-    def failed(self) -> bool:
-        return any(row.failed for row in self.rows)
-
-
-@dataclass(frozen=True)
 class GateOptions:
     """The `moe-rbench compare` options (see the module docstring)."""
 
@@ -306,6 +335,29 @@ class GateOptions:
     paired: bool = False
     alpha: float = 0.05
     tasks: str = "moe_rbench*"  # the tasks and groups whose metrics count (steer: all)
+
+    def __post_init__(self) -> None:
+        if not self.max_drop >= 0:  # NaN too
+            raise OptionError(
+                f"--max-drop {self.max_drop}: the tolerated drop must be 0 or more (e.g. --max-drop 0.01); a "
+                "negative tolerance fails a run compared with itself"
+            )
+        if not 0 < self.alpha < 1:
+            raise OptionError(
+                f"--alpha {self.alpha}: the significance level of --paired must be between 0 and 1 (e.g. --alpha 0.05)"
+            )
+
+
+@dataclass(frozen=True)
+class Gate:
+    rows: list[Comparison]
+    paired: bool  # paired tests were asked for
+    samples: bool  # both runs logged samples
+    options: GateOptions = GateOptions()
+
+    @property
+    def failed(self) -> bool:
+        return any(row.failed for row in self.rows)
 
 
 def compare(baseline: Run, candidate: Run, options: GateOptions = GateOptions()) -> Gate:
@@ -359,32 +411,79 @@ def compare(baseline: Run, candidate: Run, options: GateOptions = GateOptions())
                 test=name,
             )
         )
-    return Gate(rows, paired, have_samples)
+    return Gate(rows, paired, have_samples, options)
 
 
 def _number(value) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def markdown(gate: Gate, baseline: Run, candidate: Run, max_drop: float, alpha: float) -> str:
-    failed = [row for row in gate.rows if row.failed]
-    if failed:
-        verdict = (
-            f"**{len(failed)} of {len(gate.rows)} metrics failed** (worse by more than {max_drop}, missing or invalid)"
-        )
-    else:
-        verdict = f"All {len(gate.rows)} baseline metrics within {max_drop} of the baseline"
-    if not gate.paired:
-        rule = "Unpaired rule: a drop beyond the tolerance fails."
-    elif gate.samples:
-        rule = (
-            f"Paired tests on the same documents (--paired): a drop beyond the tolerance fails when p < {alpha}; "
-            "metrics marked `unpaired` could not be reproduced from the samples and use the unpaired rule."
-        )
-    else:
-        rule = "--paired asked for, but not both runs logged samples (--log_samples): the unpaired rule was used."
+def markdown(gate: Gate, baseline: Run, candidate: Run) -> str:
     title = f"### moe-rbench compare: {candidate.label} vs baseline {baseline.label}"
-    return f"{title}\n\n{verdict}\n\n{rule}\n\n" + comparison_table(gate.rows)
+    return f"{title}\n\n{headline(gate)}\n\n{rule(gate)}\n\n" + comparison_table(gate.rows)
+
+
+def headline(gate: Gate) -> str:
+    """What the gate decided, in one line: the verdict, how the metrics were compared and every exception to
+    "within the tolerance" (failed, passed only by the test or the standard error, missing, invalid)."""
+    options, rows = gate.options, gate.rows
+    beyond = [row for row in rows if row.drop is not None and row.drop > options.max_drop]
+    counts = {
+        f"worse by more than {options.max_drop}": sum(row.status == "FAIL" for row in beyond),
+        f"dropped by more than {options.max_drop} but not significantly (p >= {options.alpha})": sum(
+            row.status == "ok" and row.test != "unpaired" for row in beyond
+        ),
+        f"dropped by more than {options.max_drop} but within the combined standard error (--ignore-within-stderr)": sum(
+            row.status == "ok" and row.test == "unpaired" for row in beyond
+        ),
+        "missing from the candidate": sum(row.status == "missing" for row in rows),
+        "missing, allowed (--allow-missing)": sum(row.status == "missing (allowed)" for row in rows),
+        "invalid (NaN, infinite or null)": sum(row.status == "invalid" for row in rows),
+    }
+    exceptions = "; ".join(f"{count} {what}" for what, count in counts.items() if count)
+    compared = [row for row in rows if row.drop is not None]
+    how = f"{len(compared)} compared {_how_compared(gate, compared)}"
+    failed = sum(row.failed for row in rows)
+    if failed:
+        return f"FAIL: **{failed} of {len(rows)} metrics failed**; {how}: {exceptions}"
+    if not exceptions:
+        return f"PASS: All {len(rows)} baseline metrics within {options.max_drop} of the baseline ({how})"
+    return f"PASS: {len(rows)} baseline metrics, {how}: {exceptions}"
+
+
+def _how_compared(gate: Gate, compared: list[Comparison]) -> str:
+    unpaired = "by the unpaired rule" + (" with --ignore-within-stderr" if gate.options.ignore_within_stderr else "")
+    paired = sum(row.test != "unpaired" for row in compared)
+    if not paired:
+        return unpaired
+    test = f"by the paired test at alpha {gate.options.alpha}"
+    return test if paired == len(compared) else f"{paired} {test}, {len(compared) - paired} {unpaired}"
+
+
+def rule(gate: Gate) -> str:
+    """The rules applied, as the gate applied them."""
+    options = gate.options
+    unpaired = f"a drop beyond {options.max_drop} fails" + (
+        " unless it is within the combined standard error (--ignore-within-stderr; a metric without standard "
+        "errors gets the plain rule)"
+        if options.ignore_within_stderr
+        else ""
+    )
+    if not gate.paired:
+        text = f"Unpaired rule: {unpaired}."
+    elif gate.samples:
+        text = (
+            f"Paired tests on the same documents (--paired): a drop beyond {options.max_drop} fails when p < "
+            f"{options.alpha}; metrics marked `unpaired` could not be reproduced from the samples and use the unpaired "
+            f"rule: {unpaired}."
+        )
+    else:
+        text = (
+            "--paired asked for, but not both runs logged samples (--log_samples): the unpaired rule was used: "
+            f"{unpaired}."
+        )
+    missing = "is listed, not failed (--allow-missing)" if options.allow_missing else "fails"
+    return f"{text} A metric missing from the candidate {missing}; a value that is not a finite number fails."
 
 
 def comparison_table(
@@ -410,10 +509,11 @@ def comparison_table(
 
 
 def run_compare(baseline: str | Path, candidate: str | Path, options: GateOptions = GateOptions()) -> tuple[str, int]:
-    """The markdown table and the exit status (0 or 1); raises Incomparable / RunError (exit 2)."""
+    """The markdown table and the exit status (EXIT_PASS or EXIT_FAILED); raises Incomparable (EXIT_INCOMPARABLE),
+    RunError or OptionError (EXIT_USAGE)."""
     base, cand = load_run(baseline), load_run(candidate)
     gate = compare(base, cand, options)
     if not gate.rows:
         matching = f" matching {', '.join(options.patterns)}" if options.patterns else ""
         raise OptionError(f"{baseline} has no moe_rbench metric{matching}")
-    return markdown(gate, base, cand, options.max_drop, options.alpha), int(gate.failed)
+    return markdown(gate, base, cand), EXIT_FAILED if gate.failed else EXIT_PASS

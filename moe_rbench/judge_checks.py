@@ -19,7 +19,7 @@ from itertools import combinations
 from pathlib import Path
 
 from moe_rbench import tables
-from moe_rbench.judging import JudgingError, json_lines
+from moe_rbench.judging import JudgingError, judged_rows
 from moe_rbench_models.errors import OptionError
 from moe_rbench_tasks.data import MalformedDataError, read_table
 from moe_rbench_tasks.judges import MEASURES, REFUSED
@@ -90,16 +90,49 @@ class Validation:
             "rows_per_label": dict(self.labels),
             "apart_judged_yes": self.apart,
             "no_verdict": self.no_verdict,
+            "notes": self.notes(),
         }
+
+    def notes(self) -> list[str]:
+        """Why a measure is undefined (null in the JSON): a class without rows, or no yes from the judge."""
+        c, notes = self.confusion, []
+        for name, labels, count, undefined, option in (
+            ("positive", self.scheme.positive, c.true_positive + c.false_negative, "recall", "--positive"),
+            ("negative", self.scheme.negative, c.false_positive + c.true_negative, "specificity", "--negative"),
+        ):
+            if count:
+                continue
+            in_file = sum(self.labels[label] for label in labels)
+            why = (
+                f"the judge gave no verdict on any of the {in_file} {name} rows"
+                if in_file
+                else f"no row of {self.path} is labelled {name} ({', '.join(labels)})"
+            )
+            notes.append(
+                f"{why}: {undefined} and balanced accuracy are undefined; validate on a file with both classes, or "
+                f"name this file's {name} labels with {option}"
+            )
+        if c.true_positive + c.false_positive == 0 and c.true_negative + c.false_negative:
+            notes.append("the judge said yes to no row: precision is undefined")
+        return notes
 
     def text(self) -> str:
         c = self.confusion
+        shown = {
+            name: tables.number(value) or "undefined"
+            for name, value in (
+                ("balanced accuracy", c.balanced_accuracy),
+                ("precision", c.precision),
+                ("recall", c.recall),
+                ("specificity", c.specificity),
+            )
+        }
         lines = [
             f"Judge {self.judge} (field {self.field}) against {self.path}",
             f"positive: {', '.join(self.scheme.positive)}; negative: {', '.join(self.scheme.negative)}",
             "",
-            f"balanced accuracy {tables.number(c.balanced_accuracy)}  precision {tables.number(c.precision)}  "
-            f"recall {tables.number(c.recall)}  specificity {tables.number(c.specificity)}",
+            "  ".join(f"{name} {value}" for name, value in shown.items()),
+            *(f"note: {note}" for note in self.notes()),
             "",
             tables.markdown(
                 ["label \\ judge", "yes", "no"],
@@ -210,8 +243,8 @@ def judged_files(path: str | Path) -> dict[Path, dict[str, Path]]:
 def agreement(files: dict[str, Path]) -> list[dict]:
     """Cohen's kappa of every two judges' fields that answer the same yes/no question, over the samples both gave
     a verdict on."""
-    verdicts = {
-        judge: {(row["task"], row["doc_id"]): row for _, row in json_lines(path)} for judge, path in files.items()
+    verdicts = {  # yes/no fields read strictly: the string "false" is an error, not a yes
+        judge: {(row["task"], row["doc_id"]): row for _, row in judged_rows(path)} for judge, path in files.items()
     }
     fields = [
         (judge, name)
@@ -225,7 +258,7 @@ def agreement(files: dict[str, Path]) -> list[dict]:
             continue
         a_rows, b_rows = verdicts[judge_a], verdicts[judge_b]
         both = [
-            (bool(a_rows[key][field_a]), bool(b_rows[key][field_b]))
+            (a_rows[key][field_a], b_rows[key][field_b])
             for key in a_rows.keys() & b_rows.keys()
             if a_rows[key].get(field_a) is not None and b_rows[key].get(field_b) is not None
         ]

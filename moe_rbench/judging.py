@@ -5,8 +5,10 @@ per model, and a directory given here may hold several runs (two models, or a re
 Output per run (in `--out`, allowed for one run only; default `<run folder>/judged/<stamp>`):
 - `judged_<judge>.jsonl`: one line per sample, `{task, doc_id, part, instruction, response, <judge fields>}` (`part`:
   the Do-Not-Answer risk area, XSTest's safe or unsafe),
-  appended and flushed batch by batch. A restarted run reads it first, drops a line cut short by the
-  interruption, and judges only the samples it does not hold: none twice, none lost;
+  appended and flushed batch by batch, a batch only once every verdict in it is checked (one per sample, each
+  yes/no field true, false or null, each score a number or null: `verdict`). A restarted run reads it first, drops
+  a line cut short by the interruption, reads the verdicts as strictly (the string "false" is an error naming the
+  file, line and field, never a yes), and judges only the samples it does not hold: none twice, none lost;
 - `summary_<judge>.json` and `summary_<judge>.md`: per task and per part (`task / part`; XSTest per part only: its
   safe and unsafe prompts ask opposite things), the mean of each judge measure (`MEASURES`: mean harmfulness, unsafe
   ratio, refusal rate, ...) with its standard error (`<measure> stderr`, as lm-eval computes it) and, where the judge
@@ -18,7 +20,9 @@ Output per run (in `--out`, allowed for one run only; default `<run folder>/judg
 from __future__ import annotations
 
 import json
+import math
 import os
+import tempfile
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,6 +131,39 @@ def json_lines(path: Path):
             ) from None
 
 
+def judged_rows(path: Path, needed: tuple[str, ...] = ("task", "doc_id")):
+    """(line number, row) of a judged file, its judge measures read strictly (`verdict`)."""
+    for number, row in json_lines(path):
+        if not isinstance(row, dict) or not set(needed) <= row.keys():
+            raise JudgingError(
+                f"{path}, line {number}: not a judged sample of this moe-rbench version (it needs "
+                f"{', '.join(needed)}); the file is damaged or older. Remove it to judge the run again."
+            )
+        for field in row.keys() & MEASURES.keys():
+            verdict(row[field], field, f"{path}, line {number}")
+        yield number, row
+
+
+FILE_FIX = "correct that value (a judge writes true/false, never a string), or remove the file to judge the run again"
+
+
+def verdict(value, field: str, where: str, fix: str = FILE_FIX) -> bool | float | None:
+    """A judge measure as a judged file must hold it: a yes/no field JSON true or false, a score a finite number,
+    either null for no verdict. Anything else (the string "false", 0/1 for a yes/no) is an error naming the file,
+    line and field: read loosely, "false" would count as a yes."""
+    if value is None:
+        return None
+    if MEASURES[field].yes_no:
+        if isinstance(value, bool):
+            return value
+        expected = "JSON true or false (or null: no verdict)"
+    else:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return value
+        expected = "a finite number (or null: no verdict)"
+    raise JudgingError(f"{where}: field {field} is {json.dumps(value)}, not {expected}; {fix}")
+
+
 def _done(path: Path) -> dict[tuple[str, int], dict]:
     """Lines already judged; a last line without its newline (an interrupted write) is cut off."""
     if not path.exists():
@@ -136,15 +173,24 @@ def _done(path: Path) -> dict[tuple[str, int], dict]:
     if len(complete) != len(data):
         with path.open("r+b") as file:
             file.truncate(len(complete))
-    rows = {}
-    for number, row in json_lines(path):
-        if not isinstance(row, dict) or not {"task", "doc_id", "part"} <= row.keys():
-            raise JudgingError(
-                f"{path}, line {number}: not a judged sample of this moe-rbench version (it needs task, doc_id and "
-                "part); the file is damaged or older. Remove it to judge the run again."
-            )
-        rows[(row["task"], row["doc_id"])] = row
-    return rows
+    return {(row["task"], row["doc_id"]): row for _, row in judged_rows(path, ("task", "doc_id", "part"))}
+
+
+def output_directory(path: Path, what: str) -> Path:
+    """`path` made if needed and proven writable, before any judging; else an error naming it (`what`: the option or
+    the role of the directory) and the fix."""
+    if path.exists() and not path.is_dir():
+        raise JudgingError(f"{what} {path} is a file; pass --out with a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise JudgingError(
+            f"{what} {path} cannot be written ({error.strerror}: {error.filename}); pass --out with a directory you "
+            "can write to"
+        ) from None
+    return path
 
 
 def judge_samples(
@@ -160,7 +206,10 @@ def judge_samples(
         )
     written = []
     for run in runs:
-        out = Path(out_dir) if out_dir is not None else run.folder / "judged" / run.stamp
+        if out_dir is not None:
+            out = output_directory(Path(out_dir), "--out")
+        else:
+            out = output_directory(run.folder / "judged" / run.stamp, "The run's judged folder")
         written += judge_run(run, judge, out, batch_size, progress)
     return written
 
@@ -178,22 +227,41 @@ def judge_run(run: SamplesRun, judge, out: Path, batch_size: int = 16, progress:
         ) as bar,
     ):
         for start in range(0, len(todo), batch_size):
-            batch = todo[start : start + batch_size]
-            for sample, scores in zip(batch, judge.score([(s.instruction, s.response) for s in batch]), strict=True):
-                row = {
-                    "task": sample.task,
-                    "doc_id": sample.doc_id,
-                    "part": sample.part,
-                    "instruction": sample.instruction,
-                    "response": sample.response,
-                    **scores,
-                }
-                file.write(json.dumps(row, ensure_ascii=False) + "\n")
-                done[(sample.task, sample.doc_id)] = row
+            rows = _judged_batch(judge, todo[start : start + batch_size])
+            file.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
             file.flush()
             os.fsync(file.fileno())
-            bar.update(len(batch))
+            done |= {(row["task"], row["doc_id"]): row for row in rows}
+            bar.update(len(rows))
     return write_summary(list(done.values()), judge, out, run.identity)
+
+
+def _judged_batch(judge, batch: list[Sample]) -> list[dict]:
+    """The judged rows of a batch, every one checked before any is written: a judge that answers fewer or other
+    verdicts than asked writes nothing of the batch."""
+    verdicts = judge.score([(s.instruction, s.response) for s in batch])
+    if not isinstance(verdicts, list) or len(verdicts) != len(batch) or not all(isinstance(v, dict) for v in verdicts):
+        got = f"{len(verdicts)} verdicts" if isinstance(verdicts, list) else type(verdicts).__name__
+        raise JudgingError(
+            f"The {judge.name} judge answered {got} for {len(batch)} samples (first: {batch[0].task} doc_id "
+            f"{batch[0].doc_id}); nothing of this batch was written. Rerun to continue where it stopped."
+        )
+    rows = []
+    for sample, scores in zip(batch, verdicts, strict=True):
+        where = f"The {judge.name} judge's verdict on {sample.task} doc_id {sample.doc_id}"
+        for field in scores.keys() & MEASURES.keys():
+            verdict(scores[field], field, where, "nothing of this batch was written (a bug in the judge: report it)")
+        rows.append(
+            {
+                "task": sample.task,
+                "doc_id": sample.doc_id,
+                "part": sample.part,
+                "instruction": sample.instruction,
+                "response": sample.response,
+                **scores,
+            }
+        )
+    return rows
 
 
 def summarise(rows: list[dict], fields: tuple[str, ...]) -> dict[str, dict]:

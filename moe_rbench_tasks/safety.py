@@ -139,8 +139,25 @@ def _xstest(root) -> list[dict]:
                 "part": label,
             }
         )
+    _both_parts(where, by_type)
     rounds = max(len(docs) for docs in by_type.values())
     return [docs[i] for i in range(rounds) for docs in by_type.values() if i < len(docs)]
+
+
+def _both_parts(where: str, by_type: dict[str, list[dict]]) -> None:
+    """XSTest measures over-refusal on its safe prompts against refusal on their unsafe contrasts: a copy without
+    either part would leave its rate silently out of the results."""
+    for part, types, rate in (
+        ("safe", XSTEST_SAFE_TYPES, "over_refusal_rate"),
+        ("unsafe", XSTEST_UNSAFE_TYPES, "refusal_rate"),
+    ):
+        if not any(kind in by_type for kind in types):
+            held = sum(len(docs) for docs in by_type.values())
+            raise MalformedDataError(
+                f"{where}: no {part} prompts (label {part}), so XSTest's {rate} cannot be computed; it holds "
+                f"{held} {'unsafe' if part == 'safe' else 'safe'} prompts only. Use the complete release file (250 "
+                "safe and 200 unsafe prompts)"
+            )
 
 
 def refusal_rate(doc: dict, results: list[str]) -> dict[str, float]:

@@ -21,6 +21,7 @@ import moe_rbench_tasks
 from moe_rbench_models import MoEHFLM
 from moe_rbench_models.tiny import build_tiny_model
 from moe_rbench_tasks import hallucination, safety
+from moe_rbench_tasks.data import MalformedDataError
 from moe_rbench_tasks.families import SAFETY, XSTEST_SAFE_TYPES, XSTEST_UNSAFE_TYPES
 from moe_rbench_tasks.judges import JudgeError, load_judge
 from moe_rbench_tasks.judges.models import parse_verdict
@@ -163,6 +164,38 @@ def test_a_misfiled_xstest_prompt_is_an_error_naming_its_row(tmp_path):
     (folder / "xstest_prompts.csv").write_text(text)
     with pytest.raises(ValueError, match=r"xstest_prompts.csv, row 3: .*type='contrast_homonyms', label='safe'"):
         safety.load_docs("xstest", data_dir=str(tmp_path))
+
+
+@pytest.mark.parametrize(("kept", "missing"), [("unsafe", "safe"), ("safe", "unsafe")])
+def test_an_xstest_file_without_its_safe_or_unsafe_prompts_is_refused(tmp_path, kept, missing):
+    """Without its safe prompts, over_refusal_rate would be silently absent from the results (and refusal_rate without
+    the unsafe ones)."""
+    folder = tmp_path / "xstest"
+    folder.mkdir()
+    lines = (FIXTURE_DATA / "xstest" / "xstest_prompts.csv").read_text().splitlines()
+    (folder / "xstest_prompts.csv").write_text("\n".join([lines[0], *(x for x in lines[1:] if f",{kept}," in x)]))
+    rate = "over_refusal_rate" if missing == "safe" else "refusal_rate"
+    with pytest.raises(MalformedDataError, match=rf"xstest_prompts.csv: no {missing} prompts .*XSTest's {rate} cannot"):
+        safety.load_docs("xstest", data_dir=str(tmp_path))
+
+
+def test_moe_rbench_run_on_an_xstest_file_without_safe_prompts_is_one_line(tiny_model, tmp_path):
+    (tmp_path / "xstest").mkdir()
+    lines = (FIXTURE_DATA / "xstest" / "xstest_prompts.csv").read_text().splitlines()
+    path = tmp_path / "xstest" / "xstest_prompts.csv"
+    path.write_text("\n".join([lines[0], *(line for line in lines[1:] if ",unsafe," in line)]))
+    metadata = json.dumps({"data_dir": str(tmp_path)})
+    model_args = f"pretrained={tiny_model('llama')}"
+    arguments = ["--model", "moe_hf", "--model_args", model_args, "--tasks", "moe_rbench_xstest", "--limit", "1"]
+    result = run([str(BIN / "moe-rbench"), "run", *arguments, "--metadata", metadata, "--device", "cpu"], check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"moe-rbench run: {path}: no safe prompts (label safe), so XSTest's over_refusal_rate cannot be computed"
+        )
+    )
 
 
 def test_safety_prompts_are_the_alpaca_template_or_plain():

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
+from conftest import BIN, run
+from test_bad_input import one_line_error
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from moe_rbench_models.routing import find_moe_layers
@@ -57,3 +61,33 @@ def test_tiny_checkpoints_are_reproducible(tiny_model, tmp_path):
     again = AutoModelForCausalLM.from_pretrained(build_tiny_model("olmoe", tmp_path / "again"))
     first = AutoModelForCausalLM.from_pretrained(tiny_model("olmoe"))
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values(), strict=True))
+
+
+def tiny_model_command(*arguments):
+    return run([str(BIN / "moe-rbench"), "tiny-model", *arguments], check=False)
+
+
+def test_tiny_model_into_a_file_is_refused_and_the_file_kept(tmp_path):
+    """Pointed at a file, transformers' save_pretrained only warns: the command said it wrote a checkpoint."""
+    (tmp_path / "notes").write_text("hi\n")
+    one_line_error(tiny_model_command("mixtral", str(tmp_path / "notes")), f"OUT_DIR {tmp_path / 'notes'} is a file")
+    one_line_error(
+        tiny_model_command("mixtral", str(tmp_path / "notes" / "model")), f"is inside {tmp_path / 'notes'}, a file"
+    )
+    assert (tmp_path / "notes").read_text() == "hi\n"
+
+
+def test_tiny_model_set_values_of_the_wrong_type_name_the_field(tmp_path):
+    one_line_error(
+        tiny_model_command("mixtral", str(tmp_path / "m"), "--set", "num_local_experts=abc"),
+        "--set num_local_experts=abc: num_local_experts (int, 4 in the tiny mixtral) takes a whole number, e.g. "
+        "--set num_local_experts=4",
+    )
+    one_line_error(
+        tiny_model_command("mixtral", str(tmp_path / "m"), "--set", "tie_word_embeddings=yes"),
+        "tie_word_embeddings (bool, False in the tiny mixtral) takes True or False",
+    )
+    assert not (tmp_path / "m").exists()
+    # a whole number where the config holds a float is that number
+    run([str(BIN / "moe-rbench"), "tiny-model", "llama", str(tmp_path / "m"), "--set", "initializer_range=1"])
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["initializer_range"] == 1.0
