@@ -268,13 +268,13 @@ def finetune(args: argparse.Namespace) -> int:
     )
     training = {
         "seed": args.seed,
-        **({"max_steps": args.max_steps} if args.max_steps else {}),
+        **({"max_steps": args.max_steps} if args.max_steps is not None else {}),
         **_judge_options(args.training_args, "--training_args"),
     }
     for note in PRESETS[args.preset].notes if args.preset else ():
         print(f"preset {args.preset}: {note}", file=sys.stderr)
     result = run_finetune(
-        args.model, args.out, recipe, args.data_dir, args.limit, optimization, args.preset, **training
+        args.model, args.out, recipe, args.data_dir, args.limit, optimization, args.preset, args.overwrite, **training
     )
     losses = [entry["loss"] for entry in result.log_history if "loss" in entry]
     print(f"recipe: {result.label}; trained with {result.recipe}; {optimization}; data: {result.data}")
@@ -385,7 +385,13 @@ def _finetune_options(commands) -> None:
         "reference's batch order, no load-balancing term, right truncation at the protocol's limit.",
     )
     tuning.add_argument("model", help="a Hugging Face model id or local checkpoint (MoE or dense, decoder-only)")
-    tuning.add_argument("out", help="directory for the fine-tuned checkpoint")
+    tuning.add_argument("out", help="directory for the fine-tuned checkpoint: new or empty (see --overwrite)")
+    tuning.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace OUT, and every file in it, once the new checkpoint is completely written (never the input "
+        "checkpoint)",
+    )
     tuning.add_argument(
         "--preset",
         choices=list(PRESETS),
