@@ -86,8 +86,10 @@ def build_tiny(args: argparse.Namespace) -> int:
 
 
 def trace(args: argparse.Namespace) -> int:
+    from moe_rbench.tables import check_output_directory
     from moe_rbench.trace import pairing_notes, trace_routing, write_trace
 
+    check_output_directory(args.out)
     rows = trace_routing(args.routing, args.id_task, args.ood)
     for note in pairing_notes(rows, args.id_task):
         print(f"note: {note}", file=sys.stderr)
@@ -112,8 +114,10 @@ def _check_removed_flags(args: argparse.Namespace) -> None:
 
 def attribute(args: argparse.Namespace) -> int:
     from moe_rbench.attribute import AttributionError, attribute_experts, select_experts, write_attribution
+    from moe_rbench.tables import check_output_directory
 
     _check_removed_flags(args)
+    check_output_directory(args.out)
     attribution = attribute_experts(
         args.routing, args.a, args.b, args.samples, args.span, args.alpha, args.metric, args.pair_by
     )
@@ -134,8 +138,10 @@ def attribute(args: argparse.Namespace) -> int:
 
 def steer(args: argparse.Namespace) -> int:
     from moe_rbench.steer import SteerOptions, markdown, steer
+    from moe_rbench.tables import check_output_directory
 
     _check_removed_flags(args)
+    check_output_directory(args.out)
     options = SteerOptions(
         force=args.force or 0,
         disable=args.disable or 0,
@@ -286,7 +292,9 @@ def finetune(args: argparse.Namespace) -> int:
 
 def report(args: argparse.Namespace) -> int:
     from moe_rbench.report import make_report
+    from moe_rbench.tables import check_output_directory
 
+    check_output_directory(args.out)
     print(make_report(args.runs, args.pair, args.out, args.labels))
     return 0
 

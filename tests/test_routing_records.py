@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 import torch.multiprocessing as mp
+from conftest import BIN, run
 
 from moe_rbench.trace import trace_routing, write_trace
 from moe_rbench_models.routing import load_manifest, load_records
@@ -261,3 +262,97 @@ def test_trace_names_missing_tasks(tmp_path):
         trace_routing(tmp_path, "id_set", ["moe_rbench_style_*"])
     with pytest.raises(ValueError, match=r"No records of ID task 'sst2'"):
         trace_routing(tmp_path, "sst2", ["id_set"])
+
+
+# -- bad records and outputs: one line, naming the file and the fix --------------------------------------------
+
+
+def one_line_error(result, command: str, *fragments: str) -> str:
+    """Exit 2, no traceback, the error one line `moe-rbench <command>: ...` holding every fragment."""
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith(f"moe-rbench {command}: "), result.stderr
+    assert all(fragment in lines[-1] for fragment in fragments), lines[-1]
+    return lines[-1]
+
+
+def tool(command: str, routing, out, *sets: str, prefix: tuple = ()):
+    """`moe-rbench trace --id A --ood B` or `moe-rbench attribute --a A --b B` over a routing directory."""
+    flags = ["--id", sets[0], "--ood", sets[1]] if command == "trace" else ["--a", sets[0], "--b", sets[1]]
+    arguments = [str(BIN / "moe-rbench"), command, "--routing", str(routing), *flags, "--out", str(out)]
+    return run([*prefix, *arguments], check=False)
+
+
+@pytest.fixture
+def two_tasks(tmp_path):
+    """A routing directory of two tasks of 4 documents each, written by the writer."""
+    writer = RecordWriter(tmp_path / "routing", LAYERS, HEADER)
+    write_documents(writer, "first", range(4), expert=0)
+    write_documents(writer, "second", range(4), expert=2)
+    writer.commit()
+    return tmp_path / "routing"
+
+
+def damage(shard, how: str) -> None:
+    if how == "truncated":
+        shard.write_bytes(shard.read_bytes()[:300])
+    elif how == "no records array":
+        with np.load(shard) as arrays:
+            kept = {name: arrays[name] for name in arrays.files if name != "records"}
+        with shard.open("wb") as file:
+            np.savez(file, **kept)
+    else:  # a records array whose entries lack their spans
+        with np.load(shard) as arrays:
+            kept = {name: arrays[name] for name in arrays.files}
+        kept["records"] = np.array(json.dumps([{"task": "first", "doc_id": 0}]))
+        with shard.open("wb") as file:
+            np.savez(file, **kept)
+
+
+@pytest.mark.parametrize(
+    ("command", "how", "problem"),
+    [
+        ("trace", "truncated", "unreadable (BadZipFile"),
+        ("attribute", "truncated", "unreadable (BadZipFile"),
+        ("trace", "no records array", "no 'records' array"),
+    ],
+)
+def test_a_damaged_shard_is_named_with_the_fix(two_tasks, tmp_path, command, how, problem):
+    (shard,) = load_manifest(two_tasks)["shards"]
+    damage(two_tasks / shard, how)
+    result = tool(command, two_tasks, tmp_path / "out", "first", "second")
+    one_line_error(result, command, f"{two_tasks / shard}: {problem}", "Record the routing again")
+
+
+def test_an_incomplete_record_names_its_shard(two_tasks):
+    (shard,) = load_manifest(two_tasks)["shards"]
+    damage(two_tasks / shard, "incomplete record")
+    with pytest.raises(RoutingDirectoryError, match=rf"{shard}: a record it holds is incomplete \(KeyError: 'context'"):
+        list(load_records(two_tasks))
+
+
+@pytest.mark.parametrize("command", ["trace", "attribute"])
+def test_a_missing_or_empty_routing_directory_is_one_line(tmp_path, command):
+    (tmp_path / "empty").mkdir()
+    for routing, why in [("nowhere", "there is no such directory"), ("empty", "routing.json is missing")]:
+        result = tool(command, tmp_path / routing, tmp_path / "out", "first", "second")
+        one_line_error(result, command, f"No routing records in {tmp_path / routing}: {why}", "routing_out=DIR")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["empty"]  # no --out made for nothing
+
+
+@pytest.mark.parametrize("command", ["trace", "attribute"])
+def test_an_output_that_is_a_file_or_cannot_be_written_is_refused_before_any_work(two_tasks, tmp_path, command):
+    (tmp_path / "file").write_text("mine")
+    result = tool(command, two_tasks, tmp_path / "file", "first", "second")
+    one_line_error(result, command, f"--out {tmp_path / 'file'} is a file; give a directory")
+    result = tool(command, two_tasks, tmp_path / "file" / "out", "first", "second")
+    one_line_error(result, command, f"is under {tmp_path / 'file'}, which is a file")
+    assert (tmp_path / "file").read_text() == "mine"
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    # root ignores permission bits unless it runs without the capabilities that override them
+    prefix = ("setpriv", "--bounding-set=-dac_override,-dac_read_search", "--") if os.geteuid() == 0 else ()
+    result = tool(command, two_tasks, read_only / "out", "first", "second", prefix=prefix)
+    one_line_error(result, command, f"cannot write in {read_only} (Permission denied)")
+    assert not any(read_only.iterdir())
