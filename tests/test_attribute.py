@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import shutil
 from collections import defaultdict
 from fractions import Fraction
 
@@ -745,3 +746,36 @@ def test_correct_and_wrong_from_another_runs_samples_name_the_runs_before_the_me
     assert last.endswith(
         "the samples and the records come from different runs. Use the samples of the run that wrote the records."
     )
+
+
+def test_steer_evaluates_only_the_recorded_checkpoint_as_it_was_recorded(
+    planted_model, planted_records, tiny_model, tmp_path
+):
+    from moe_rbench.steer import check_checkpoint
+
+    copy = shutil.copytree(planted_model, tmp_path / "copy")
+    check_checkpoint(planted_records, {"pretrained": str(copy)}, None)  # a copy is the same checkpoint
+    retrained = shutil.copytree(planted_model, tmp_path / "retrained")
+    model = AutoModelForCausalLM.from_pretrained(retrained)
+    with torch.no_grad():
+        model.model.layers[1].mlp.gate.weight.add_(0.5)  # the same architecture and config, other weights
+    model.save_pretrained(retrained)
+    metadata = json.dumps({"data_dir": str(FIXTURE_DATA)})
+    command = [str(BIN / "moe-rbench"), "steer", "--routing", str(planted_records), "--a", "planted", "--b", "plain",
+               "--force", "1", "--out", str(tmp_path / "out"), "--", "--model", "moe_hf", "--tasks", "moe_rbench_sst2",
+               "--limit", "2", "--device", "cpu", "--metadata", metadata]  # fmt: skip
+    recorded = f"are of {planted_model} (MixtralForCausalLM, 2 MoE layers of 4 experts, top-1)"
+    for model_args, fragments in [
+        (f"pretrained={tiny_model('olmoe')}", [recorded, "architecture MixtralForCausalLM vs OlmoeForCausalLM"]),
+        (f"pretrained={tiny_model('mixtral')}", [recorded, "top_k 1 vs 2", f"(pretrained={planted_model})"]),
+        (f"pretrained={retrained}", [recorded, "weights fingerprint", "record the routing of"]),
+        (f"pretrained={planted_model},top_k=1", ["set top_k;", "top_k: changes which experts process each token"]),
+        (f"pretrained={planted_model},scmoe_beta=0.5", ["set scmoe_beta;", "without the steering"]),
+        ("dtype=float32", ["name no checkpoint: give --model_args pretrained="]),
+        (None, ["name no checkpoint: give --model_args pretrained="]),
+    ]:
+        result = run([*command, *(["--model_args", model_args] if model_args else [])], check=False)
+        last = result.stderr.strip().splitlines()[-1]
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert last.startswith("moe-rbench steer: ") and all(f in last for f in fragments), last
+        assert not (tmp_path / "out" / "before").exists()  # refused before any evaluation
