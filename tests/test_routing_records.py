@@ -356,3 +356,88 @@ def test_an_output_that_is_a_file_or_cannot_be_written_is_refused_before_any_wor
     result = tool(command, two_tasks, read_only / "out", "first", "second", prefix=prefix)
     one_line_error(result, command, f"cannot write in {read_only} (Permission denied)")
     assert not any(read_only.iterdir())
+
+
+# -- one run at a time in a routing directory ------------------------------------------------------------------
+
+
+def lock_of(directory) -> dict:
+    return json.loads((directory / "routing.lock").read_text())
+
+
+def test_a_second_run_is_refused_while_the_first_writes_and_may_follow_it(tmp_path):
+    first = RecordWriter(tmp_path, LAYERS, HEADER)
+    owner = lock_of(tmp_path)
+    assert (owner["run"], owner["pid"], owner["host"]) == (first.run_id, os.getpid(), socket.gethostname())
+    # another live process of this host holds it (the test's parent process stands in for it)
+    (tmp_path / "routing.lock").write_text(json.dumps({**owner, "run": "other-run", "pid": os.getppid()}))
+    with pytest.raises(
+        RoutingDirectoryError, match=rf"being written by another run: other-run, process {os.getppid()}"
+    ):
+        RecordWriter(tmp_path, LAYERS, HEADER, overwrite=True)
+    with pytest.raises(RoutingDirectoryError, match=r"was taken over by run other-run .* will not be published"):
+        write_documents(first, "first", range(2), expert=0)
+        first.finish_call()  # the first run finds it has lost the directory at its next write
+    # a process of another host is never judged gone: remove its lock by hand
+    (tmp_path / "routing.lock").write_text(json.dumps({**owner, "run": "far", "host": "elsewhere", "pid": 1}))
+    with pytest.raises(RoutingDirectoryError, match=r"process 1 on elsewhere .* if it is no longer running, remove"):
+        RecordWriter(tmp_path, LAYERS, HEADER, overwrite=True)
+    (tmp_path / "routing.lock").unlink()
+    commit_run(tmp_path, "after", range(2), expert=1, overwrite=True)
+    assert {r.task for r in load_records(tmp_path)} == {"after"} and not (tmp_path / "routing.lock").exists()
+
+
+def test_a_lock_of_a_process_that_is_gone_is_taken_over(tmp_path, caplog):
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(finished.stdout)
+    (tmp_path / "routing.lock").write_text(
+        json.dumps({"run": "dead-run", "pid": dead, "host": socket.gethostname(), "started": "earlier"})
+    )
+    commit_run(tmp_path, "taken", range(2), expert=0)
+    assert (
+        f"names run dead-run (process {dead}" in caplog.text and "is no longer running; taking it over" in caplog.text
+    )
+    assert {r.task for r in load_records(tmp_path)} == {"taken"}
+
+
+HOLD_A_RUN = """
+import sys
+import numpy as np
+from moe_rbench_models.routing.records import LayerArrays
+from moe_rbench_models.routing.writer import RecordWriter
+
+LAYERS = [{"key": "decoder.0", "name": "gate", "side": "decoder", "layer": 0, "num_experts": 4, "top_k": 2}]
+writer = RecordWriter(sys.argv[1], LAYERS, {"logits": False}, overwrite=True)
+ids = np.zeros((3, 2), dtype=np.int16)
+arrays = {"decoder.0": LayerArrays(ids, ids.astype(np.float16))}
+span = writer.add_span("held", "decoder", np.arange(3), np.arange(3), arrays)
+writer.add_record("loglikelihood", "held", 0, 0, 0, [span], [])
+writer.finish_call()
+print(writer.run_id, flush=True)
+if sys.stdin.readline().strip() == "commit":
+    writer.commit()
+"""
+
+
+def test_two_processes_take_turns_and_a_killed_one_leaves_a_lock_the_next_takes_over(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_A_RUN, str(tmp_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    run_id = holder.stdout.readline().strip()
+    try:
+        with pytest.raises(RoutingDirectoryError, match=rf"another run: {run_id}, process {holder.pid} on "):
+            commit_run(tmp_path, "second", range(2), expert=1, overwrite=True)
+        holder.communicate("commit\n", timeout=60)
+    finally:
+        holder.kill()
+    assert holder.returncode == 0 and {r.task for r in load_records(tmp_path)} == {"held"}
+    commit_run(tmp_path, "second", range(2), expert=1, overwrite=True)  # the first has finished: its turn is over
+    killed = subprocess.Popen(
+        [sys.executable, "-c", HOLD_A_RUN, str(tmp_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    killed.stdout.readline()
+    killed.kill()  # SIGKILL: no clean-up runs, the lock stays
+    killed.wait(timeout=60)
+    assert lock_of(tmp_path)["pid"] == killed.pid
+    commit_run(tmp_path, "third", range(2), expert=2, overwrite=True)
+    assert {r.task for r in load_records(tmp_path)} == {"third"}
