@@ -751,10 +751,6 @@ def test_correct_and_wrong_from_another_runs_samples_name_the_runs_before_the_me
 def test_steer_evaluates_only_the_recorded_checkpoint_as_it_was_recorded(
     planted_model, planted_records, tiny_model, tmp_path
 ):
-    from moe_rbench.steer import check_checkpoint
-
-    copy = shutil.copytree(planted_model, tmp_path / "copy")
-    check_checkpoint(planted_records, {"pretrained": str(copy)}, None)  # a copy is the same checkpoint
     retrained = shutil.copytree(planted_model, tmp_path / "retrained")
     model = AutoModelForCausalLM.from_pretrained(retrained)
     with torch.no_grad():
@@ -779,3 +775,7 @@ def test_steer_evaluates_only_the_recorded_checkpoint_as_it_was_recorded(
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         assert last.startswith("moe-rbench steer: ") and all(f in last for f in fragments), last
         assert not (tmp_path / "out" / "before").exists()  # refused before any evaluation
+    from moe_rbench.steer import check_checkpoint
+
+    copy = shutil.copytree(planted_model, tmp_path / "copy")
+    check_checkpoint(planted_records, {"pretrained": str(copy)}, None)  # a copy is the same checkpoint
