@@ -69,13 +69,14 @@ def test_a_folder_that_holds_files_is_replaced_only_with_overwrite(tiny_model, t
 def test_the_input_checkpoint_is_never_the_output_even_with_overwrite(checkpoint, tmp_path):
     before = digests(checkpoint)
     (tmp_path / "link").symlink_to(checkpoint)
-    for model, out, cwd in [
-        (checkpoint, checkpoint, None),
-        (checkpoint, tmp_path / "link", None),  # a symbolic link to it
-        ("ckpt", "../" + tmp_path.name + "/ckpt", tmp_path),  # relative paths
-        (checkpoint, tmp_path, None),  # the folder that holds it
+    for model, out, cwd, options in [
+        (checkpoint, checkpoint, None, []),
+        (checkpoint, checkpoint, None, ["--overwrite"]),
+        (checkpoint, tmp_path / "link", None, ["--overwrite"]),  # a symbolic link to it
+        ("ckpt", "../" + tmp_path.name + "/ckpt", tmp_path, ["--overwrite"]),  # relative paths
+        (checkpoint, tmp_path, None, ["--overwrite"]),  # the folder that holds it
     ]:
-        result = finetune(model, out, "--overwrite", cwd=cwd)
+        result = finetune(model, out, *options, cwd=cwd)
         assert_refused(result, "the input checkpoint", "--overwrite never replaces the input")
     assert digests(checkpoint) == before
 
