@@ -395,12 +395,6 @@ def _finetune_options(commands) -> None:
     tuning.add_argument("model", help="a Hugging Face model id or local checkpoint (MoE or dense, decoder-only)")
     tuning.add_argument("out", help="directory for the fine-tuned checkpoint: new or empty (see --overwrite)")
     tuning.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace OUT, and every file in it, once the new checkpoint is completely written (never the input "
-        "checkpoint)",
-    )
-    tuning.add_argument(
         "--preset",
         choices=list(PRESETS),
         metavar="NAME",
@@ -456,11 +450,22 @@ def _finetune_options(commands) -> None:
     )
     tuning.add_argument("--truncation", choices=("right", "left"), help="which end is cut (default right)")
     tuning.add_argument("--anli_begin_round", type=int, choices=(1, 2, 3), help="anli: the first round (default 1)")
+    _input_output_options(tuning)
+    _optimization_options(tuning)
+
+
+def _input_output_options(tuning: argparse.ArgumentParser) -> None:
+    """`moe-rbench finetune`'s options for what is read and where the checkpoint goes."""
     tuning.add_argument("--limit", type=int, help="train on the first N examples of each run only")
     tuning.add_argument(
         "--data_dir", help="data directory of release files (default: $MOE_RBENCH_DATA_DIR, or the hub)"
     )
-    _optimization_options(tuning)
+    tuning.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace OUT, and every file in it, once the new checkpoint is completely written (never the input "
+        "checkpoint)",
+    )
 
 
 def _optimization_options(tuning: argparse.ArgumentParser) -> None:
