@@ -779,3 +779,27 @@ def test_steer_evaluates_only_the_recorded_checkpoint_as_it_was_recorded(
 
     copy = shutil.copytree(planted_model, tmp_path / "copy")
     check_checkpoint(planted_records, {"pretrained": str(copy)}, None)  # a copy is the same checkpoint
+
+
+def test_older_records_without_fingerprints_compare_the_checkpoint_their_samples_name(
+    planted_model, planted_records, tmp_path
+):
+    from moe_rbench.steer import check_checkpoint
+
+    routing = shutil.copytree(planted_records, tmp_path / "routing")
+    manifest = json.loads((routing / "routing.json").read_text())
+    del manifest["model"]["checkpoint"]  # records of an earlier release name no checkpoint
+    (routing / "routing.json").write_text(json.dumps(manifest))
+    retrained = shutil.copytree(planted_model, tmp_path / "retrained")
+    model = AutoModelForCausalLM.from_pretrained(retrained)
+    with torch.no_grad():
+        model.model.layers[1].mlp.gate.weight.add_(0.5)
+    model.save_pretrained(retrained)
+    check_checkpoint(routing, {"pretrained": str(retrained)}, None)  # nothing says which checkpoint: the shape agrees
+    samples = tmp_path / "samples" / "model"
+    samples.mkdir(parents=True)
+    results = {"results": {}, "config": {"model_args": f"pretrained={planted_model}"}}
+    (samples / f"results_{STAMP}.json").write_text(json.dumps(results))
+    with pytest.raises(OptionError, match=rf"are of {planted_model} .*weights fingerprint"):
+        check_checkpoint(routing, {"pretrained": str(retrained)}, tmp_path / "samples")
+    check_checkpoint(routing, {"pretrained": str(planted_model)}, tmp_path / "samples")
