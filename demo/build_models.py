@@ -85,7 +85,10 @@ def main() -> None:
             [BIN / "moe-rbench", "tiny-model", architecture, initial, "--tokenizer", tokenizer, *settings], check=True
         )
         command = [BIN / "moe-rbench", "finetune", initial, out / name, "--protocol", "classify", "--dataset", "sst2"]
-        subprocess.run([*command, "--head", "causal_lm", "--data_dir", args.data_dir, *TRAINING], check=True)
+        # --overwrite: the committed checkpoints are replaced, each once its new one is written
+        subprocess.run(
+            [*command, "--head", "causal_lm", "--data_dir", args.data_dir, "--overwrite", *TRAINING], check=True
+        )
         (out / name / "training_args.bin").unlink()  # a pickle of the Trainer's arguments: not needed to load
     shutil.rmtree(work)
 

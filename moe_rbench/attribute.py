@@ -157,8 +157,7 @@ def select_documents(
     samples' run must name."""
     if selector in ("correct", "wrong"):
         samples = _require(samples, selector)
-        scores, stamp = _correctness(samples, metric)
-        _check_same_run(samples, stamp, routing_run)
+        scores = _correctness(samples, metric, routing_run)
         return DocumentSet(
             selector, frozenset(doc for doc, score in scores.items() if score == (selector == "correct"))
         )
@@ -220,13 +219,17 @@ def _find_files(path: Path, pattern: str, what: str) -> list[Path]:
     return files
 
 
-def _correctness(path: Path, metric: str | None) -> tuple[dict[Document, bool], str]:
+def _correctness(path: Path, metric: str | None, routing_run: str) -> dict[Document, bool]:
+    """Per document, whether it was scored right; the samples' run checked first to be the records' own (another
+    run's samples may lack the metric, and would name other documents)."""
     files = _find_files(path, "samples_*.jsonl", "lm-eval samples files")
     stamps = {match["stamp"] for file in files if (match := SAMPLES_FILE.fullmatch(file.name))}
     if len(stamps) > 1:
         raise AttributionError(
             f"{path} holds the samples of {len(stamps)} runs ({', '.join(sorted(stamps))}); pass the folder of one"
         )
+    if stamps:
+        _check_same_run(path, next(iter(stamps)), routing_run)
     scores: dict[Document, bool] = {}
     for file in files:
         match = SAMPLES_FILE.fullmatch(file.name)
@@ -248,7 +251,7 @@ def _correctness(path: Path, metric: str | None) -> tuple[dict[Document, bool], 
                     "needs one score per document"
                 )
             scores[doc] = bool(value)
-    return scores, stamps.pop()
+    return scores
 
 
 def _judged(selector: str, path: Path) -> tuple[set[Document], int, str]:
@@ -281,15 +284,34 @@ def _judged(selector: str, path: Path) -> tuple[set[Document], int, str]:
         raise AttributionError(
             f"{summary}: cannot tell which run {judge_files[0].name} judged ({error}); judge the run again"
         ) from None
-    chosen, unjudged = set(), 0
+    chosen, unjudged, values = set(), 0, {}
     for line, row in json_lines(judge_files[0]):
         if field not in row or not {"task", "doc_id"} <= row.keys():
             raise AttributionError(f"{judge_files[0]}, line {line}: no {field!r}, task or doc_id")
         if row[field] is None:
             unjudged += 1
-        elif _verdict(row[field]) == wanted.strip().lower():
+            continue
+        values[_verdict(row[field])] = isinstance(row[field], bool)
+        if _verdict(row[field]) == wanted.strip().lower():
             chosen.add((row["task"], int(row["doc_id"])))
+    _check_value_taken(selector, field, wanted, values, judge_files[0])
     return chosen, unjudged, stamp
+
+
+def _check_value_taken(selector: str, field: str, wanted: str, values: dict[str, bool], file: Path) -> None:
+    """A value the field never takes is an error naming the values it takes (a yes/no field: true and false), not
+    an empty set."""
+    wanted = wanted.strip().lower()
+    if values and all(values.values()):  # a yes/no verdict
+        if wanted not in ("true", "false"):
+            raise AttributionError(
+                f"{selector!r}: {field} is a yes/no verdict in {file}: it is true or false, never {wanted!r}"
+            )
+    elif wanted not in values:
+        shown = ", ".join(sorted(values)[:12]) + (" ..." if len(values) > 12 else "")
+        raise AttributionError(
+            f"{selector!r}: {field} is never {wanted!r} in {file}; the values it takes there: {shown or 'none'}"
+        )
 
 
 def _verdict(value) -> str:

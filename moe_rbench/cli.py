@@ -138,8 +138,10 @@ def _expected_type(default, value) -> str | None:
 
 
 def trace(args: argparse.Namespace) -> int:
+    from moe_rbench.tables import check_output_directory
     from moe_rbench.trace import pairing_notes, trace_routing, write_trace
 
+    check_output_directory(args.out)
     rows = trace_routing(args.routing, args.id_task, args.ood)
     for note in pairing_notes(rows, args.id_task):
         print(f"note: {note}", file=sys.stderr)
@@ -164,8 +166,10 @@ def _check_removed_flags(args: argparse.Namespace) -> None:
 
 def attribute(args: argparse.Namespace) -> int:
     from moe_rbench.attribute import AttributionError, attribute_experts, select_experts, write_attribution
+    from moe_rbench.tables import check_output_directory
 
     _check_removed_flags(args)
+    check_output_directory(args.out)
     attribution = attribute_experts(
         args.routing, args.a, args.b, args.samples, args.span, args.alpha, args.metric, args.pair_by
     )
@@ -186,8 +190,10 @@ def attribute(args: argparse.Namespace) -> int:
 
 def steer(args: argparse.Namespace) -> int:
     from moe_rbench.steer import SteerOptions, markdown, steer
+    from moe_rbench.tables import check_output_directory
 
     _check_removed_flags(args)
+    check_output_directory(args.out)
     options = SteerOptions(
         force=args.force or 0,
         disable=args.disable or 0,
@@ -321,13 +327,13 @@ def finetune(args: argparse.Namespace) -> int:
     )
     training = {
         "seed": args.seed,
-        **({"max_steps": args.max_steps} if args.max_steps else {}),
+        **({"max_steps": args.max_steps} if args.max_steps is not None else {}),
         **_judge_options(args.training_args, "--training_args"),
     }
     for note in PRESETS[args.preset].notes if args.preset else ():
         print(f"preset {args.preset}: {note}", file=sys.stderr)
     result = run_finetune(
-        args.model, args.out, recipe, args.data_dir, args.limit, optimization, args.preset, **training
+        args.model, args.out, recipe, args.data_dir, args.limit, optimization, args.preset, args.overwrite, **training
     )
     losses = [entry["loss"] for entry in result.log_history if "loss" in entry]
     print(f"recipe: {result.label}; trained with {result.recipe}; {optimization}; data: {result.data}")
@@ -339,7 +345,9 @@ def finetune(args: argparse.Namespace) -> int:
 
 def report(args: argparse.Namespace) -> int:
     from moe_rbench.report import make_report
+    from moe_rbench.tables import check_output_directory
 
+    check_output_directory(args.out)
     print(make_report(args.runs, args.pair, args.out, args.labels))
     return 0
 
@@ -446,7 +454,7 @@ def _finetune_options(commands) -> None:
         "reference's batch order, no load-balancing term, right truncation at the protocol's limit.",
     )
     tuning.add_argument("model", help="a Hugging Face model id or local checkpoint (MoE or dense, decoder-only)")
-    tuning.add_argument("out", help="directory for the fine-tuned checkpoint")
+    tuning.add_argument("out", help="directory for the fine-tuned checkpoint: new or empty (see --overwrite)")
     tuning.add_argument(
         "--preset",
         choices=list(PRESETS),
@@ -503,11 +511,22 @@ def _finetune_options(commands) -> None:
     )
     tuning.add_argument("--truncation", choices=("right", "left"), help="which end is cut (default right)")
     tuning.add_argument("--anli_begin_round", type=int, choices=(1, 2, 3), help="anli: the first round (default 1)")
+    _input_output_options(tuning)
+    _optimization_options(tuning)
+
+
+def _input_output_options(tuning: argparse.ArgumentParser) -> None:
+    """`moe-rbench finetune`'s options for what is read and where the checkpoint goes."""
     tuning.add_argument("--limit", type=int, help="train on the first N examples of each run only")
     tuning.add_argument(
         "--data_dir", help="data directory of release files (default: $MOE_RBENCH_DATA_DIR, or the hub)"
     )
-    _optimization_options(tuning)
+    tuning.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace OUT, and every file in it, once the new checkpoint is completely written (never the input "
+        "checkpoint)",
+    )
 
 
 def _optimization_options(tuning: argparse.ArgumentParser) -> None:

@@ -43,14 +43,19 @@ in its config (`moe_rbench_recipe`), which `moe_hf` reports and `moe-rbench repo
 
 from __future__ import annotations
 
+import enum
 import sys
+import types
+import typing
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 from moe_rbench import expert_dropout
+from moe_rbench.finetune_output import destination, discard, publish, write_failure
 from moe_rbench.finetune_trainer import Bilevel, MoETrainer, Optimization
 from moe_rbench_models.errors import OptionError
 from moe_rbench_models.routing.discovery import MoELayer, find_moe_layers
@@ -321,20 +326,30 @@ def finetune(
     limit: int | None = None,
     optimization: Optimization | None = None,
     preset: str | None = None,
+    overwrite: bool = False,
     **training_args: Any,
 ) -> FinetuneResult:
     """Fine-tune `model` (a hub id or local checkpoint) by `recipe` and `optimization` (default: the reference's
     `configs/training.py`) and save it to `out_dir`. `training_args` are other transformers `TrainingArguments` fields
     (max_steps, seed, logging_steps, bf16, use_cpu, deepspeed, ...); `limit` takes the first N training examples of
-    each run; `preset` is recorded with the recipe."""
-    from transformers import AutoTokenizer, set_seed
+    each run; `preset` is recorded with the recipe. `out_dir` must be new or empty unless `overwrite` (then it is
+    replaced once the checkpoint is written); it is never the input checkpoint (moe_rbench/finetune_output.py)."""
+    from transformers import AutoConfig, AutoTokenizer, set_seed
 
     optimization = optimization or Optimization()
+    if limit is not None and limit < 1:
+        raise OptionError(
+            f"--limit takes the first N training examples (N at least 1), got {limit}; leave it out to train on all"
+        )
+    check_training_args(optimization, training_args)
+    target = destination(model, out_dir, overwrite)
+    _training_arguments(optimization, target.staging, training_args)  # TrainingArguments' own checks, early
     set_seed(int(training_args.get("seed", 42)))
-    tokenizer = AutoTokenizer.from_pretrained(model)
+    config = _from_pretrained(AutoConfig, model)
+    tokenizer = _from_pretrained(AutoTokenizer, model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # the reference's pad token (finetuning_anli.py l.216)
-    network = _load(model, recipe, tokenizer)
+    network = _load(model, config, recipe, tokenizer)
     layers = find_moe_layers(network)
     label = recipe.label()  # the knobs asked for, before the checkpoint's defaults fill the rest in
     recipe = for_model(recipe, network, layers)  # checked before any data is read
@@ -345,27 +360,68 @@ def finetune(
             parameter.requires_grad_(False)
     bilevel = Bilevel(routers, recipe.bilevel, recipe.bilevel_mode) if recipe.bilevel else None
     data = runs[0].data if len(runs) == 1 else {f"round {run.round}": run.data for run in runs}
+    try:
+        trainer, log_history = _train(
+            network, layers, recipe, optimization, bilevel, runs, tokenizer, target, training_args
+        )
+        network.config.moe_rbench_recipe = {
+            **asdict(recipe),
+            "optimization": asdict(optimization),
+            "preset": preset,
+            "label": label,
+            "data": data,
+        }
+        try:
+            _save(trainer, network, recipe, target.staging)
+        except (OSError, SafetensorError) as error:
+            raise write_failure(target, error) from None
+        if trainer.args.should_save:  # the main process (every process saves under DeepSpeed and FSDP)
+            publish(target)
+    finally:
+        discard(target)
+    return FinetuneResult(target.out, recipe, label, log_history, data)
+
+
+def _train(network, layers, recipe, optimization, bilevel, runs, tokenizer, target, training_args):
+    """Train every run (ANLI round) in turn; the last trainer and the log of all."""
     log_history: list[dict] = []
     with own_balancing_term_off(network):
         routing = TrainingRouting(network, layers, recipe)
         try:
             for run in runs:
                 trainer = _trainer(
-                    network, recipe, optimization, routing, bilevel, run, tokenizer, out_dir, training_args
+                    network, recipe, optimization, routing, bilevel, run, tokenizer, target.staging, training_args
                 )
                 trainer.train()
+                if trainer.state.global_step == 0:
+                    raise OptionError(
+                        f"Training took 0 optimizer steps ({len(run.features)} examples, --epochs "
+                        f"{optimization.epochs}, max_steps {trainer.args.max_steps}): the checkpoint would be the "
+                        f"untrained model under the recipe's label; nothing was written to {target.out}. Train on more "
+                        "examples or for more steps"
+                    )
                 log_history += [{**entry, "round": run.round} for entry in trainer.state.log_history]
         finally:
             routing.remove()
-    network.config.moe_rbench_recipe = {
-        **asdict(recipe),
-        "optimization": asdict(optimization),
-        "preset": preset,
-        "label": label,
-        "data": data,
-    }
-    _save(trainer, network, recipe, out_dir)
-    return FinetuneResult(Path(out_dir), recipe, label, log_history, data)
+    return trainer, log_history
+
+
+def _from_pretrained(auto_class, model: str | Path, **kwargs):
+    """`auto_class.from_pretrained(model)`, a missing checkpoint named in one line."""
+    path = Path(model).expanduser()
+    if not path.exists() and (path.is_absolute() or str(model).startswith((".", "~")) or str(model).count("/") > 1):
+        raise OptionError(
+            f"MODEL {model}: no such checkpoint directory; give the folder of a checkpoint (with config.json) or a "
+            "Hugging Face model id"
+        )
+    try:
+        return auto_class.from_pretrained(model, **kwargs)
+    except (OSError, ValueError) as error:  # missing files, the hub out of reach; no model_type, no tokenizer file
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise OptionError(
+            f"MODEL {model}: no checkpoint could be loaded from it ({first}); give the folder of a checkpoint (with "
+            "config.json and its tokenizer) or a Hugging Face model id you can reach"
+        ) from None
 
 
 class own_balancing_term_off:  # noqa: N801 (a context manager)
@@ -403,16 +459,23 @@ def _run(recipe: Recipe, tokenizer, data_dir, limit: int | None, round_number: i
     return Run(round_number, features, data)
 
 
-def _load(model: str | Path, recipe: Recipe, tokenizer):
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+def _load(model: str | Path, config, recipe: Recipe, tokenizer):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
 
-    config = AutoConfig.from_pretrained(model)
     if config.is_encoder_decoder:
         raise OptionError(
             f"{model} is an encoder-decoder model; `moe-rbench finetune` trains decoder-only models (the reference "
             "trains T5 and Switch on label words with their own seq2seq scripts, not reproduced here)"
         )
     if recipe.head == "sequence_classification" and recipe.protocol == "classify":
+        if type(config) not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING:
+            raise OptionError(
+                f"{model} ({config.model_type}) has no sequence-classification class in transformers "
+                "(AutoModelForSequenceClassification), which --head sequence_classification (the default of "
+                "--protocol classify and of the presets) trains; pass --head causal_lm to train on the label words "
+                "(evaluate the checkpoint with moe_hf's default head)"
+            )
         task = TRAIN_SETS[recipe.dataset].task_of(1)
         names = dict(enumerate(family_of(task).choices))
         network = AutoModelForSequenceClassification.from_pretrained(
@@ -462,7 +525,9 @@ OWNED = {
 }
 
 
-def _training_arguments(optimization: Optimization, out_dir, training_args: dict):
+def check_training_args(optimization: Optimization, training_args: dict) -> None:
+    """Other TrainingArguments fields: known, not set by the optimization, each of its field's type; before anything is
+    loaded."""
     from transformers import TrainingArguments
 
     owned = sorted(set(training_args) & set(OWNED))
@@ -474,11 +539,63 @@ def _training_arguments(optimization: Optimization, out_dir, training_args: dict
     unknown = sorted(set(training_args) - {field.name for field in fields(TrainingArguments)})
     if unknown:
         raise OptionError(f"Unknown training arguments {', '.join(unknown)} (transformers TrainingArguments fields)")
+    hints = typing.get_type_hints(TrainingArguments)
+    for name, value in training_args.items():
+        if not _fits(value, hints[name]):
+            quoted = _fits(str(value), hints[name]) and not isinstance(value, str)
+            raise OptionError(
+                f"--training_args {name}={value!r}: TrainingArguments.{name} takes {_described(hints[name])}, got "
+                f"{_described(type(value))}"
+                + (f" (text that reads as a number or true/false goes in quotes: {name}='{value}')" if quoted else "")
+            )
+    steps = training_args.get("max_steps", -1)  # -1: TrainingArguments' "not set", --epochs decide
+    if isinstance(steps, int) and not isinstance(steps, bool) and steps != -1 and steps < 1:
+        raise OptionError(
+            f"--max_steps {steps} would train {max(steps, 0)} optimizer steps; give at least 1 (or leave it out: "
+            "--epochs decide)"
+        )
     if optimization.reference_gpus > 1 and "gradient_accumulation_steps" in training_args:
         raise OptionError(
             "--reference_gpus reproduces the reference's global batch by gradient accumulation; do not also set "
             "gradient_accumulation_steps"
         )
+
+
+def _fits(value, hint) -> bool:
+    """Whether a --training_args value (lm-eval's parsing: bool, int, float, a literal or text) is of the field's
+    type; types other than the builtin ones are left to TrainingArguments."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_fits(value, member) for member in typing.get_args(hint))
+    if typing.get_origin(hint) is typing.Literal:
+        return value in typing.get_args(hint)
+    simple = {
+        type(None): value is None,
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }
+    if hint in simple:
+        return simple[hint]
+    origin = typing.get_origin(hint) or hint
+    return isinstance(value, origin) if origin in (list, dict, tuple) else True
+
+
+def _described(hint) -> str:
+    names = {type(None): "none", bool: "true or false", int: "a whole number", float: "a number", str: "text"}
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        described = dict.fromkeys(_described(member) for member in typing.get_args(hint))
+        return " or ".join(described)
+    if typing.get_origin(hint) is typing.Literal:
+        return " or ".join(map(repr, typing.get_args(hint)))
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return "one of " + ", ".join(str(member.value) for member in hint)
+    return names.get(hint) or f"a {getattr(typing.get_origin(hint) or hint, '__name__', hint)}"
+
+
+def _training_arguments(optimization: Optimization, out_dir, training_args: dict):
+    from transformers import TrainingArguments
+
     arguments = {
         "output_dir": str(out_dir),
         "logging_steps": 10,
@@ -492,7 +609,10 @@ def _training_arguments(optimization: Optimization, out_dir, training_args: dict
         "weight_decay": optimization.weight_decay,
         "max_grad_norm": optimization.max_grad_norm,
     }
-    args = TrainingArguments(**arguments)
+    try:
+        args = TrainingArguments(**arguments)
+    except ValueError as error:  # TrainingArguments' own checks (an unknown scheduler name, bf16 without support)
+        raise OptionError(f"--training_args: {str(error).strip().splitlines()[0]}") from None
     return _with_accumulation(args, optimization)
 
 
@@ -526,7 +646,7 @@ def _save(trainer, network, recipe: Recipe, out_dir) -> None:
         owner, name = top_k_field(network.config)
         setattr(owner, name, recipe.top_k)
     trainer.save_model(str(out_dir))
-    if recipe.top_k is not None:
+    if recipe.top_k is not None and trainer.args.should_save:
         check_saved_top_k(out_dir, recipe.top_k, type(network))
 
 

@@ -63,10 +63,12 @@ class Optimization:
                 problems.append(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if self.batch_size < 1 or self.reference_gpus < 1:
             problems.append("--batch_size and --reference_gpus must be at least 1")
-        if self.learning_rate <= 0 or self.epochs <= 0 or self.weight_decay < 0 or self.max_grad_norm < 0:
-            problems.append(
-                "--learning_rate and --epochs must be positive, --weight_decay and max_grad_norm not negative"
-            )
+        if self.learning_rate <= 0:
+            problems.append(f"--learning_rate must be positive, got {self.learning_rate}")
+        if self.epochs <= 0:
+            problems.append(f"--epochs must be positive, got {self.epochs} (that would train 0 optimizer steps)")
+        if self.weight_decay < 0 or self.max_grad_norm < 0:
+            problems.append("--weight_decay and --max_grad_norm must not be negative")
         if not 0 <= self.warmup_fraction < 1 or not 0 < self.gamma <= 1:
             problems.append("--warmup_fraction must be in [0, 1) and --gamma in (0, 1]")
         if problems:

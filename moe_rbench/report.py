@@ -13,14 +13,14 @@ accuracy per style and model, safety scores per prompt set and judge, and the ro
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from moe_rbench.judge_checks import agreement
 from moe_rbench.judging import BY_PART_ONLY
 from moe_rbench.runs import Run, load_run
 from moe_rbench.tables import estimate, markdown, pyplot, save_figure, save_table
-from moe_rbench.trace import TraceRow, heatmap
+from moe_rbench.trace import heatmap, read_trace
 from moe_rbench_models.errors import OptionError
 from moe_rbench_tasks.families import FAMILIES, ID, OOD, SAFETY, STYLE_OOD, XSTEST_TASK, Family
 from moe_rbench_tasks.judges import MEASURES, REFUSED
@@ -231,11 +231,10 @@ def figures(tables: dict[str, Table], runs: list[Run], out: Path) -> dict[str, d
         plotted["refusal_vs_over_refusal"] = refusal_figure(points, out / "refusal_vs_over_refusal")
     for run in runs:
         for trace_file in sorted(run.root.rglob("trace.json")):
-            trace = json.loads(trace_file.read_text())
-            rows = [TraceRow(**row) for row in trace["rows"]]
+            id_task, rows = read_trace(trace_file)
             name = f"routing_{len([k for k in plotted if k.startswith('routing')])}"
-            heatmap(rows, out / name, trace["id_task"])
-            plotted[name] = {"model": run.label, "id_task": trace["id_task"], "rows": trace["rows"]}
+            heatmap(rows, out / name, id_task)
+            plotted[name] = {"model": run.label, "id_task": id_task, "rows": [asdict(row) for row in rows]}
     (out / "figures.json").write_text(json.dumps(plotted, indent=1))
     return plotted
 

@@ -34,10 +34,29 @@ from moe_rbench.attribute import (
     write_attribution,
 )
 from moe_rbench.compare import Comparison, GateOptions, compare, comparison_table
-from moe_rbench.runs import load_run
+from moe_rbench.runs import RunError, load_run
 from moe_rbench_models.errors import MoERBenchError, OptionError
+from moe_rbench_models.routing.checkpoint import config_fingerprint, describe_checkpoint, weights_fingerprint
+from moe_rbench_models.routing.records import load_manifest
 
-INTERVENTION_ARGS = ("disable_experts", "force_experts", "disable_mode", "drop_renormalize")
+# moe_hf's model arguments that `steer`'s evaluation may not set, and why: steer's own intervention is the only change
+# to the checkpoint's routing, and the evaluation records nothing. DoLa (`dola_*`) is allowed: it reads the same
+# forward pass's hidden states at earlier layers, routing unchanged, and before and after both run with it.
+REFUSED_MODEL_ARGS = {
+    "top_k": "changes which experts process each token",
+    "disable_experts": "changes which experts process each token",
+    "force_experts": "changes which experts process each token",
+    "disable_mode": "steer sets it with --disable_mode",
+    "drop_renormalize": "qualifies a disable_experts intervention",
+    "scmoe_beta": "SCMoE adds a pass routed to fewer experts, without the steering",
+    "scmoe_weak_k": "SCMoE adds a pass routed to fewer experts, without the steering",
+    "scmoe_alpha": "SCMoE adds a pass routed to fewer experts, without the steering",
+    "routing_out": "it would record routing (and could replace the records being attributed)",
+    "routing_logits": "it belongs to routing_out",
+    "routing_overwrite": "it belongs to routing_out",
+}
+# what the routing records say about the checkpoint, compared with the evaluated one
+RECORDED_FIELDS = ("architecture", "model_type", "moe_layers", "experts_per_layer", "top_k")
 
 
 class SteerError(MoERBenchError, RuntimeError):
@@ -72,13 +91,97 @@ def check_lm_eval_args(lm_eval_args: list[str]) -> dict:
     model_args = {}
     for text in known.model_args:
         model_args.update(_model_args(text))
-    taken = [name for name in (*INTERVENTION_ARGS, "routing_out") if name in model_args]
+    taken = [name for name in REFUSED_MODEL_ARGS if name in model_args]
     if taken:
+        reasons = "; ".join(f"{name}: {REFUSED_MODEL_ARGS[name]}" for name in taken)
         raise OptionError(
             f"the lm_eval model arguments set {', '.join(taken)}; steer adds the intervention itself and records no "
-            "routing (it would replace the records being attributed). Leave them out."
+            f"routing: it evaluates the recorded checkpoint as it was recorded, with the steering its only change "
+            f"({reasons}). Leave them out."
+        )
+    if not isinstance(model_args.get("pretrained"), str) or not model_args["pretrained"]:
+        raise OptionError(
+            "the lm_eval arguments name no checkpoint: give --model_args pretrained=<the checkpoint whose routing is "
+            "in --routing> after `--`"
         )
     return model_args
+
+
+def check_checkpoint(routing: str | Path, model_args: dict, samples: str | Path | None) -> None:
+    """The evaluated checkpoint is the one whose routing was recorded: the same architecture, MoE layers, experts and
+    top-k (the manifest's `model` against the checkpoint's config), and the same config.json fingerprint where the
+    records carry one (routing/checkpoint.py); else, for older records, the same name (the manifest's, or the
+    `pretrained` of the samples' run)."""
+    pretrained = model_args["pretrained"]
+    recorded = load_manifest(routing).get("model") or {}
+    try:
+        evaluated = describe_checkpoint(pretrained, model_args.get("revision"))
+    except (OSError, ValueError) as error:  # no such checkpoint, an unknown architecture
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise OptionError(
+            f"pretrained={pretrained}: its config cannot be read ({first}); give the checkpoint whose routing is in "
+            f"{routing}"
+        ) from None
+    differences = [
+        f"{name} {recorded[name]} vs {evaluated[name]}"
+        for name in RECORDED_FIELDS
+        if name in recorded and recorded[name] != evaluated[name]
+    ]
+    name = (recorded.get("checkpoint") or {}).get("name_or_path") or _samples_checkpoint(samples)
+    if not differences:
+        differences = _identity_differences(recorded, evaluated, name, pretrained)
+    if differences:
+        raise OptionError(
+            f"the routing records in {routing} are of {_described(recorded, name)}, but the evaluation's "
+            f"pretrained={pretrained} is {_described(evaluated, None)} ({'; '.join(differences)}): the experts "
+            "attributed there would be steered in another model. Evaluate the recorded checkpoint"
+            + (f" (pretrained={name})" if name else "")
+            + f", or record the routing of {pretrained} and attribute on it"
+        )
+
+
+def _identity_differences(recorded: dict, evaluated: dict, name: str | None, pretrained: str) -> list[str]:
+    """How the two checkpoints' fingerprints differ (config.json, weights; those of a recorded `name` taken now for
+    records without them); without fingerprints to compare, whether the names differ."""
+    identity = recorded.get("checkpoint") or {}
+    differences, compared = [], False
+    for what, field, fingerprint in (
+        ("config.json", "config_sha256", config_fingerprint),
+        ("weights", "weights_sha256", weights_fingerprint),
+    ):
+        ours = identity.get(field) or (fingerprint(name) if name and field not in identity else None)
+        theirs = evaluated["checkpoint"][field]
+        if ours and theirs:
+            compared = True
+            differences += [] if ours == theirs else [f"{what} fingerprint {ours} vs {theirs}"]
+    if compared or name is None or name == pretrained or _same_folder(name, pretrained):
+        return differences
+    return [f"the recorded checkpoint is {name}, and their files cannot be compared"]
+
+
+def _same_folder(first: str, second: str) -> bool:
+    a, b = Path(first).expanduser(), Path(second).expanduser()
+    return a.exists() and b.exists() and a.resolve() == b.resolve()
+
+
+def _samples_checkpoint(samples: str | Path | None) -> str | None:
+    """The `pretrained` of the samples' run (older routing records do not name their checkpoint)."""
+    if samples is None:
+        return None
+    try:
+        args = load_run(samples).results.get("config", {}).get("model_args") or {}
+    except RunError:
+        return None  # the attribution names what is wrong with the samples
+    args = _model_args(args) if isinstance(args, str) else args
+    return str(args["pretrained"]) if args.get("pretrained") else None
+
+
+def _described(description: dict, name: str | None) -> str:
+    shape = (
+        f"{description.get('architecture', 'an unknown architecture')}, {description.get('moe_layers', '?')} MoE "
+        f"layers of {description.get('experts_per_layer', '?')} experts, top-{description.get('top_k', '?')}"
+    )
+    return f"{name} ({shape})" if name else shape
 
 
 def _model_args(text: str) -> dict:
@@ -155,6 +258,7 @@ def steer(
 ) -> Steering:
     model_args = check_lm_eval_args(lm_eval_args)
     check_options(options)
+    check_checkpoint(routing, model_args, options.samples)
     out = Path(out)
     if before:
         check_before(Path(before), model_args)

@@ -7,8 +7,54 @@ from __future__ import annotations
 import csv
 import json
 import math
+import secrets
 from pathlib import Path
 from typing import Any
+
+from moe_rbench_models.errors import MoERBenchError
+
+
+class OutputError(MoERBenchError, RuntimeError):
+    """An output directory that cannot be written; the message names it and the fix."""
+
+
+def check_output_directory(path: str | Path, option: str = "--out") -> Path:
+    """`path` is a directory that can be written, or one that can be made: checked before any work, leaving nothing
+    behind (an error naming `option` otherwise)."""
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"is under {existing}, which is a file"
+        raise OutputError(f"{option} {path} {where}; give a directory for the output")
+    probe = existing / f".moe-rbench-probe-{secrets.token_hex(4)}"
+    try:
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as error:
+        raise OutputError(
+            f"{option} {path}: cannot write in {existing} ({error.strerror}); choose a directory you can write to"
+        ) from None
+    return path
+
+
+class _WriteErrors:
+    """Turns an OSError while writing an output file into an OutputError naming the file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        if isinstance(error, OSError):
+            raise OutputError(
+                f"Could not write {self.path} ({error.strerror or error}); free space (or fix permissions), or choose "
+                "another --out"
+            ) from None
+        return False
 
 
 def number(value: Any, digits: int = 4, signed: bool = False) -> str:
@@ -37,14 +83,17 @@ def markdown(header: list[str], rows: list[list[str]], numeric: list[bool] | Non
 def save_table(directory: Path, name: str, fields: list[str], records: list[dict], text: str, meta: dict) -> list[Path]:
     """`<name>.md` (the markdown `text`), `<name>.csv` (`records` under `fields`) and `<name>.json` (`meta` and the
     records as `rows`) in `directory`."""
-    directory.mkdir(parents=True, exist_ok=True)
+    with _WriteErrors(directory):
+        directory.mkdir(parents=True, exist_ok=True)
     paths = [directory / f"{name}.{suffix}" for suffix in ("md", "csv", "json")]
-    paths[0].write_text(text, encoding="utf-8")
-    with paths[1].open("w", newline="", encoding="utf-8") as file:
+    with _WriteErrors(paths[0]):
+        paths[0].write_text(text, encoding="utf-8")
+    with _WriteErrors(paths[1]), paths[1].open("w", newline="", encoding="utf-8") as file:
         writer = csv.DictWriter(file, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(records)
-    paths[2].write_text(json.dumps({**meta, "rows": records}, indent=1), encoding="utf-8")
+    with _WriteErrors(paths[2]):
+        paths[2].write_text(json.dumps({**meta, "rows": records}, indent=1), encoding="utf-8")
     return paths
 
 
@@ -61,7 +110,10 @@ def pyplot():
 def save_figure(figure, path: Path, suffixes: tuple[str, ...] = (".png", ".svg")) -> list[Path]:
     """Write `figure` as `path` with each suffix, and close it."""
     paths = [path.with_suffix(suffix) for suffix in suffixes]
-    for target in paths:
-        figure.savefig(target, dpi=120)
-    pyplot().close(figure)
+    try:
+        for target in paths:
+            with _WriteErrors(target):
+                figure.savefig(target, dpi=120)
+    finally:
+        pyplot().close(figure)
     return paths

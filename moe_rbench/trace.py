@@ -18,13 +18,14 @@ tokens dropped for capacity (Switch) are not counted, as no expert processed the
 from __future__ import annotations
 
 import fnmatch
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from moe_rbench.tables import markdown, number, pyplot, save_figure, save_table
-from moe_rbench_models.errors import OptionError
+from moe_rbench_models.errors import MoERBenchError, OptionError
 from moe_rbench_models.routing.records import VERSION, expert_counts, load_manifest, load_records, recorded_tasks
 from moe_rbench_tasks.families import aligned, family_of
 
@@ -141,6 +142,37 @@ def write_trace(rows: list[TraceRow], out_dir: str | Path, id_task: str) -> list
         out, "trace", list(TraceRow.__dataclass_fields__), records, text, {"id_task": id_task, "notes": notes}
     )
     return paths + heatmap(rows, out / "trace", id_task, (".png",))
+
+
+class TraceFileError(MoERBenchError, ValueError):
+    """A trace.json that `moe-rbench trace` did not write as it is; the message names the file and the fix."""
+
+
+def read_trace(path: Path) -> tuple[str, list[TraceRow]]:
+    """The ID task and rows of a `trace.json` that `write_trace` wrote; an error naming the file and what differs."""
+    fix = "write it again with `moe-rbench trace`, or remove it from the run directory"
+    try:
+        trace = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise TraceFileError(f"{path}: unreadable ({error}); {fix}") from None
+    if (
+        not isinstance(trace, dict)
+        or not isinstance(trace.get("id_task"), str)
+        or not isinstance(trace.get("rows"), list)
+    ):
+        raise TraceFileError(f"{path}: not a trace of `moe-rbench trace` (no 'id_task' and 'rows'); {fix}")
+    names = list(TraceRow.__dataclass_fields__)
+    for index, row in enumerate(trace["rows"]):
+        if not isinstance(row, dict) or set(row) != set(names):
+            keys = sorted(set(row) - set(names)) if isinstance(row, dict) else []
+            missing = sorted(set(names) - set(row)) if isinstance(row, dict) else names
+            problem = "; ".join(
+                filter(None, [keys and f"the key(s) {', '.join(keys)}", missing and f"no {', '.join(missing)}"])
+            )
+            raise TraceFileError(
+                f"{path}: row {index} has {problem or 'no fields'} (a trace row has {', '.join(names)}); {fix}"
+            )
+    return trace["id_task"], [TraceRow(**row) for row in trace["rows"]]
 
 
 def heatmap(rows: list[TraceRow], path: Path, id_task: str, suffixes: tuple[str, ...] = (".png", ".svg")) -> list[Path]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import shutil
 from collections import defaultdict
 from fractions import Fraction
 
@@ -676,3 +677,129 @@ def test_doc_keys_pair_only_documents_their_family_aligns():
         pair_units(crossed, "doc_key", 2)
     with pytest.raises(AttributionError, match="records are of version 1, whose document keys do not align"):
         pair_units(styled, "doc_key", 1)
+
+
+# -- sets from another run's files, and values a judge never gives --------------------------------------------
+
+STAMP = "2026-12-04T10-00-00.000000"
+
+
+@pytest.fixture
+def safety_run(tmp_path):
+    """Routing records of 6 safety documents (written by the writer), and an lm-eval output folder for them: its
+    results file naming the routing run, samples without an `acc`, and a refusal judge's judged file."""
+    from moe_rbench_models.routing.records import LayerArrays
+    from moe_rbench_models.routing.writer import RecordWriter
+
+    layers = [{"key": "decoder.0", "name": "gate", "side": "decoder", "layer": 0, "num_experts": 4, "top_k": 2}]
+    writer = RecordWriter(tmp_path / "routing", layers, {"logits": False})
+    for doc in range(6):
+        ids = np.full((3, 2), doc % 4, dtype=np.int16)
+        span = writer.add_span(
+            "moe_rbench_safety_dna", "decoder", np.arange(3), np.arange(3), {"decoder.0": LayerArrays(ids, ids * 0.0)}
+        )
+        writer.add_record("generate_until", "moe_rbench_safety_dna", doc, 0, 0, [span], [])
+    writer.commit()
+    folder = tmp_path / "samples" / "model"
+    judged = folder / "judged" / STAMP
+    judged.mkdir(parents=True)
+    results = {"results": {}, "config": {"moe": {"routing": {"run": writer.run_id}}}}
+    (folder / f"results_{STAMP}.json").write_text(json.dumps(results))
+    rows = [{"doc_id": doc, "refusal_rate": doc % 2} for doc in range(6)]
+    (folder / f"samples_moe_rbench_safety_dna_{STAMP}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    verdicts = [
+        {"task": "moe_rbench_safety_dna", "doc_id": doc, "refusal": doc % 2 == 0, "refusal_kind": "compliance"}
+        for doc in range(6)
+    ]
+    (judged / "judged_refusal.jsonl").write_text("".join(json.dumps(v) + "\n" for v in verdicts))
+    (judged / "summary_refusal.json").write_text(json.dumps({"judge": "refusal", "run": {"stamp": STAMP}}))
+    return tmp_path / "routing", tmp_path / "samples", folder / f"results_{STAMP}.json"
+
+
+def attribute_command(routing, samples, a, b, out):
+    command = [str(BIN / "moe-rbench"), "attribute", "--routing", str(routing), "--samples", str(samples)]
+    return run([*command, "--a", a, "--b", b, "--out", str(out)], check=False)
+
+
+def test_a_value_the_judge_never_gives_is_named_with_the_values_it_gives(safety_run, tmp_path):
+    routing, samples, _ = safety_run
+    result = attribute_command(routing, samples, "judge:refusal=maybe", "judge:refusal=false", tmp_path / "out")
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert last.startswith("moe-rbench attribute: 'judge:refusal=maybe': refusal is a yes/no verdict in "), last
+    assert last.endswith("judged_refusal.jsonl: it is true or false, never 'maybe'"), last
+    with pytest.raises(AttributionError, match=r"refusal_kind is never 'refused' in .*: compliance$"):
+        attribute_experts(routing, "judge:refusal_kind=refused", "judge:refusal=false", samples)
+    attribution = attribute_experts(routing, "judge:refusal=true", "judge:refusal=false", samples)
+    assert (attribution.a.documents, attribution.b.documents) == (3, 3)
+
+
+def test_correct_and_wrong_from_another_runs_samples_name_the_runs_before_the_metric(safety_run, tmp_path):
+    routing, samples, results_file = safety_run
+    results = json.loads(results_file.read_text())
+    results["config"]["moe"]["routing"]["run"] = "20261204T100000-0000aaaa"  # the samples are of another run
+    results_file.write_text(json.dumps(results))
+    result = attribute_command(routing, samples, "correct", "wrong", tmp_path / "out")
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "--metric" not in last, result.stderr
+    assert f"{results_file} records routing run 20261204T100000-0000aaaa, but the routing records are of run" in last
+    assert last.endswith(
+        "the samples and the records come from different runs. Use the samples of the run that wrote the records."
+    )
+
+
+def test_steer_evaluates_only_the_recorded_checkpoint_as_it_was_recorded(
+    planted_model, planted_records, tiny_model, tmp_path
+):
+    retrained = shutil.copytree(planted_model, tmp_path / "retrained")
+    model = AutoModelForCausalLM.from_pretrained(retrained)
+    with torch.no_grad():
+        model.model.layers[1].mlp.gate.weight.add_(0.5)  # the same architecture and config, other weights
+    model.save_pretrained(retrained)
+    metadata = json.dumps({"data_dir": str(FIXTURE_DATA)})
+    command = [str(BIN / "moe-rbench"), "steer", "--routing", str(planted_records), "--a", "planted", "--b", "plain",
+               "--force", "1", "--out", str(tmp_path / "out"), "--", "--model", "moe_hf", "--tasks", "moe_rbench_sst2",
+               "--limit", "2", "--device", "cpu", "--metadata", metadata]  # fmt: skip
+    recorded = f"are of {planted_model} (MixtralForCausalLM, 2 MoE layers of 4 experts, top-1)"
+    for model_args, fragments in [
+        (f"pretrained={tiny_model('olmoe')}", [recorded, "architecture MixtralForCausalLM vs OlmoeForCausalLM"]),
+        (f"pretrained={tiny_model('mixtral')}", [recorded, "top_k 1 vs 2", f"(pretrained={planted_model})"]),
+        (f"pretrained={retrained}", [recorded, "weights fingerprint", "record the routing of"]),
+        (f"pretrained={planted_model},top_k=1", ["set top_k;", "top_k: changes which experts process each token"]),
+        (f"pretrained={planted_model},scmoe_beta=0.5", ["set scmoe_beta;", "without the steering"]),
+        ("dtype=float32", ["name no checkpoint: give --model_args pretrained="]),
+        (None, ["name no checkpoint: give --model_args pretrained="]),
+    ]:
+        result = run([*command, *(["--model_args", model_args] if model_args else [])], check=False)
+        last = result.stderr.strip().splitlines()[-1]
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert last.startswith("moe-rbench steer: ") and all(f in last for f in fragments), last
+        assert not (tmp_path / "out" / "before").exists()  # refused before any evaluation
+    from moe_rbench.steer import check_checkpoint
+
+    copy = shutil.copytree(planted_model, tmp_path / "copy")
+    check_checkpoint(planted_records, {"pretrained": str(copy)}, None)  # a copy is the same checkpoint
+
+
+def test_older_records_without_fingerprints_compare_the_checkpoint_their_samples_name(
+    planted_model, planted_records, tmp_path
+):
+    from moe_rbench.steer import check_checkpoint
+
+    routing = shutil.copytree(planted_records, tmp_path / "routing")
+    manifest = json.loads((routing / "routing.json").read_text())
+    del manifest["model"]["checkpoint"]  # records of an earlier release name no checkpoint
+    (routing / "routing.json").write_text(json.dumps(manifest))
+    retrained = shutil.copytree(planted_model, tmp_path / "retrained")
+    model = AutoModelForCausalLM.from_pretrained(retrained)
+    with torch.no_grad():
+        model.model.layers[1].mlp.gate.weight.add_(0.5)
+    model.save_pretrained(retrained)
+    check_checkpoint(routing, {"pretrained": str(retrained)}, None)  # nothing says which checkpoint: the shape agrees
+    samples = tmp_path / "samples" / "model"
+    samples.mkdir(parents=True)
+    results = {"results": {}, "config": {"model_args": f"pretrained={planted_model}"}}
+    (samples / f"results_{STAMP}.json").write_text(json.dumps(results))
+    with pytest.raises(OptionError, match=rf"are of {planted_model} .*weights fingerprint"):
+        check_checkpoint(routing, {"pretrained": str(retrained)}, tmp_path / "samples")
+    check_checkpoint(routing, {"pretrained": str(planted_model)}, tmp_path / "samples")

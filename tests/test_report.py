@@ -191,3 +191,23 @@ def test_report_shows_routing_summary_and_trace_heatmap_of_a_run_with_routing_ou
     figure = json.loads((tmp_path / "out" / "figures.json").read_text())["routing_0"]
     assert figure["rows"] == json.loads((tmp_path / "run" / "trace" / "trace.json").read_text())["rows"]
     assert (tmp_path / "out" / "routing_0.svg").stat().st_size > 0
+
+
+def test_a_trace_file_moe_rbench_trace_did_not_write_is_named_with_the_key(tmp_path):
+    run_dir = tmp_path / "run" / "model"
+    (run_dir / "trace").mkdir(parents=True)
+    results = {"results": {"moe_rbench_sst2": {"acc,none": 0.5}}, "config": {"model_args": "pretrained=x"}}
+    (run_dir / "results_2026-12-04T10-00-00.000000.json").write_text(json.dumps(results))
+    row = {"ood_task": "b", "layer": "decoder.0", "distribution_l1": 0.1, "mean_pair_l1": None, "pairs": 0}
+    trace = run_dir / "trace" / "trace.json"
+    for rows, message in [
+        ([{**row, "extra": 1}], "row 0 has the key(s) extra (a trace row has ood_task, layer"),
+        ([{key: value for key, value in row.items() if key != "pairs"}], "row 0 has no pairs"),
+    ]:
+        trace.write_text(json.dumps({"id_task": "a", "notes": [], "rows": rows}))
+        result = run(
+            [str(BIN / "moe-rbench"), "report", str(tmp_path / "run"), "--out", str(tmp_path / "r")], check=False
+        )
+        last = result.stderr.strip().splitlines()[-1]
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert last.startswith(f"moe-rbench report: {trace}: {message}") and "moe-rbench trace" in last, last

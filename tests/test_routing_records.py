@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 import torch.multiprocessing as mp
+from conftest import BIN, run
 
 from moe_rbench.trace import trace_routing, write_trace
 from moe_rbench_models.routing import load_manifest, load_records
@@ -261,3 +262,182 @@ def test_trace_names_missing_tasks(tmp_path):
         trace_routing(tmp_path, "id_set", ["moe_rbench_style_*"])
     with pytest.raises(ValueError, match=r"No records of ID task 'sst2'"):
         trace_routing(tmp_path, "sst2", ["id_set"])
+
+
+# -- bad records and outputs: one line, naming the file and the fix --------------------------------------------
+
+
+def one_line_error(result, command: str, *fragments: str) -> str:
+    """Exit 2, no traceback, the error one line `moe-rbench <command>: ...` holding every fragment."""
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith(f"moe-rbench {command}: "), result.stderr
+    assert all(fragment in lines[-1] for fragment in fragments), lines[-1]
+    return lines[-1]
+
+
+def tool(command: str, routing, out, *sets: str, prefix: tuple = ()):
+    """`moe-rbench trace --id A --ood B` or `moe-rbench attribute --a A --b B` over a routing directory."""
+    flags = ["--id", sets[0], "--ood", sets[1]] if command == "trace" else ["--a", sets[0], "--b", sets[1]]
+    arguments = [str(BIN / "moe-rbench"), command, "--routing", str(routing), *flags, "--out", str(out)]
+    return run([*prefix, *arguments], check=False)
+
+
+@pytest.fixture
+def two_tasks(tmp_path):
+    """A routing directory of two tasks of 4 documents each, written by the writer."""
+    writer = RecordWriter(tmp_path / "routing", LAYERS, HEADER)
+    write_documents(writer, "first", range(4), expert=0)
+    write_documents(writer, "second", range(4), expert=2)
+    writer.commit()
+    return tmp_path / "routing"
+
+
+def damage(shard, how: str) -> None:
+    if how == "truncated":
+        shard.write_bytes(shard.read_bytes()[:300])
+    elif how == "no records array":
+        with np.load(shard) as arrays:
+            kept = {name: arrays[name] for name in arrays.files if name != "records"}
+        with shard.open("wb") as file:
+            np.savez(file, **kept)
+    else:  # a records array whose entries lack their spans
+        with np.load(shard) as arrays:
+            kept = {name: arrays[name] for name in arrays.files}
+        kept["records"] = np.array(json.dumps([{"task": "first", "doc_id": 0}]))
+        with shard.open("wb") as file:
+            np.savez(file, **kept)
+
+
+@pytest.mark.parametrize(
+    ("command", "how", "problem"),
+    [
+        ("trace", "truncated", "unreadable (BadZipFile"),
+        ("attribute", "truncated", "unreadable (BadZipFile"),
+        ("trace", "no records array", "no 'records' array"),
+    ],
+)
+def test_a_damaged_shard_is_named_with_the_fix(two_tasks, tmp_path, command, how, problem):
+    (shard,) = load_manifest(two_tasks)["shards"]
+    damage(two_tasks / shard, how)
+    result = tool(command, two_tasks, tmp_path / "out", "first", "second")
+    one_line_error(result, command, f"{two_tasks / shard}: {problem}", "Record the routing again")
+
+
+def test_an_incomplete_record_names_its_shard(two_tasks):
+    (shard,) = load_manifest(two_tasks)["shards"]
+    damage(two_tasks / shard, "incomplete record")
+    with pytest.raises(RoutingDirectoryError, match=rf"{shard}: a record it holds is incomplete \(KeyError: 'context'"):
+        list(load_records(two_tasks))
+
+
+@pytest.mark.parametrize("command", ["trace", "attribute"])
+def test_a_missing_or_empty_routing_directory_is_one_line(tmp_path, command):
+    (tmp_path / "empty").mkdir()
+    for routing, why in [("nowhere", "there is no such directory"), ("empty", "routing.json is missing")]:
+        result = tool(command, tmp_path / routing, tmp_path / "out", "first", "second")
+        one_line_error(result, command, f"No routing records in {tmp_path / routing}: {why}", "routing_out=DIR")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["empty"]  # no --out made for nothing
+
+
+@pytest.mark.parametrize("command", ["trace", "attribute"])
+def test_an_output_that_is_a_file_or_cannot_be_written_is_refused_before_any_work(two_tasks, tmp_path, command):
+    (tmp_path / "file").write_text("mine")
+    result = tool(command, two_tasks, tmp_path / "file", "first", "second")
+    one_line_error(result, command, f"--out {tmp_path / 'file'} is a file; give a directory")
+    result = tool(command, two_tasks, tmp_path / "file" / "out", "first", "second")
+    one_line_error(result, command, f"is under {tmp_path / 'file'}, which is a file")
+    assert (tmp_path / "file").read_text() == "mine"
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    # root ignores permission bits unless it runs without the capabilities that override them
+    prefix = ("setpriv", "--bounding-set=-dac_override,-dac_read_search", "--") if os.geteuid() == 0 else ()
+    result = tool(command, two_tasks, read_only / "out", "first", "second", prefix=prefix)
+    one_line_error(result, command, f"cannot write in {read_only} (Permission denied)")
+    assert not any(read_only.iterdir())
+
+
+# -- one run at a time in a routing directory ------------------------------------------------------------------
+
+
+def lock_of(directory) -> dict:
+    return json.loads((directory / "routing.lock").read_text())
+
+
+def test_a_second_run_is_refused_while_the_first_writes_and_may_follow_it(tmp_path):
+    first = RecordWriter(tmp_path, LAYERS, HEADER)
+    owner = lock_of(tmp_path)
+    assert (owner["run"], owner["pid"], owner["host"]) == (first.run_id, os.getpid(), socket.gethostname())
+    # another live process of this host holds it (the test's parent process stands in for it)
+    (tmp_path / "routing.lock").write_text(json.dumps({**owner, "run": "other-run", "pid": os.getppid()}))
+    with pytest.raises(
+        RoutingDirectoryError, match=rf"being written by another run: other-run, process {os.getppid()}"
+    ):
+        RecordWriter(tmp_path, LAYERS, HEADER, overwrite=True)
+    with pytest.raises(RoutingDirectoryError, match=r"was taken over by run other-run .* will not be published"):
+        write_documents(first, "first", range(2), expert=0)
+        first.finish_call()  # the first run finds it has lost the directory at its next write
+    # a process of another host is never judged gone: remove its lock by hand
+    (tmp_path / "routing.lock").write_text(json.dumps({**owner, "run": "far", "host": "elsewhere", "pid": 1}))
+    with pytest.raises(RoutingDirectoryError, match=r"process 1 on elsewhere .* if it is no longer running, remove"):
+        RecordWriter(tmp_path, LAYERS, HEADER, overwrite=True)
+    (tmp_path / "routing.lock").unlink()
+    commit_run(tmp_path, "after", range(2), expert=1, overwrite=True)
+    assert {r.task for r in load_records(tmp_path)} == {"after"} and not (tmp_path / "routing.lock").exists()
+
+
+def test_a_lock_of_a_process_that_is_gone_is_taken_over(tmp_path, caplog):
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(finished.stdout)
+    (tmp_path / "routing.lock").write_text(
+        json.dumps({"run": "dead-run", "pid": dead, "host": socket.gethostname(), "started": "earlier"})
+    )
+    commit_run(tmp_path, "taken", range(2), expert=0)
+    assert (
+        f"names run dead-run (process {dead}" in caplog.text and "is no longer running; taking it over" in caplog.text
+    )
+    assert {r.task for r in load_records(tmp_path)} == {"taken"}
+
+
+HOLD_A_RUN = """
+import sys
+import numpy as np
+from moe_rbench_models.routing.records import LayerArrays
+from moe_rbench_models.routing.writer import RecordWriter
+
+LAYERS = [{"key": "decoder.0", "name": "gate", "side": "decoder", "layer": 0, "num_experts": 4, "top_k": 2}]
+writer = RecordWriter(sys.argv[1], LAYERS, {"logits": False}, overwrite=True)
+ids = np.zeros((3, 2), dtype=np.int16)
+arrays = {"decoder.0": LayerArrays(ids, ids.astype(np.float16))}
+span = writer.add_span("held", "decoder", np.arange(3), np.arange(3), arrays)
+writer.add_record("loglikelihood", "held", 0, 0, 0, [span], [])
+writer.finish_call()
+print(writer.run_id, flush=True)
+if sys.stdin.readline().strip() == "commit":
+    writer.commit()
+"""
+
+
+def test_two_processes_take_turns_and_a_killed_one_leaves_a_lock_the_next_takes_over(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_A_RUN, str(tmp_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    run_id = holder.stdout.readline().strip()
+    try:
+        with pytest.raises(RoutingDirectoryError, match=rf"another run: {run_id}, process {holder.pid} on "):
+            commit_run(tmp_path, "second", range(2), expert=1, overwrite=True)
+        holder.communicate("commit\n", timeout=60)
+    finally:
+        holder.kill()
+    assert holder.returncode == 0 and {r.task for r in load_records(tmp_path)} == {"held"}
+    commit_run(tmp_path, "second", range(2), expert=1, overwrite=True)  # the first has finished: its turn is over
+    killed = subprocess.Popen(
+        [sys.executable, "-c", HOLD_A_RUN, str(tmp_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    killed.stdout.readline()
+    killed.kill()  # SIGKILL: no clean-up runs, the lock stays
+    killed.wait(timeout=60)
+    assert lock_of(tmp_path)["pid"] == killed.pid
+    commit_run(tmp_path, "third", range(2), expert=2, overwrite=True)
+    assert {r.task for r in load_records(tmp_path)} == {"third"}

@@ -186,7 +186,10 @@ def require_moe(layers: list[MoELayer], option: str, model: nn.Module) -> None:
 
 
 def describe_moe(model: nn.Module, layers: list[MoELayer]) -> dict[str, Any]:
-    """Summary for the results' config: architecture, MoE layer count, experts per layer, top-k."""
+    """Summary for the results' config: architecture, MoE layer count, experts per layer, top-k, and the checkpoint
+    it was loaded from (name and config fingerprint: routing/checkpoint.py)."""
+    from moe_rbench_models.routing.checkpoint import checkpoint_identity
+
     config = model.config
     architecture = (getattr(config, "architectures", None) or [type(model).__name__])[0]
 
@@ -201,4 +204,5 @@ def describe_moe(model: nn.Module, layers: list[MoELayer]) -> dict[str, Any]:
         "moe_layers": len(layers),
         "experts_per_layer": uniform([layer.num_experts for layer in layers]),
         "top_k": uniform([layer.top_k for layer in layers]),
+        "checkpoint": checkpoint_identity(config),
     }

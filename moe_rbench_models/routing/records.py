@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import json
 import re
+import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -43,6 +45,10 @@ SHARD_NAME = re.compile(r"routing-(?:\d{8}T\d{6}-[0-9a-f]{8}-)?r\d{2}-\d{5}\.npz
 
 class RoutingDirectoryError(MoERBenchError, ValueError):
     """A routing directory cannot be written or read as asked; the message names it and the fix."""
+
+
+class MissingRecordsError(RoutingDirectoryError, FileNotFoundError):
+    """A directory without routing records (no such directory, or no manifest in it)."""
 
 
 @dataclass
@@ -113,8 +119,8 @@ def load_manifest(directory: str | Path) -> dict[str, Any]:
     """The manifest of a routing directory, checked: readable JSON naming only shards inside the directory."""
     path = Path(directory) / MANIFEST
     if not path.is_file():
-        raise FileNotFoundError(
-            f"No routing records in {directory}: {MANIFEST} is missing. Write them with "
+        raise MissingRecordsError(
+            f"No routing records in {directory}: {_why_missing(Path(directory))}. Write them with "
             "`--model moe_hf --model_args ...,routing_out=DIR`."
         )
     fix = f"Remove {path} (and the routing-*.npz files beside it) or choose another routing_out."
@@ -138,6 +144,17 @@ def load_manifest(directory: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def _why_missing(directory: Path) -> str:
+    if not directory.exists():
+        return "there is no such directory"
+    if not directory.is_dir():
+        return "it is a file, not a directory"
+    unfinished = len(list(directory.glob("routing-*.pending.json")))
+    return f"{MANIFEST} is missing" + (
+        f" (a run that did not finish left {unfinished} pending file(s) there)" if unfinished else ""
+    )
+
+
 def recorded_tasks(directory: str | Path) -> set[str]:
     """The tasks whose requests a routing directory holds (from its manifest: no shard is read)."""
     return {task for task in load_manifest(directory)["summary"] if task != "None"}
@@ -150,36 +167,67 @@ def load_records(directory: str | Path) -> Iterator[RoutingRecord]:
     layer_meta = {layer["key"]: layer for layer in manifest["layers"]}
     shard = lru_cache(maxsize=8)(lambda name: _read_shard(directory, name))
     for name in manifest["shards"]:
-        for entry in json.loads(str(shard(name)["records"])):
-            context = _gather(shard, entry["context"], layer_meta, manifest["logits"])
-            continuation = _gather(shard, entry["continuation"], layer_meta, manifest["logits"])
-            layers = {
-                key: LayerRouting(
-                    context_ids=context[2][key]["ids"],
-                    context_weights=context[2][key]["weights"],
-                    continuation_ids=continuation[2][key]["ids"],
-                    continuation_weights=continuation[2][key]["weights"],
-                    context_dropped=context[2][key].get("dropped"),
-                    continuation_dropped=continuation[2][key].get("dropped"),
-                    context_logits=context[2][key].get("logits"),
-                    continuation_logits=continuation[2][key].get("logits"),
-                )
-                for key in context[2]
-            }
-            yield RoutingRecord(
-                request_type=entry["request_type"],
-                task=entry["task"],
-                doc_id=entry["doc_id"],
-                request_index=entry["request_index"],
-                repeat=entry["repeat"],
-                context_tokens=context[0],
-                continuation_tokens=continuation[1],
-                continuation_inputs=continuation[0],
-                layers=layers,
-                doc_key=entry.get("doc_key"),
-                context_spans=tuple(map(tuple, entry["context"])),
-                continuation_spans=tuple(map(tuple, entry["continuation"])),
-            )
+        for entry in _shard_entries(directory / name, shard(name)):
+            try:
+                record = _record(entry, shard, layer_meta, manifest.get("logits", False))
+            except RoutingDirectoryError:  # another shard the entry points to, missing or damaged: named there
+                raise
+            except (KeyError, IndexError, TypeError, ValueError) as error:  # a field or array the entry needs
+                problem = f"a record it holds is incomplete ({type(error).__name__}: {error})"
+                raise _damaged(directory / name, problem) from None
+            yield record
+
+
+def _damaged(path: Path, problem: str) -> RoutingDirectoryError:
+    return RoutingDirectoryError(
+        f"{path}: {problem}; the routing records in {path.parent} are damaged (a truncated or edited copy?). Record "
+        "the routing again (the evaluation with routing_out=DIR)."
+    )
+
+
+def _shard_entries(path: Path, arrays: dict[str, np.ndarray]) -> list[dict]:
+    """The shard's request entries (its `records` array, JSON)."""
+    if "records" not in arrays:
+        raise _damaged(path, "no 'records' array (not a shard that moe_hf wrote, or a damaged one)")
+    try:
+        entries = json.loads(str(arrays["records"]))
+    except json.JSONDecodeError as error:
+        raise _damaged(path, f"its 'records' array is not JSON ({error.msg})") from None
+    if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
+        raise _damaged(path, "its 'records' array is not a list of request entries")
+    return entries
+
+
+def _record(entry: dict, shard, layer_meta: dict[str, dict], logits: bool) -> RoutingRecord:
+    context = _gather(shard, entry["context"], layer_meta, logits)
+    continuation = _gather(shard, entry["continuation"], layer_meta, logits)
+    layers = {
+        key: LayerRouting(
+            context_ids=context[2][key]["ids"],
+            context_weights=context[2][key]["weights"],
+            continuation_ids=continuation[2][key]["ids"],
+            continuation_weights=continuation[2][key]["weights"],
+            context_dropped=context[2][key].get("dropped"),
+            continuation_dropped=continuation[2][key].get("dropped"),
+            context_logits=context[2][key].get("logits"),
+            continuation_logits=continuation[2][key].get("logits"),
+        )
+        for key in context[2]
+    }
+    return RoutingRecord(
+        request_type=entry["request_type"],
+        task=entry["task"],
+        doc_id=entry["doc_id"],
+        request_index=entry["request_index"],
+        repeat=entry["repeat"],
+        context_tokens=context[0],
+        continuation_tokens=continuation[1],
+        continuation_inputs=continuation[0],
+        layers=layers,
+        doc_key=entry.get("doc_key"),
+        context_spans=tuple(map(tuple, entry["context"])),
+        continuation_spans=tuple(map(tuple, entry["continuation"])),
+    )
 
 
 def _gather(shard, spans: list[list], layers: dict[str, dict], logits: bool):
@@ -221,6 +269,7 @@ def _read_shard(directory: Path, name: str) -> dict[str, np.ndarray]:
             "are incomplete. Record them again."
         )
     try:
-        return dict(np.load(path))
-    except (OSError, ValueError) as error:
-        raise RoutingDirectoryError(f"{path} is unreadable ({error}); record the routing again.") from None
+        with np.load(path) as arrays:
+            return dict(arrays)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:  # truncated, not a zip, pickled
+        raise _damaged(path, f"unreadable ({type(error).__name__}: {error})") from None

@@ -11,7 +11,18 @@ model's info, or by `close()`), the main process merges every process's pending 
 Safety rules: files are deleted only if their names match this module's own patterns and they sit directly in
 DIR (a manifest naming `../x` or an absolute path is an error, never a deletion); a directory holding an
 earlier run is refused unless `overwrite=True`; writability is checked before any work; every write error
-names DIR and says the earlier records are untouched. Several processes (`accelerate launch`) need DIR to be
+names DIR and says the earlier records are untouched.
+
+One run at a time (`RoutingLock`): the main process takes `DIR/routing.lock` (naming the run, process id, host
+and start time) when its writer starts, checks it before every write, and releases it when the run is published,
+abandoned (`abandon()`), garbage-collected or its process exits. A second run while the first holds it is refused,
+naming the owner: two `lm_eval` processes with one routing_out, or `accelerate launch` of a model that runs every
+process as rank 0 (each its own run), would otherwise interleave their shards and each publish deletes the
+other's. A lock whose process is gone (same host, no such process id) is taken over with a warning; one of another
+host is never judged stale (remove it by hand if its run is known to be dead). A lock of this same process is taken
+over too (a run that failed in a notebook or test, its model still referenced): the run it belonged to is refused at
+its next write, so the two never interleave. The other processes of one run (rank > 0, the main process's run id)
+do not take it, but are refused when another live run holds it. Several processes (`accelerate launch`) need DIR to be
 one directory they all see (a local disk on one machine, a shared filesystem across machines): there is no
 collective per request call, which a process with no requests of a type would skip.
 """
@@ -23,7 +34,9 @@ import logging
 import os
 import re
 import secrets
+import socket
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +86,137 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
+LOCK = "routing.lock"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+class RoutingLock:
+    """`DIR/routing.lock`: the run that owns a routing directory (see the module docstring)."""
+
+    def __init__(self, directory: Path, run_id: str) -> None:
+        self.path, self.run_id = directory / LOCK, run_id
+        self.owner = {"run": run_id, "pid": os.getpid(), "host": socket.gethostname(), "started": _now()}
+        self.held = False
+
+    def holder(self) -> dict | None:
+        """The lock's owner (None: no lock); an unreadable lock is an error naming it."""
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        try:
+            holder = json.loads(text)
+        except json.JSONDecodeError:
+            holder = None
+        if not isinstance(holder, dict) or not {"run", "pid", "host"} <= holder.keys():
+            raise RoutingDirectoryError(
+                f"{self.path} is not a lock moe_hf wrote ({text[:60]!r}); if no run is writing to {self.path.parent}, "
+                "remove it"
+            )
+        return holder
+
+    def check(self) -> None:
+        """Refuse when another live run holds the lock (the other processes of this run: rank > 0)."""
+        holder = self.holder()
+        if holder is not None and holder["run"] != self.run_id and not self._gone(holder):
+            raise self._busy(holder)
+
+    def acquire(self) -> None:
+        """Hold the lock (again, after a release): create it, or take over one whose run is gone."""
+        for _ in range(3):
+            holder = self.holder()
+            if holder is not None and holder["run"] == self.run_id:
+                self.held = True
+                return
+            if holder is not None:
+                if self.held:
+                    raise RoutingDirectoryError(
+                        f"{self.path} was taken over by run {holder['run']} (process {holder['pid']} on "
+                        f"{holder['host']}) while run {self.run_id} was writing; this run's records will not be "
+                        "published. Run it again, with a routing_out of its own."
+                    )
+                if not (self._gone(holder) or self._this_process(holder)):
+                    raise self._busy(holder)
+                logger.warning(
+                    "routing: %s names run %s (process %s on %s since %s), which %s; taking it over",
+                    self.path,
+                    holder["run"],
+                    holder["pid"],
+                    holder["host"],
+                    holder.get("started"),
+                    "did not finish in this process" if self._this_process(holder) else "is no longer running",
+                )
+                self.path.unlink(missing_ok=True)
+            if self._create():
+                self.held = True
+                return
+        raise RoutingDirectoryError(f"{self.path}: several runs are taking this lock at once; run one at a time")
+
+    @staticmethod
+    def _this_process(holder: dict) -> bool:
+        return holder["host"] == socket.gethostname() and holder["pid"] == os.getpid()
+
+    @staticmethod
+    def _gone(holder: dict) -> bool:
+        """A process of this host that no longer runs (one of another host is never judged gone)."""
+        return holder["host"] == socket.gethostname() and not _process_alive(int(holder["pid"]))
+
+    def _create(self) -> bool:
+        """Create the lock with its content in one step (False: another run created it first)."""
+        temporary = self.path.with_name(f".{LOCK}.{self.run_id}.{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(self.owner), encoding="utf-8")
+        try:
+            os.link(temporary, self.path)
+        except FileExistsError:
+            return False
+        except OSError:  # a filesystem without hard links: create it exclusively, then write it
+            return self._create_exclusively()
+        finally:
+            temporary.unlink(missing_ok=True)
+        return True
+
+    def _create_exclusively(self) -> bool:
+        try:
+            descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            file.write(json.dumps(self.owner))
+        return True
+
+    def release(self) -> None:
+        """Remove the lock if it is still this run's."""
+        self.held = False
+        try:
+            holder = self.holder()
+        except (RoutingDirectoryError, OSError):  # at exit or in a finalizer: nothing to report to
+            return
+        if holder is not None and holder["run"] == self.run_id and self._this_process(holder):
+            self.path.unlink(missing_ok=True)
+
+    def _busy(self, holder: dict) -> RoutingDirectoryError:
+        stale = "" if holder["host"] == socket.gethostname() else f"; if it is no longer running, remove {self.path}"
+        return RoutingDirectoryError(
+            f"{self.path.parent} is being written by another run: {holder['run']}, process {holder['pid']} on "
+            f"{holder['host']} since {holder.get('started', 'an unknown time')} (its {LOCK}{stale}). Wait for it to "
+            "finish, or choose another routing_out. Several processes that each run as rank 0 (accelerate launch "
+            "of a model that does not share its run between processes) need a routing_out each."
+        )
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S")
+
+
 def _ours(name: str) -> bool:
     return bool(PENDING.fullmatch(name) or RUN_SHARD.fullmatch(name) or LEGACY_SHARD.fullmatch(name))
 
@@ -96,18 +240,42 @@ class RecordWriter:
         self.run_id = run_id or new_run_id()
         self.sides = {layer["key"]: layer["side"] for layer in layers}
         self.num_experts = {layer["key"]: layer["num_experts"] for layer in layers}
-        self._check_directory(overwrite)
-        self._shard_index = 0
-        self.shards: list[str] = []  # this process's shards
-        self.counts: dict[str, dict[str, _Counts]] = {}
-        self.merged: dict[str, dict[str, _Counts]] | None = None  # every process's counts, after commit
-        self._reset_buffer()
-        self._write_pending()  # also proves the directory is writable, before any work
+        self._make_directory()
+        self.lock = RoutingLock(self.out_dir, self.run_id)
+        self._finalizer = weakref.finalize(self, self.lock.release)  # also at exit: a failed run's process
+        try:
+            self._take_lock()
+            self._check_directory(overwrite)
+            self._shard_index = 0
+            self.shards: list[str] = []  # this process's shards
+            self.counts: dict[str, dict[str, _Counts]] = {}
+            self.merged: dict[str, dict[str, _Counts]] | None = None  # every process's counts, after commit
+            self._reset_buffer()
+            self._unpublished = True  # records not in routing.json yet (commit() publishes them)
+            self._write_pending()  # also proves the directory is writable, before any work
+        except BaseException:
+            self.abandon()
+            raise
+
+    def _take_lock(self) -> None:
+        if not self._finalizer.alive:
+            raise RoutingDirectoryError(
+                f"run {self.run_id} was abandoned (it failed); its records in {self.out_dir} are not written further"
+            )
+        with self._writing(locked=False):
+            if self.rank == 0:
+                self.lock.acquire()
+            else:
+                self.lock.check()
+
+    def abandon(self) -> None:
+        """A run that will not be published (it failed): release the directory; its files are removed by the next
+        run that publishes there."""
+        self._finalizer()
 
     # -- ownership ------------------------------------------------------------------------------------------
 
-    def _check_directory(self, overwrite: bool) -> None:
-        """Create `out_dir`, or check that the records it holds may be replaced."""
+    def _make_directory(self) -> None:
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError):
@@ -118,6 +286,9 @@ class RecordWriter:
             raise RoutingDirectoryError(
                 f"routing_out={self.out_dir} cannot be created ({error.strerror}); choose a directory you can write to."
             ) from None
+
+    def _check_directory(self, overwrite: bool) -> None:
+        """Check that the records `out_dir` holds may be replaced."""
         if not (self.out_dir / MANIFEST).exists():
             return
         try:
@@ -174,6 +345,7 @@ class RecordWriter:
         start = self._positions[side]
         self._spans.setdefault(side, []).append((tokens, targets, layers))
         self._positions[side] += len(tokens)
+        self._unpublished = True
         self._bytes += sum(
             a.ids.nbytes + a.weights.nbytes + (0 if a.logits is None else a.logits.nbytes) for a in layers.values()
         )
@@ -252,16 +424,22 @@ class RecordWriter:
                 self.out_dir / f"routing-{self.run_id}-r{self.rank:02d}.pending.json", json.dumps(pending)
             )
 
-    def _writing(self):
-        return _WriteErrors(self.out_dir)
+    def _writing(self, locked: bool = True):
+        """Write errors named; with `locked`, the run's hold on the directory checked (taken again after a commit)."""
+        errors = _WriteErrors(self.out_dir)
+        if locked:
+            with errors:
+                self._take_lock()
+        return errors
 
     # -- publishing ---------------------------------------------------------------------------------------------
 
     def commit(self) -> None:
         """Main process, after every process finished its requests: publish this run as `routing.json` and delete
-        the earlier run's files. May be called again after more requests."""
-        if self.rank != 0:
-            return
+        the earlier run's files, then release the directory. May be called again after more requests of the main
+        process (a call with nothing new does nothing)."""
+        if self.rank != 0 or not (self._unpublished or self._records or self._spans):
+            return  # another process's, or nothing new since the last commit (lm-eval's info, then close())
         self.finish_call()
         pendings = [self._read_pending(rank) for rank in range(self.world_size)]
         shards = [name for pending in pendings for name in pending["shards"]]
@@ -284,6 +462,8 @@ class RecordWriter:
         with self._writing():
             _write_atomically(self.out_dir / MANIFEST, json.dumps(manifest, indent=1))
             self._remove_leftovers(keep=set(shards))
+        self._unpublished = False
+        self.lock.release()  # taken again if this run writes more
 
     def _read_pending(self, rank: int) -> dict:
         path = self.out_dir / f"routing-{self.run_id}-r{rank:02d}.pending.json"
