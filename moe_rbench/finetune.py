@@ -541,7 +541,9 @@ def check_training_args(optimization: Optimization, training_args: dict) -> None
         raise OptionError(f"Unknown training arguments {', '.join(unknown)} (transformers TrainingArguments fields)")
     hints = typing.get_type_hints(TrainingArguments)
     for name, value in training_args.items():
-        if not _fits(value, hints[name]):
+        # a text field may also take a switch (transformers documents fsdp=True); TrainingArguments checks it then
+        switch_for_text = isinstance(value, bool) and _fits("text", hints[name])
+        if not switch_for_text and not _fits(value, hints[name]):
             quoted = _fits(str(value), hints[name]) and not isinstance(value, str)
             raise OptionError(
                 f"--training_args {name}={value!r}: TrainingArguments.{name} takes {_described(hints[name])}, got "
