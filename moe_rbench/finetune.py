@@ -47,6 +47,8 @@ import enum
 import sys
 import types
 import typing
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -424,23 +426,21 @@ def _from_pretrained(auto_class, model: str | Path, **kwargs):
         ) from None
 
 
-class own_balancing_term_off:  # noqa: N801 (a context manager)
+@contextmanager
+def own_balancing_term_off(network) -> Iterator[None]:
     """While training, the checkpoint's config does not ask the model for its own load-balancing term
     (`output_router_logits`): transformers' CausalLM adds `router_aux_loss_coef x aux` itself when it is on, and ours
     is added once by the trainer. The config is restored as it was."""
-
-    def __init__(self, network) -> None:
-        self.config = network.config
-        self.had = hasattr(self.config, "output_router_logits")
-        self.value = getattr(self.config, "output_router_logits", None)
-
-    def __enter__(self) -> None:
-        if self.had:
-            self.config.output_router_logits = False
-
-    def __exit__(self, *exc) -> None:
-        if self.had:
-            self.config.output_router_logits = self.value
+    config = network.config
+    if not hasattr(config, "output_router_logits"):
+        yield
+        return
+    value = config.output_router_logits
+    config.output_router_logits = False
+    try:
+        yield
+    finally:
+        config.output_router_logits = value
 
 
 def _run(recipe: Recipe, tokenizer, data_dir, limit: int | None, round_number: int | None) -> Run:
