@@ -43,8 +43,28 @@ from moe_rbench_models.tiny import build_tiny_model
 from moe_rbench_tasks.judges import load_judge
 
 PLANTED = "@"
-WORDS = ["the", "film", "was", "a", "gentle", "funny", "story", "about", "old", "friends", "who", "meet", "again",
-         "after", "many", "years", "on", "a", "quiet", "road"]  # fmt: skip
+WORDS = [
+    "the",
+    "film",
+    "was",
+    "a",
+    "gentle",
+    "funny",
+    "story",
+    "about",
+    "old",
+    "friends",
+    "who",
+    "meet",
+    "again",
+    "after",
+    "many",
+    "years",
+    "on",
+    "a",
+    "quiet",
+    "road",
+]
 
 
 @pytest.fixture(scope="module")
@@ -173,9 +193,23 @@ def test_the_model_arguments_steer_the_expert(planted_model, planted_records, tm
 
 def test_the_attribute_command_writes_table_figure_and_model_arguments(planted_records, tmp_path):
     result = run(
-        [str(BIN / "moe-rbench"), "attribute", "--routing", str(planted_records), "--a", "planted", "--b", "plain",
-         "--force", "1", "--disable", "1", "--out", str(tmp_path / "out")]
-    )  # fmt: skip
+        [
+            str(BIN / "moe-rbench"),
+            "attribute",
+            "--routing",
+            str(planted_records),
+            "--a",
+            "planted",
+            "--b",
+            "plain",
+            "--force",
+            "1",
+            "--disable",
+            "1",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     first_row = next(line for line in result.stdout.splitlines() if line.startswith("| decoder"))
     # 12 @ among the 287 prompt positions of A (every prompt token is an input once: 275 context entries and 12
     # first continuation entries); the 12 vs 12 documents are too many to enumerate: the clustered t-test
@@ -187,8 +221,22 @@ def test_the_attribute_command_writes_table_figure_and_model_arguments(planted_r
     assert (tmp_path / "out" / "attribution.png").stat().st_size > 1000
     assert (tmp_path / "out" / "attribution.csv").read_text().splitlines()[1].startswith("decoder.0,3,")
     # SteerMoE's selection asks for rows of each sign without a test: the table is written, the shortfall an error
-    command = [str(BIN / "moe-rbench"), "attribute", "--routing", str(planted_records), "--a", "planted", "--b",
-               "plain", "--out", str(tmp_path / "steermoe"), "--selection", "steermoe", "--force", "1"]  # fmt: skip
+    command = [
+        str(BIN / "moe-rbench"),
+        "attribute",
+        "--routing",
+        str(planted_records),
+        "--a",
+        "planted",
+        "--b",
+        "plain",
+        "--out",
+        str(tmp_path / "steermoe"),
+        "--selection",
+        "steermoe",
+        "--force",
+        "1",
+    ]
     result = run([*command, "--disable", "9"], check=False)
     assert result.returncode == 2 and "the top 9 with A - B < 0; there are 1 and 2 such rows" in result.stderr
     assert "No steering plan: SteerMoE's selection" in (tmp_path / "steermoe" / "attribution.md").read_text()
@@ -290,10 +338,36 @@ def test_sets_that_cannot_be_formed_are_refused_with_the_fix(planted_records, tm
 
 def test_steer_forces_the_planted_expert_and_writes_the_before_after_table(planted_model, planted_records, tmp_path):
     metadata = json.dumps({"data_dir": str(FIXTURE_DATA)})
-    lm_eval_args = ["--model", "moe_hf", "--model_args", f"pretrained={planted_model}", "--tasks", "moe_rbench_sst2",
-                    "--limit", "10", "--device", "cpu", "--metadata", metadata]  # fmt: skip
-    command = [str(BIN / "moe-rbench"), "steer", "--routing", str(planted_records), "--a", "planted", "--b", "plain",
-               "--force", "3", "--out", str(tmp_path / "out"), "--", *lm_eval_args]  # fmt: skip
+    lm_eval_args = [
+        "--model",
+        "moe_hf",
+        "--model_args",
+        f"pretrained={planted_model}",
+        "--tasks",
+        "moe_rbench_sst2",
+        "--limit",
+        "10",
+        "--device",
+        "cpu",
+        "--metadata",
+        metadata,
+    ]
+    command = [
+        str(BIN / "moe-rbench"),
+        "steer",
+        "--routing",
+        str(planted_records),
+        "--a",
+        "planted",
+        "--b",
+        "plain",
+        "--force",
+        "3",
+        "--out",
+        str(tmp_path / "out"),
+        "--",
+        *lm_eval_args,
+    ]
     result = run(command, timeout=600)
     assert 'force_experts="0:3"' in result.stdout and "| moe_rbench_sst2 / acc,none |" in result.stdout
     before, before_samples = lm_eval_outputs(tmp_path / "out" / "before")
@@ -317,8 +391,23 @@ def test_steer_forces_the_planted_expert_and_writes_the_before_after_table(plant
 
 
 def test_steer_refuses_an_evaluation_it_cannot_steer(planted_records, tmp_path):
-    command = [str(BIN / "moe-rbench"), "steer", "--routing", str(planted_records), "--a", "planted", "--b", "plain",
-               "--out", str(tmp_path), "--", "--model", "hf", "--tasks", "moe_rbench_sst2"]  # fmt: skip
+    command = [
+        str(BIN / "moe-rbench"),
+        "steer",
+        "--routing",
+        str(planted_records),
+        "--a",
+        "planted",
+        "--b",
+        "plain",
+        "--out",
+        str(tmp_path),
+        "--",
+        "--model",
+        "hf",
+        "--tasks",
+        "moe_rbench_sst2",
+    ]
     result = run(command, check=False)
     assert result.returncode == 2 and "steer evaluates with `--model moe_hf`" in result.stderr
     for model_args, message in [
@@ -351,11 +440,16 @@ def record_spans(model_path, out):
         for c, answer in enumerate(answers(task, i))
     ]
     requests += [
-        Instance("loglikelihood", {}, (PLANTED * (3 + i) if task == "only_at" else text(i + 5, False), " end"), 0,
-                 metadata=(task, i, 1))
+        Instance(
+            "loglikelihood",
+            {},
+            (PLANTED * (3 + i) if task == "only_at" else text(i + 5, False), " end"),
+            0,
+            metadata=(task, i, 1),
+        )
         for task in ("only_at", "no_at")
         for i in range(2)
-    ]  # fmt: skip
+    ]
     with MoEHFLM(pretrained=str(model_path), device="cpu", batch_size=8, routing_out=str(out)) as lm:
         lm.loglikelihood(requests)
     return out
@@ -390,8 +484,10 @@ def test_spans_count_the_positions_whose_input_is_a_prompt_or_continuation_token
     records = list(load_records(span_records))
     for record in records:  # the first router sends a position to expert 3 exactly when its input is @
         routing = record.layers["decoder.0"]
-        for ids, inputs in ((routing.context_ids, record.context_tokens), (routing.continuation_ids,
-                                                                           record.continuation_inputs)):  # fmt: skip
+        for ids, inputs in (
+            (routing.context_ids, record.context_tokens),
+            (routing.continuation_ids, record.continuation_inputs),
+        ):
             assert list((ids == 3).any(-1)) == list(inputs == planted_id)
     for span in ("prompt", "continuation", "scored", "all"):
         attribution = attribute_experts(span_records, "tail", "plain", span=span)
@@ -470,8 +566,9 @@ def test_exact_permutation_p_values_equal_a_brute_force(span_records):
 
 
 def test_pairs_by_document_compare_two_answers_to_one_prompt(span_records):
-    attribution = attribute_experts(span_records, "choice:0@tail", "choice:1@tail", span="continuation",
-                                    pair_by="document")  # fmt: skip
+    attribution = attribute_experts(
+        span_records, "choice:0@tail", "choice:1@tail", span="continuation", pair_by="document"
+    )
     assert (attribution.pairs, attribution.a.documents, attribution.a.unpaired) == (4, 4, 0)
     records = {(r.doc_id, r.request_index): r for r in load_records(span_records) if r.task == "tail"}
     for row in (r for r in attribution.rows if r.layer == "decoder.0"):
@@ -494,10 +591,12 @@ def test_pairs_by_doc_key_use_complete_pairs_only(span_records):
         by_document[(record.task, record.doc_id)].append(record)
     for row in (r for r in attribution.rows if r.layer == "decoder.0"):
         pairs = [
-            (hits_and_tokens(by_document[("tail", k)], row.expert), hits_and_tokens(by_document[("plain", k - 1)],
-                                                                                  row.expert))
+            (
+                hits_and_tokens(by_document[("tail", k)], row.expert),
+                hits_and_tokens(by_document[("plain", k - 1)], row.expert),
+            )
             for k in (1, 2, 3)
-        ]  # fmt: skip
+        ]
         assert row.p_value == pytest.approx(float(brute_force_sign_flip(pairs)), abs=1e-12), row
     with pytest.raises(AttributionError, match=r"--pair_by document: 0 complete pair\(s\) .* choice:0 with choice:1"):
         attribute_experts(span_records, "tail", "plain", span="continuation", pair_by="document")
@@ -578,10 +677,21 @@ def synthetic_attribution(seed: int, top_k: tuple[int, ...] = (1, 2, 2), experts
     magnitudes = rng.permutation(np.arange(1, len(layers) * experts + 1)) / 100
     signs = rng.choice([-1, 1], len(magnitudes))
     rows = [
-        ExpertRow(f"decoder.{cell // experts}", cell % experts, 0.5, 0.5, float(signs[cell] * magnitudes[cell]),
-                  0.01, 0.0, float(p), float(p), bool(p < 0.05), "clustered t")
+        ExpertRow(
+            f"decoder.{cell // experts}",
+            cell % experts,
+            0.5,
+            0.5,
+            float(signs[cell] * magnitudes[cell]),
+            0.01,
+            0.0,
+            float(p),
+            float(p),
+            bool(p < 0.05),
+            "clustered t",
+        )
         for cell, p in enumerate(rng.uniform(0, 0.1, len(magnitudes)))
-    ]  # fmt: skip
+    ]
     rows.sort(key=lambda row: (-abs(row.risk_difference), row.p_value))
     summary = SetSummary("a", 10, 100)
     return Attribution(rows, summary, summary, "prompt", 0.05, layers, [])
@@ -757,9 +867,31 @@ def test_steer_evaluates_only_the_recorded_checkpoint_as_it_was_recorded(
         model.model.layers[1].mlp.gate.weight.add_(0.5)  # the same architecture and config, other weights
     model.save_pretrained(retrained)
     metadata = json.dumps({"data_dir": str(FIXTURE_DATA)})
-    command = [str(BIN / "moe-rbench"), "steer", "--routing", str(planted_records), "--a", "planted", "--b", "plain",
-               "--force", "1", "--out", str(tmp_path / "out"), "--", "--model", "moe_hf", "--tasks", "moe_rbench_sst2",
-               "--limit", "2", "--device", "cpu", "--metadata", metadata]  # fmt: skip
+    command = [
+        str(BIN / "moe-rbench"),
+        "steer",
+        "--routing",
+        str(planted_records),
+        "--a",
+        "planted",
+        "--b",
+        "plain",
+        "--force",
+        "1",
+        "--out",
+        str(tmp_path / "out"),
+        "--",
+        "--model",
+        "moe_hf",
+        "--tasks",
+        "moe_rbench_sst2",
+        "--limit",
+        "2",
+        "--device",
+        "cpu",
+        "--metadata",
+        metadata,
+    ]
     recorded = f"are of {planted_model} (MixtralForCausalLM, 2 MoE layers of 4 experts, top-1)"
     for model_args, fragments in [
         (f"pretrained={tiny_model('olmoe')}", [recorded, "architecture MixtralForCausalLM vs OlmoeForCausalLM"]),
