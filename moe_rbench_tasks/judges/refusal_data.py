@@ -32,11 +32,10 @@ taxonomy are left out. The mappings (documented in docs/refusal-judge.md):
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from moe_rbench_tasks.data import MalformedDataError, MissingDataError
+from moe_rbench_tasks.data import MalformedDataError, MissingDataError, read_json, read_jsonl
 
 FULL, PARTIAL, PREMISE, UNABLE = "full_refusal", "partial_refusal", "premise_rejection", "unable"
 DISCLAIMER, TWO_SIDED, COMPLIANCE = "disclaimer", "two_sided", "compliance"
@@ -137,7 +136,7 @@ def chatgpt_refusals_file(path: Path, keep_unmapped: bool = False) -> list[Label
     """One chatgpt-refusals file (a JSON list of {prompt, response, tone}); `keep_unmapped` keeps the tones the
     taxonomy leaves out (incoherent), with no kinds."""
     rows = []
-    data = _json(path)
+    data = read_json(path)
     if not isinstance(data, list):
         raise MalformedDataError(f"{path}: expected a JSON list of {{prompt, response, tone}} objects")
     for index, row in enumerate(data):
@@ -159,11 +158,8 @@ def read_openai_rbr(root: Path) -> list[LabelledResponse]:
 def rbr_file(path: Path) -> list[LabelledResponse]:
     """One file of OpenAI's RBR gold set (JSON lines of prompt, completion and propositions)."""
     rows = []
-    for line, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not text.strip():
-            continue
-        where = f"{path}, line {line}"
-        row = _json_line(text, where)
+    for number, row in enumerate(read_jsonl(path), start=1):
+        where = f"{path}, row {number}"
         traits = row.get("propositions")
         user_turns = [
             m.get("content") for m in row.get("prompt") or [] if isinstance(m, dict) and m.get("role") == "user"
@@ -211,20 +207,3 @@ def _files(folder: Path, pattern: str) -> list[Path]:
             "refusal_labels/openai_rbr_gold)"
         )
     return files
-
-
-def _json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise MalformedDataError(f"{path}, line {error.lineno}: not JSON ({error.msg})") from None
-
-
-def _json_line(text: str, where: str) -> dict:
-    try:
-        row = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise MalformedDataError(f"{where}: not JSON ({error.msg})") from None
-    if not isinstance(row, dict):
-        raise MalformedDataError(f"{where}: expected a JSON object")
-    return row
