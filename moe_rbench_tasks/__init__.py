@@ -1,4 +1,5 @@
-"""MoE-RBench tasks for lm-evaluation-harness: data loading, prompts, metrics and the task folder.
+"""MoE-RBench tasks for lm-evaluation-harness: one folder per task family (its data loading, prompts, metrics and
+task YAMLs), the family registry (families.py) and the judges.
 
 Kept import-light on purpose (no pathlib, no typing): the start-up hook imports this package in every
 Python process of an environment where moe-rbench is installed.
@@ -9,13 +10,9 @@ import os
 __all__ = ["TASKS_DIR", "task_manager", "with_our_tasks"]
 
 
-def _find_tasks_dir() -> str:
-    package = os.path.dirname(os.path.realpath(__file__))
-    installed = os.path.join(package, "task_yamls")  # where the wheel puts them
-    return installed if os.path.isdir(installed) else os.path.join(os.path.dirname(package), "task_yamls")
-
-
-TASKS_DIR: str = _find_tasks_dir()
+# The folder lm-eval indexes: this package. Each family folder (adversarial_nli/, boss/, ...) holds its task YAMLs
+# beside its code, as lm-eval's own task folders do, and groups/ the umbrella groups.
+TASKS_DIR: str = os.path.dirname(os.path.realpath(__file__))
 
 
 def with_our_tasks(include_path) -> list:

@@ -1,4 +1,5 @@
-"""Where every benchmark's documents come from.
+"""Where every benchmark's documents come from: what a data source is (`Source`; each family folder declares its
+own, moe_rbench_tasks.families.SOURCES collects them) and how its files are found and read.
 
 Each dataset has a canonical source (the Hugging Face hub dataset users normally get) and a local
 source (the benchmark's original release file inside a data directory laid out as documented in
@@ -47,183 +48,6 @@ class Source:
     @property
     def paths(self) -> list[str]:
         return [f"{self.local_path}/{name}" for name in self.files] or [self.local_path]
-
-
-SOURCES: dict[str, Source] = {
-    source.name: source
-    for source in [
-        Source(
-            name="decodingtrust_style",
-            tasks="moe_rbench_sst2, moe_rbench_style_*",
-            local_path="decodingtrust/style.json",
-            hub="AI-Secure/DecodingTrust, config ood, split style (ID documents: nyu-mll/glue, config sst2, split "
-            "validation)",
-            obtain="https://github.com/AI-secure/DecodingTrust/blob/main/data/ood/style.json",
-            license="CC BY-SA 4.0",
-        ),
-        Source(
-            name="snli",
-            tasks="moe_rbench_snli (validation; few-shot: test), moe_rbench_snli_test (test; few-shot: validation), "
-            "few-shot of moe_rbench_snli_hard (validation)",
-            local_path="snli/hf",
-            files=("validation.tsv", "test.tsv"),
-            hub="stanfordnlp/snli, splits validation and test (label -1 rows dropped)",
-            obtain="export the hub dataset stanfordnlp/snli to TSV (columns premise, hypothesis, label; label -1 rows "
-            "removed), e.g. https://github.com/MJ-Jang/BECEL/tree/main/data/snli",
-            license="CC BY-SA 4.0",
-        ),
-        Source(
-            name="snli_hard",
-            tasks="moe_rbench_snli_hard",
-            local_path="snli/snli_1.0_test_hard.jsonl",
-            hub=None,
-            obtain="https://nlp.stanford.edu/projects/snli/snli_1.0_test_hard.jsonl (Gururangan et al. 2018, "
-            "'Annotation Artifacts in Natural Language Inference Data')",
-            license="CC BY-SA 4.0",
-        ),
-        Source(
-            name="anli",
-            tasks="moe_rbench_anli_r1, moe_rbench_anli_r2, moe_rbench_anli_r3 (test; few-shot: dev of the round)",
-            local_path="anli",
-            files=tuple(f"R{r}/{split}.jsonl" for r in (1, 2, 3) for split in ("test", "dev")),
-            hub="facebook/anli, splits test_r1/2/3 and dev_r1/2/3",
-            obtain="https://dl.fbaipublicfiles.com/anli/anli_v1.0.zip (folders R1, R2, R3)",
-            license="CC BY-NC 4.0",
-        ),
-        Source(
-            name="boss",
-            tasks="moe_rbench_boss_* (test.tsv; few-shot: train.tsv of the suite's ID set)",
-            local_path="boss",
-            files=tuple(
-                f"{name}/test.tsv"
-                for name in (
-                    "amazon",
-                    "dynasent",
-                    "semeval",
-                    "sst5",
-                    "mnli",
-                    "anli",
-                    "contract_nli",
-                    "wanli",
-                    "civil_comments",
-                    "adv_civil",
-                    "implicit_hate",
-                    "toxigen",
-                )
-            ),
-            hub=None,
-            obtain="the BOSS benchmark bundle (Yuan et al., NeurIPS 2023 Datasets and Benchmarks, 'Revisiting "
-            "Out-of-distribution Robustness in NLP'), whose download link its authors publish at "
-            "https://github.com/lifan-yuan/OOD_NLP; unpack its SentimentAnalysis, NaturalLanguageInference and "
-            "ToxicDetection folders so that each dataset is <data dir>/boss/<name>/{train,test}.tsv",
-            license="per dataset (see the BOSS README)",
-        ),
-        Source(
-            name="truthfulqa",
-            tasks="moe_rbench_truthfulqa_mc",
-            local_path="truthfulqa/TruthfulQA.csv",
-            hub="truthfulqa/truthful_qa, config generation, split validation",
-            obtain="https://github.com/sylinrl/TruthfulQA/blob/main/TruthfulQA.csv (the 817-question revision)",
-            license="Apache-2.0",
-        ),
-        Source(
-            name="nq_open",
-            tasks="moe_rbench_nq_open (NQ-open.dev.jsonl; few-shot: the EfficientQA dev questions, disjoint from it)",
-            local_path="nq_open",
-            files=("NQ-open.dev.jsonl", "NQ-open.efficientqa.dev.1.1.jsonl"),
-            hub="google-research-datasets/nq_open, split validation (few-shot: split train)",
-            obtain="https://github.com/google-research-datasets/natural-questions/tree/master/nq_open "
-            "(NQ-open.dev.jsonl and NQ-open.efficientqa.dev.1.1.jsonl)",
-            license="CC BY-SA 3.0",
-        ),
-        Source(
-            name="safety_tuned_llamas",
-            tasks="moe_rbench_safety_malicious, moe_rbench_safety_cona, moe_rbench_safety_controversial",
-            local_path="safety_tuned_llamas/evaluation",
-            files=("I-MaliciousInstructions.json", "I-CoNa.json", "I-Controversial.json"),
-            hub=None,
-            obtain="https://github.com/vinid/safety-tuned-llamas/tree/main/data/evaluation (Bianchi et al., ICLR 2024)",
-            license="CC BY-NC 4.0",
-        ),
-        Source(
-            name="do_not_answer",
-            tasks="moe_rbench_safety_dna",
-            local_path="do_not_answer/do_not_answer_en.csv",
-            hub="LibrAI/do-not-answer, split train",
-            obtain="https://github.com/Libr-AI/do-not-answer (datasets/do_not_answer_en.csv; Wang et al. 2023)",
-            license="CC BY-NC-SA 4.0",
-        ),
-        Source(
-            name="sst2_train",
-            tasks="moe-rbench finetune --dataset sst2 (Style-OOD)",
-            local_path="sst2/train.tsv",
-            hub="nyu-mll/glue, config sst2, split train",
-            obtain="the GLUE SST-2 train.tsv (columns sentence, label; https://gluebenchmark.com/tasks)",
-            license="SST / GLUE: research use",
-        ),
-        Source(
-            name="snli_train",
-            tasks="moe-rbench finetune --dataset snli, --dataset anli (the SNLI slice of each round)",
-            local_path="snli/hf/train.tsv",
-            hub="stanfordnlp/snli, split train",
-            obtain="export the hub dataset stanfordnlp/snli, split train, to TSV (columns premise, hypothesis, label) "
-            "keeping its label -1 rows: the ANLI protocol shuffles the whole split before it drops them",
-            license="CC BY-SA 4.0",
-        ),
-        Source(
-            name="anli_train",
-            tasks="moe-rbench finetune --dataset anli (ANLI train of each round)",
-            local_path="anli",
-            files=tuple(f"R{r}/train.jsonl" for r in (1, 2, 3)),
-            hub="facebook/anli, splits train_r1/2/3",
-            obtain="https://dl.fbaipublicfiles.com/anli/anli_v1.0.zip (folders R1, R2, R3)",
-            license="CC BY-NC 4.0",
-        ),
-        Source(
-            name="esnli_train",
-            tasks="moe-rbench finetune --dataset snli_hard (e-SNLI train, the SNLI-hard protocol's training set)",
-            local_path="esnli",
-            files=("esnli_train_1.csv", "esnli_train_2.csv"),
-            hub="esnli/esnli, split train",
-            obtain="https://github.com/OanaMariaCamburu/e-SNLI (dataset/esnli_train_1.csv and esnli_train_2.csv; "
-            "Camburu et al., NeurIPS 2018)",
-            license="SNLI: CC BY-SA 4.0; e-SNLI: MIT (repository LICENSE)",
-        ),
-        Source(
-            name="alpaca",
-            tasks="moe-rbench finetune --protocol instruct",
-            local_path="alpaca/alpaca_data.json",
-            hub="tatsu-lab/alpaca, split train",
-            obtain="https://github.com/tatsu-lab/stanford_alpaca (alpaca_data.json)",
-            license="CC BY-NC 4.0",
-        ),
-        Source(
-            name="alpaca_safety_samples",
-            tasks="moe-rbench finetune --protocol instruct (the Alpaca samples MoE-RBench removes as safety-related)",
-            local_path="moe_rbench/alpaca_data_safety_only.json",
-            hub=None,
-            obtain="https://github.com/UNITES-Lab/MoE-RBench (safety-evaluation/ft_datasets/alpaca_dataset/"
-            "alpaca_data_safety_only.json)",
-            license="MIT",
-        ),
-        Source(
-            name="safety_training",
-            tasks="moe-rbench finetune --protocol instruct --safety_samples N",
-            local_path="safety_tuned_llamas/training/safety_only_data_Instructions.json",
-            hub=None,
-            obtain="https://github.com/vinid/safety-tuned-llamas (data/training/safety_only_data_Instructions.json)",
-            license="CC BY-NC 4.0",
-        ),
-        Source(
-            name="xstest",
-            tasks="moe_rbench_xstest",
-            local_path="xstest/xstest_prompts.csv",
-            hub="Paul/XSTest, split train (the authors' xstest_prompts.csv)",
-            obtain="https://github.com/paul-rottger/exaggerated-safety (xstest_prompts.csv; Röttger et al. 2024)",
-            license="CC BY 4.0",
-        ),
-    ]
-}
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
@@ -385,7 +209,10 @@ def file_status(path: Path) -> str | None:
 
 
 def data_status(data_dir: Path | None) -> list[dict[str, str]]:
-    """One row per dataset: where it is found (or why not) and how to obtain it; for `moe-rbench data`."""
+    """One row per dataset of every family (moe_rbench_tasks.families.SOURCES): where it is found (or why not) and
+    how to obtain it; for `moe-rbench data`."""
+    from moe_rbench_tasks.families import SOURCES  # the registry imports the families, which import this module
+
     rows = []
     for source in SOURCES.values():
         problems = {} if data_dir is None else {path: file_status(data_dir / path) for path in source.paths}

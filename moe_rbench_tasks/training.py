@@ -38,10 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from moe_rbench_models.errors import OptionError
-from moe_rbench_tasks import boss, style_ood
-from moe_rbench_tasks.adversarial_nli import LABELS, pair_key
+from moe_rbench_tasks.adversarial_nli.loader import LABELS, pair_key
+from moe_rbench_tasks.boss import loader as boss_loader
 from moe_rbench_tasks.data import (
-    SOURCES,
     MalformedDataError,
     label_index,
     load_from_hub,
@@ -52,8 +51,9 @@ from moe_rbench_tasks.data import (
     require_data_dir,
     resolve_data_dir,
 )
-from moe_rbench_tasks.families import ADVERSARIAL_NLI, BOSS_NLI, BOSS_SA, BOSS_TD
-from moe_rbench_tasks.safety import ALPACA
+from moe_rbench_tasks.families import ADVERSARIAL_NLI, BOSS_NLI, BOSS_SA, BOSS_TD, SOURCES
+from moe_rbench_tasks.safety.loader import ALPACA
+from moe_rbench_tasks.style_ood import loader as style_ood_loader
 
 ALPACA_WITH_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further context. Write a "
@@ -92,9 +92,9 @@ def _sst2(root: Path | None) -> list[dict]:
     source = SOURCES["sst2_train"]
     if root is None:
         rows = load_from_hub(source, "nyu-mll/glue", "sst2", split="train")
-        return style_ood.to_docs(rows, "base", "nyu-mll/glue sst2 train", fields=("sentence", "label", "idx"))
+        return style_ood_loader.to_docs(rows, "base", "nyu-mll/glue sst2 train", fields=("sentence", "label", "idx"))
     path = local_file(source, root)
-    return style_ood.to_docs(read_table(path, ("sentence", "label"), delimiter="\t"), "base", str(path))
+    return style_ood_loader.to_docs(read_table(path, ("sentence", "label"), delimiter="\t"), "base", str(path))
 
 
 def _boss(family) -> Callable[[Path | None], list[dict]]:
@@ -102,7 +102,9 @@ def _boss(family) -> Callable[[Path | None], list[dict]]:
 
     def read(root: Path | None) -> list[dict]:
         source = SOURCES["boss"]
-        return boss.docs(family, id_set, local_file(source, require_data_dir(source, root), f"{id_set}/train.tsv"))
+        return boss_loader.docs(
+            family, id_set, local_file(source, require_data_dir(source, root), f"{id_set}/train.tsv")
+        )
 
     return read
 

@@ -68,8 +68,9 @@ def test_wheel_ships_tasks_start_up_files_and_entry_points(wheel):
     assert {
         "moe_rbench.pth",
         "moe_rbench.start",
-        "moe_rbench_tasks/task_yamls/style_ood/moe_rbench_ood.yaml",
-        "moe_rbench_tasks/task_yamls/style_ood/_template_yaml",
+        "moe_rbench_tasks/style_ood/moe_rbench_ood.yaml",
+        "moe_rbench_tasks/style_ood/_template_yaml",
+        "moe_rbench_tasks/groups/moe_rbench.yaml",
         "moe_rbench_tasks/judges/refusal_model.json",  # the refusal judge cannot run without it
     } <= set(names)
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
