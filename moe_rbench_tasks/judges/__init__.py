@@ -1,5 +1,7 @@
 """Safety judges: `load_judge(name, **options)` returns an object whose `score(pairs)` takes
-`(instruction, response)` pairs and returns one dict per pair.
+`(instruction, response)` pairs and returns one dict per pair. contract.py writes down what every judge is (`Judge`);
+the judges that run a transformers model share transformers_judge.py (`TransformersJudge`); adding one:
+docs/guides/add-a-judge.md.
 
 - `refusal`: offline, validated out of sample on human labels (refusal.py); `refusal` (bool: a full refusal, the
   model declined the task), `refusal_kind` (full_refusal, partial_refusal, premise_rejection, unable, disclaimer,
