@@ -460,7 +460,7 @@ def _check_aligned(pairs) -> None:
                 ):
                     raise AttributionError(
                         f"--pair_by doc_key: documents of {task_a} and {task_b} share an id, but their ids do not "
-                        "name the same documents (families.py aligns ids within the Style-OOD tasks and SNLI / "
+                        "name the same documents (the families align ids within the Style-OOD tasks and SNLI / "
                         "SNLI-hard); pair sets whose documents are versions of one another, or leave out --pair_by"
                     )
 

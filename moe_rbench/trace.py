@@ -7,7 +7,7 @@ For each MoE layer and each OOD task, from the records of one `routing_out` dire
 - `mean_pair_l1`: mean over aligned documents (an SST-2 sentence and its styled version, an SNLI pair and
   the same pair in SNLI-hard) of the L1 distance between the two documents' expert-usage distributions.
   Documents align by their `id` field (the record's `doc_key`), and only within a task family that declares
-  aligned ids (families.py: DecodingTrust ids across the Style-OOD tasks, the pair text across SNLI test and
+  aligned ids (`Family.aligned_ids`: DecodingTrust ids across the Style-OOD tasks, the pair text across SNLI test and
   SNLI-hard), or between tasks of no moe_rbench family (the user's own). Other tasks get no pairs (`pairs` 0, a
   note) rather than pairs of unrelated documents; lm-eval's `doc_id` (a row number) is never used to pair.
 
