@@ -15,11 +15,13 @@ caching and scores. It accepts every `hf` model argument, and:
 - `head=sequence_classification` with `label_map=...`: score multiple-choice tasks through a fine-tuned
   classification head, the paper's protocol (see classifier.py).
 
-Yes/no arguments (`routing_logits`, `routing_overwrite`, `drop_renormalize`, `dola_post_softmax`, `dola_final_norm`,
-and hf's own such as `trust_remote_code`) take true/false, 1/0 or yes/no in any case; any other value is refused
-(lm-eval passes other words on as strings, which would read as true). Every refusal is an `OptionError`.
+Every argument is read and checked once, before the model loads, by options.py (`MoEOptions`): yes/no arguments
+(`routing_logits`, `routing_overwrite`, `drop_renormalize`, `dola_post_softmax`, `dola_final_norm`, and hf's own such
+as `trust_remote_code`) take true/false, 1/0 or yes/no in any case; any other value is refused (lm-eval passes other
+words on as strings, which would read as true). Every refusal is an `OptionError`.
 
-Everything works through forward hooks and a few HFLM methods that see one request batch or one row of it
+The routing parts of a run (interventions, hooks, capture, writer) are one `RoutingSession` (routing/session.py);
+this class only tells it what lm-eval does, through a few HFLM methods that see one request batch or one row of it
 (`_model_call`, `_select_cont_toks`, `tok_batch_encode`, `_model_generate`). `close()` (or leaving a `with`
 block) publishes the routing records and removes every hook, restoring the model; lm-eval's `simple_evaluate`
 publishes them when it asks for the model's info, after the evaluation.
