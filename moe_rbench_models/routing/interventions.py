@@ -18,6 +18,11 @@
     `drop_renormalize=true` the remaining weights are rescaled to the original total.
 
 LAYER is a transformer block index (`12`), `encoder.N` / `decoder.N` in encoder-decoder models, or `*`.
+
+Everything that changes routing is here: reading these options (`read_top_k`, `read_experts`), the plan and its
+limits (`plan_interventions`, `steering_limit`, `top_k_limit`), the edits (`steer_router`: k, router logits,
+selection biases; `drop_weights`) and the check of every token's selection (`check_selection`). hooks.py reads
+routing and calls these.
 """
 
 from __future__ import annotations
