@@ -62,13 +62,14 @@ from moe_rbench.judging import json_lines
 from moe_rbench.runs import RESULTS_FILE, SAMPLES_FILE
 from moe_rbench.tables import markdown, number, pyplot, save_figure, save_table
 from moe_rbench_models.errors import MoERBenchError, OptionError
-from moe_rbench_models.routing.records import (
+from moe_rbench_models.routing import (
     VERSION,
     RoutingRecord,
     expert_counts,
     load_manifest,
     load_records,
     recorded_tasks,
+    steering_limit,
 )
 from moe_rbench_tasks.families import aligned, family_of
 
@@ -635,9 +636,7 @@ def _check_selection(force: int, disable: int, selection: str, disable_mode: str
 
 def _limit(layer: dict, kind: str, disable_mode: str) -> int:
     """How many experts of a layer may be forced (k: all are selected) or disabled (reroute: k must remain)."""
-    if kind == "force":
-        return layer["top_k"]
-    return layer["num_experts"] - layer["top_k"] if disable_mode == "reroute" else layer["num_experts"]
+    return steering_limit(kind, layer["num_experts"], layer["top_k"], disable_mode)
 
 
 def _skip(row: ExpertRow, layer: dict, kind: str, disable_mode: str) -> dict:

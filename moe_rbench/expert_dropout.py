@@ -33,8 +33,7 @@ from torch.overrides import TorchFunctionMode
 
 from moe_rbench_models.errors import OptionError
 from moe_rbench_models.internals import InternalsChanged
-from moe_rbench_models.routing.discovery import MoELayer
-from moe_rbench_models.routing.hooks import HookSet
+from moe_rbench_models.routing import HookSet, MoELayer
 
 # where each architecture keeps its experts' down projection: `down_proj` (Mixtral, Qwen2/3-MoE, OLMoE, DeepSeek-V3,
 # GPT-OSS, PhiMoE, GraniteMoE, Jamba, Llama4), `mlp.w2` (DBRX)

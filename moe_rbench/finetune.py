@@ -60,9 +60,7 @@ from moe_rbench import expert_dropout
 from moe_rbench.finetune_output import destination, discard, publish, write_failure
 from moe_rbench.finetune_trainer import Bilevel, MoETrainer, Optimization
 from moe_rbench_models.errors import OptionError
-from moe_rbench_models.routing.discovery import MoELayer, find_moe_layers
-from moe_rbench_models.routing.hooks import HookSet, router_logits
-from moe_rbench_models.routing.interventions import set_top_k, top_k_limit
+from moe_rbench_models.routing import HookSet, MoELayer, find_moe_layers, router_logits, set_top_k, top_k_limit
 from moe_rbench_tasks.families import family_of
 from moe_rbench_tasks.training import ALPACA_HOLDOUT, PROMPT_FORMATS, TRAIN_SETS, classification_docs
 

@@ -36,8 +36,7 @@ from moe_rbench.attribute import (
 from moe_rbench.compare import Comparison, GateOptions, compare, comparison_table
 from moe_rbench.runs import RunError, load_run
 from moe_rbench_models.errors import MoERBenchError, OptionError
-from moe_rbench_models.routing.checkpoint import config_fingerprint, describe_checkpoint, weights_fingerprint
-from moe_rbench_models.routing.records import load_manifest
+from moe_rbench_models.routing import config_fingerprint, describe_checkpoint, load_manifest, weights_fingerprint
 
 # moe_hf's model arguments that `steer`'s evaluation may not set, and why: steer's own intervention is the only change
 # to the checkpoint's routing, and the evaluation records nothing. DoLa (`dola_*`) is allowed: it reads the same

@@ -26,7 +26,7 @@ import numpy as np
 
 from moe_rbench.tables import markdown, number, pyplot, save_figure, save_table
 from moe_rbench_models.errors import MoERBenchError, OptionError
-from moe_rbench_models.routing.records import VERSION, expert_counts, load_manifest, load_records, recorded_tasks
+from moe_rbench_models.routing import VERSION, expert_counts, load_manifest, load_records, recorded_tasks
 from moe_rbench_tasks.families import aligned, family_of
 
 

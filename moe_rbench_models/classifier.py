@@ -19,13 +19,13 @@ import torch
 import torch.nn.functional as F
 
 from moe_rbench_models.errors import OptionError
-from moe_rbench_models.specs import parse_items
 
 HEADS = ("causal_lm", "sequence_classification")
 
 
 class ClassifierScoring:
-    def __init__(self, lm, label_map: str | int | list | tuple | None) -> None:
+    def __init__(self, lm, label_map: tuple[str, ...] | None) -> None:
+        """`label_map`: the model argument, read (`MoEOptions.label_map`: class ids or names as text)."""
         self.lm = lm
         config = lm.model.config
         self.num_classes = int(config.num_labels)
@@ -34,9 +34,9 @@ class ClassifierScoring:
         if config.pad_token_id is None:  # the head reads the last non-padding token of each row
             config.pad_token_id = lm.tokenizer.pad_token_id
 
-    def _classes(self, label_map: str | int | list | tuple) -> list[int]:
+    def _classes(self, label_map: tuple[str, ...]) -> list[int]:
         classes = []
-        for text in parse_items(label_map, "label_map", expected="class ids or names such as '2,0,1'"):
+        for text in label_map:
             if text.lstrip("-").isdigit():
                 classes.append(int(text))
             elif text.lower() in self.names:

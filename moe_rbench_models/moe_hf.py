@@ -15,11 +15,13 @@ caching and scores. It accepts every `hf` model argument, and:
 - `head=sequence_classification` with `label_map=...`: score multiple-choice tasks through a fine-tuned
   classification head, the paper's protocol (see classifier.py).
 
-Yes/no arguments (`routing_logits`, `routing_overwrite`, `drop_renormalize`, `dola_post_softmax`, `dola_final_norm`,
-and hf's own such as `trust_remote_code`) take true/false, 1/0 or yes/no in any case; any other value is refused
-(lm-eval passes other words on as strings, which would read as true). Every refusal is an `OptionError`.
+Every argument is read and checked once, before the model loads, by options.py (`MoEOptions`): yes/no arguments
+(`routing_logits`, `routing_overwrite`, `drop_renormalize`, `dola_post_softmax`, `dola_final_norm`, and hf's own such
+as `trust_remote_code`) take true/false, 1/0 or yes/no in any case; any other value is refused (lm-eval passes other
+words on as strings, which would read as true). Every refusal is an `OptionError`.
 
-Everything works through forward hooks and a few HFLM methods that see one request batch or one row of it
+The routing parts of a run (interventions, hooks, capture, writer) are one `RoutingSession` (routing/session.py);
+this class only tells it what lm-eval does, through a few HFLM methods that see one request batch or one row of it
 (`_model_call`, `_select_cont_toks`, `tok_batch_encode`, `_model_generate`). `close()` (or leaving a `with`
 block) publishes the routing records and removes every hook, restoring the model; lm-eval's `simple_evaluate`
 publishes them when it asks for the model's info, after the evaluation.
@@ -27,7 +29,6 @@ publishes them when it asks for the model's info, after the evaluation.
 
 from __future__ import annotations
 
-import inspect
 import json
 from contextlib import nullcontext
 from typing import Any
@@ -37,142 +38,49 @@ from lm_eval import utils
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
-from moe_rbench_models.classifier import HEADS, ClassifierScoring, refuse
+from moe_rbench_models.classifier import ClassifierScoring, refuse
 from moe_rbench_models.decoding import build_contrastive_decoding
 from moe_rbench_models.errors import OptionError
 from moe_rbench_models.internals import InternalsChanged, check_hflm
-from moe_rbench_models.routing.discovery import describe_moe, find_moe_layers, require_moe
-from moe_rbench_models.routing.hooks import RoutingHooks
-from moe_rbench_models.routing.interventions import plan_interventions
-from moe_rbench_models.routing.requests import RequestCapture
-from moe_rbench_models.routing.writer import RecordWriter, new_run_id
-from moe_rbench_models.specs import parse_bool
-
-# HFLM's own yes/no arguments (trust_remote_code, parallelize, ...): read strictly as well, since lm-eval hands any
-# word but true/false over as a string that Python reads as true (`trust_remote_code=no` would trust it)
-HFLM_SWITCHES = frozenset(
-    name
-    for name, parameter in inspect.signature(HFLM.__init__).parameters.items()
-    if parameter.annotation in (bool, bool | None, "bool", "bool | None")
-)
-
-
-def switch(value: Any, option: str, default: bool | None) -> bool | None:
-    """A yes/no model argument as a bool (`default` when not given or `none`); see specs.parse_bool."""
-    return default if value is None else parse_bool(value, option)
+from moe_rbench_models.options import MoEOptions
+from moe_rbench_models.routing.discovery import describe_moe, find_moe_layers
+from moe_rbench_models.routing.session import RoutingSession
 
 
 @register_model("moe_hf")
 class MoEHFLM(HFLM):
-    def __init__(
-        self,
-        pretrained: Any,
-        data_dir: str | None = None,
-        routing_out: str | None = None,
-        routing_logits: bool = False,
-        routing_overwrite: bool = False,
-        top_k: int | str | None = None,
-        disable_experts: str | None = None,
-        disable_mode: str = "reroute",
-        drop_renormalize: bool = False,
-        force_experts: str | None = None,
-        dola_layers: str | int | list | None = None,
-        dola_relative_top: float | None = None,
-        dola_post_softmax: bool | None = None,
-        dola_final_norm: bool | None = None,
-        dola_divergence: str | None = None,
-        dola_select: str | None = None,
-        scmoe_beta: float | None = None,
-        scmoe_weak_k: int | None = None,
-        scmoe_alpha: float | None = None,
-        head: str = "causal_lm",
-        label_map: str | int | list | None = None,
-        **kwargs: Any,
-    ) -> None:
-        """`data_dir`: directory of the benchmarks' original release files, read by the moe_rbench tasks
-        (model arguments reach them as task metadata); taken here so that it does not reach
-        `from_pretrained`. The routing options are described in the module docstring."""
+    def __init__(self, pretrained: Any, **model_args: Any) -> None:
+        """`model_args`: hf's and moe_hf's own (module docstring), read and checked by `MoEOptions.parse` before the
+        model is loaded. `data_dir`: directory of the benchmarks' original release files, read by the moe_rbench
+        tasks (model arguments reach them as task metadata); taken here so that it does not reach `from_pretrained`."""
         check_hflm(HFLM)
-        routing_logits, routing_overwrite, drop_renormalize = (
-            switch(routing_logits, "routing_logits", False),
-            switch(routing_overwrite, "routing_overwrite", False),
-            switch(drop_renormalize, "drop_renormalize", False),
-        )
-        dola_post_softmax = switch(dola_post_softmax, "dola_post_softmax", None)
-        dola_final_norm = switch(dola_final_norm, "dola_final_norm", None)
-        kwargs = {name: switch(value, name, None) if name in HFLM_SWITCHES else value for name, value in kwargs.items()}
-        if head not in HEADS:
-            raise OptionError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
-        if head != "sequence_classification" and label_map is not None:
-            raise OptionError("label_map applies to head=sequence_classification only")
-        if head == "sequence_classification":
+        options = MoEOptions.parse(model_args)
+        if options.classifier_head:
             self.AUTO_MODEL_CLASS = transformers.AutoModelForSequenceClassification
-        super().__init__(pretrained=pretrained, **kwargs)
-        self.data_dir = data_dir
-        self._classifier = ClassifierScoring(self, label_map) if head == "sequence_classification" else None
-        if self._classifier is not None and (routing_out or dola_layers is not None or scmoe_beta is not None):
-            raise OptionError(
-                "head=sequence_classification scores with class logits; routing_out, DoLa and SCMoE work "
-                "with the causal LM head only"
-            )
+        super().__init__(pretrained=pretrained, **options.hf_arguments)
+        self.options, self.data_dir = options, options.data_dir
+        self._classifier = ClassifierScoring(self, options.label_map) if options.classifier_head else None
         self.moe_layers = find_moe_layers(self.model)
-        routing_options = {
-            "routing_out": routing_out,
-            "top_k": top_k,
-            "disable_experts": disable_experts,
-            "force_experts": force_experts,
-        }
-        self._route(routing_options, routing_logits, routing_overwrite, disable_mode, drop_renormalize)
+        self._routing = RoutingSession(self, self.moe_layers, options)
         self._scoring_instances = None
-        dola = {
-            "layers": dola_layers,
-            "relative_top": dola_relative_top,
-            "post_softmax": dola_post_softmax,
-            "final_norm": dola_final_norm,
-            "divergence": dola_divergence,
-            "select": dola_select,
-        }
-        scmoe = {"beta": scmoe_beta, "weak_k": scmoe_weak_k, "alpha": scmoe_alpha}
-        self._contrast = build_contrastive_decoding(self.model, self.backend, self.moe_layers, dola, scmoe, self._hooks)
+        self._contrast = build_contrastive_decoding(
+            self.model, self.backend, self.moe_layers, options.decoding, self._routing.hooks
+        )
         self._row = 0  # the row of the last scoring batch that HFLM reads next
         self._batch_rows = 0  # rows of the last scoring batch
-        options = {
-            **routing_options,
-            "dola_layers": dola_layers,
-            "scmoe_beta": scmoe_beta,
-            "head": head if head != "causal_lm" else None,
-        }
-        self.moe_options = {name: value for name, value in options.items() if value is not None}
 
-    def _route(self, options: dict, logits: bool, overwrite: bool, disable_mode: str, drop_renormalize: bool) -> None:
-        """The routing interventions and the routing capture the routing model arguments (`options`) ask for."""
-        for option, value in options.items():
-            if value is not None:
-                require_moe(self.moe_layers, option, self.model)
-        routing_out = options["routing_out"]
-        if logits and not routing_out:
-            raise OptionError("routing_logits=true needs routing_out=DIR (where the logits are written)")
-        top_k, disable_experts, force_experts = options["top_k"], options["disable_experts"], options["force_experts"]
-        self.routing_plan = plan_interventions(
-            self.moe_layers, top_k, disable_experts, disable_mode, drop_renormalize, force_experts
-        )
-        self._interventions = {
-            "top_k": top_k,
-            "disable_experts": disable_experts,
-            "disable_mode": disable_mode,
-            "drop_renormalize": drop_renormalize,
-            "force_experts": force_experts,
-            "per_layer": {
-                key: {"top_k": change.top_k, "disabled": sorted(change.disabled), "forced": sorted(change.forced)}
-                for key, change in self.routing_plan.items()
-            },
-        }
-        self._hooks = None
-        if self.routing_plan or routing_out:
-            self._hooks = RoutingHooks(
-                self.moe_layers, self.routing_plan, record=bool(routing_out), keep_logits=logits
-            ).install()
-        self._capture = self._request_capture(routing_out, logits, overwrite) if routing_out else None
+    @property
+    def moe_options(self) -> dict[str, Any]:
+        return self.options.moe_options
+
+    @property
+    def routing_plan(self) -> dict:
+        """The routing interventions per layer key (`LayerIntervention`s; empty when none is asked for)."""
+        return self._routing.plan
+
+    @property
+    def _capture(self):
+        return self._routing.capture
 
     def set_cache_hook(self, cache_hook) -> None:
         """lm-eval's `--use_cache` keys answers by request only, not by model arguments: answers cached by a run
@@ -186,58 +94,9 @@ class MoEHFLM(HFLM):
             )
         super().set_cache_hook(cache_hook)
 
-    def _request_capture(self, routing_out: str, routing_logits: bool, overwrite: bool) -> RequestCapture:
-        layers = [
-            {
-                "key": layer.key,
-                "name": layer.name,
-                "side": layer.side,
-                "layer": layer.layer,
-                "num_experts": layer.num_experts,
-                "top_k": self.routing_plan[layer.key].top_k or layer.top_k
-                if layer.key in self.routing_plan
-                else layer.top_k,
-            }
-            for layer in self.moe_layers
-        ]
-        header = {
-            "model": describe_moe(self.model, self.moe_layers),
-            "interventions": self._interventions if self.routing_plan else None,
-            "logits": routing_logits,
-        }
-        writer = RecordWriter(
-            routing_out,
-            layers,
-            json.loads(json.dumps(header, default=str)),
-            self.rank,
-            self.world_size,
-            overwrite,
-            self._shared_run_id(),
-        )
-        decoder_start = self.model.config.decoder_start_token_id if self.backend == "seq2seq" else None
-        return RequestCapture(self._hooks, writer, self.moe_layers, self.max_length, decoder_start, self.tok_decode)
-
-    def _shared_run_id(self) -> str:
-        """One run id for every process: the main process's (all processes build the model, so this collective
-        cannot be skipped)."""
-        run_id = [new_run_id()]
-        if self.world_size > 1:
-            import torch.distributed as dist
-
-            dist.broadcast_object_list(run_id, src=0)
-        return run_id[0]
-
     def get_model_info(self) -> dict[str, Any]:
-        moe = describe_moe(self.model, self.moe_layers)
-        if self.routing_plan:
-            moe["interventions"] = self._interventions
-        if self._capture is not None:  # lm-eval asks once the evaluation has finished: publish the records
-            self._capture.writer.commit()
-            moe["routing"] = {
-                "out": str(self._capture.writer.out_dir),
-                "run": self._capture.writer.run_id,
-                "summary": self._capture.writer.summary(),
-            }
+        # lm-eval asks once the evaluation has finished: the routing records are published here
+        moe = {**describe_moe(self.model, self.moe_layers), **self._routing.report()}
         if self._contrast is not None:
             moe["decoding"] = self._contrast.summary()
         if self._classifier is not None:
@@ -367,20 +226,17 @@ class MoEHFLM(HFLM):
 
     def close(self) -> None:
         """Publish the routing records (main process) and remove every hook, restoring the model's routers."""
-        if self._capture is not None:
-            self._capture.writer.commit()
-            self._capture = None
-        for part in (self._hooks, self._contrast):
-            if part is not None:
-                part.remove()
-        self._hooks = self._contrast = None
+        self._routing.close()
+        if self._contrast is not None:
+            self._contrast.remove()
+            self._contrast = None
 
     def __enter__(self) -> MoEHFLM:
         return self
 
     def __exit__(self, kind, error, traceback) -> None:
-        if error is not None and self._capture is not None:
-            self._capture = None  # a failed evaluation publishes nothing: the earlier records stay
+        if error is not None:
+            self._routing.discard()  # a failed evaluation publishes nothing: the earlier records stay
         self.close()
 
     def _contrasting(self, mode: str):

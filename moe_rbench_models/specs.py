@@ -1,6 +1,7 @@
-"""The one parser of the list-valued and boolean model arguments of `moe_hf` (as lm-eval hands them over: strings,
-numbers, booleans or lists): comma-separated items (`dola_layers="16,18,20"`, `label_map="0,1,2"`, expert ids),
-per-layer specs (`top_k="12:2;13:1"`, `disable_experts="*:3,7"`) and yes/no switches (`routing_overwrite=true`).
+"""How a model argument of `moe_hf` is written, read the same way for every argument (as lm-eval hands them over:
+strings, numbers, booleans or lists): comma-separated items (`dola_layers="16,18,20"`, `label_map="0,1,2"`, expert
+ids), per-layer specs (`top_k="12:2;13:1"`, `disable_experts="*:3,7"`), yes/no switches (`routing_overwrite=true`),
+numbers and one of a few words. Which argument takes which is decided in options.py (`MoEOptions`).
 
 lm-eval turns only `true`/`false` into booleans; any other word reaches the model as a string, which Python reads as
 true (`routing_overwrite=no` would overwrite). `parse_bool` takes the usual spellings and refuses the rest.
@@ -9,6 +10,8 @@ true (`routing_overwrite=no` would overwrite). `parse_bool` takes the usual spel
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from os import PathLike
 from typing import Any
 
 from moe_rbench_models.errors import OptionError
@@ -63,3 +66,57 @@ def parse_layer_spec(spec: Any, option: str) -> list[tuple[str, str]]:
             )
         pairs.append((layer.strip(), value.strip()))
     return pairs
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """A per-layer model argument, read: `parts` are (layer, integers) pairs; `given` is the value as written, which
+    the results and the routing records report."""
+
+    given: Any
+    parts: tuple[tuple[str, tuple[int, ...]], ...]
+
+
+def read_layer_spec(spec: Any, option: str, expected: str, one_value: bool = False) -> LayerSpec:
+    """`"LAYER:1,2;LAYER:3"` (see parse_layer_spec) with integer values; `one_value`: exactly one per layer."""
+    if isinstance(spec, LayerSpec):
+        return spec
+    parts = []
+    for layer, value in parse_layer_spec(spec, option):
+        values = tuple(parse_items(value, option, int, expected=expected))
+        if one_value and len(values) != 1:
+            raise OptionError(f"{option}: expected {expected} per layer, got {value!r} in {spec!r}")
+        parts.append((layer, values))
+    return LayerSpec(spec, tuple(parts))
+
+
+def read_choice(value: Any, option: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise OptionError(f"{option} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def read_number(value: Any, option: str) -> float:
+    """A number (lm-eval hands `0.5` over as a float; Python callers may pass `"0.5"`)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    try:
+        return float(str(value).strip())
+    except ValueError:
+        raise OptionError(f"{option}: expected a number such as 0.5, got {value!r}") from None
+
+
+def read_integer(value: Any, option: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    text = str(value).strip()
+    if isinstance(value, bool) or not text.lstrip("-").isdigit():
+        raise OptionError(f"{option}: expected a whole number such as 2, got {value!r}")
+    return int(text)
+
+
+def read_path(value: Any, option: str) -> str:
+    """A directory or file name (not checked for existence: each user of the option says what it needs there)."""
+    if not isinstance(value, (str, PathLike)) or not str(value).strip():
+        raise OptionError(f"{option}: expected a path such as out/, got {value!r}")
+    return str(value)

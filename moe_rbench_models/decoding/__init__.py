@@ -7,7 +7,7 @@ from __future__ import annotations
 from torch import nn
 
 from moe_rbench_models.decoding.head import OutputHead, OutputHeadError, locate_output_head
-from moe_rbench_models.decoding.options import DolaOptions, SelfContrastOptions, candidate_layers, parse_options
+from moe_rbench_models.decoding.options import DolaOptions, SelfContrastOptions, candidate_layers, read_dola_layers
 from moe_rbench_models.decoding.runtime import ContrastiveDecoding, DoLa, SelfContrast
 from moe_rbench_models.errors import OptionError
 from moe_rbench_models.routing.discovery import MoELayer, require_moe
@@ -24,15 +24,19 @@ __all__ = [
     "build_contrastive_decoding",
     "candidate_layers",
     "locate_output_head",
-    "parse_options",
+    "read_dola_layers",
 ]
 
 
 def build_contrastive_decoding(
-    model: nn.Module, backend: str, moe_layers: list[MoELayer], dola: dict, scmoe: dict, routing_hooks=None
+    model: nn.Module,
+    backend: str,
+    moe_layers: list[MoELayer],
+    options: DolaOptions | SelfContrastOptions | None,
+    routing_hooks=None,
 ) -> ContrastiveDecoding | None:
-    """The method the `dola_*` / `scmoe_*` model arguments ask for (None: neither), installed on `model`."""
-    options = parse_options(dola, scmoe)
+    """The method the `dola_*` / `scmoe_*` model arguments ask for (`MoEOptions.decoding`; None: neither), installed
+    on `model`."""
     if options is None:
         return None
     method = "DoLa" if isinstance(options, DolaOptions) else "SCMoE"

@@ -1,4 +1,5 @@
-"""The contrastive-decoding model arguments of `moe_hf`, validated.
+"""The contrastive-decoding model arguments of `moe_hf`: what each means and its valid values (read, with every
+other model argument, by options.py's `MoEOptions`).
 
 DoLa (the reference value of each option in brackets; README "Contrastive decoding" has the recipes):
 - `dola_layers`: candidate premature layers, indices into `output_hidden_states` (0 = embedding output,
@@ -29,7 +30,7 @@ LAYER_RULES = ("paper", "high", "low")
 
 @dataclass(frozen=True)
 class DolaOptions:
-    layers: str | int | list | tuple
+    layers: str | tuple[int, ...]  # read_dola_layers
     relative_top: float = 0.1
     post_softmax: bool = False
     final_norm: bool = False
@@ -58,21 +59,15 @@ class SelfContrastOptions:
             raise OptionError(f"scmoe_alpha must be between 0 and 1, got {self.alpha}")
 
 
-def parse_options(dola: dict, scmoe: dict) -> DolaOptions | SelfContrastOptions | None:
-    """`dola` / `scmoe`: the `dola_*` / `scmoe_*` model arguments without prefix (None = not given)."""
-    dola = {key: value for key, value in dola.items() if value is not None}
-    scmoe = {key: value for key, value in scmoe.items() if value is not None}
-    if dola and scmoe:
-        raise OptionError("DoLa (dola_*) and SCMoE (scmoe_*) are two contrastive decoding methods; choose one.")
-    if dola:
-        if "layers" not in dola:
-            raise OptionError(f"dola_{next(iter(dola))} needs dola_layers (e.g. dola_layers=paper) to turn DoLa on")
-        return DolaOptions(**dola)
-    if scmoe:
-        if "beta" not in scmoe:
-            raise OptionError(f"scmoe_{next(iter(scmoe))} needs scmoe_beta (e.g. scmoe_beta=0.5) to turn SCMoE on")
-        return SelfContrastOptions(**scmoe)
-    return None
+LAYERS_EXPECTED = 'paper, high, low or layer numbers such as "16,18,20"'
+
+
+def read_dola_layers(spec: str | int | list | tuple) -> str | tuple[int, ...]:
+    """`dola_layers` read: a rule (`paper`, `high`, `low`) or layer numbers (checked against a model by
+    `candidate_layers`)."""
+    if isinstance(spec, str) and spec.strip().lower() in LAYER_RULES:
+        return spec.strip().lower()
+    return tuple(parse_items(spec, "dola_layers", int, expected=LAYERS_EXPECTED))
 
 
 def candidate_layers(spec: str | int | list | tuple, num_layers: int, tied_embeddings: bool) -> tuple[int, ...]:
@@ -92,7 +87,7 @@ def candidate_layers(spec: str | int | list | tuple, num_layers: int, tied_embed
         if not layers:
             raise OptionError(f"dola_layers={rule} selects no layer of this {final}-layer model; list layers instead")
         return tuple(layers)
-    layers = parse_items(spec, "dola_layers", int, expected='paper, high, low or layer numbers such as "16,18,20"')
+    layers = read_dola_layers(spec)
     bad = [layer for layer in layers if not 0 <= layer < final]
     if bad:
         raise OptionError(

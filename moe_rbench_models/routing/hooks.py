@@ -1,7 +1,8 @@
-"""The hooks `moe_hf` puts on MoE layers: routing interventions and routing recording.
+"""The hooks `moe_hf` puts on MoE layers to read routing: what the routers selected, recorded and checked.
 
-One set of hooks per layer, on the router (logits; reroute masking; routers that also dispatch, as
-Llama4's) and on the experts module (`experts(hidden, top_k_index, top_k_weights)`: the routing actually
+What changes routing (top-k, the logit and bias edits, `drop`'s weights, the check of each token's selection) is
+interventions.py's; `RoutingHooks` installs it and reads, per layer, the router (logits; routers that also
+dispatch, as Llama4's) and the experts module (`experts(hidden, top_k_index, top_k_weights)`: the routing actually
 used, rewritten for `drop`). Recording keeps, per forward call, the top-k expert ids and weights of every
 token (N = batch x sequence, padding included), capacity-dropped tokens (Switch) and, when asked, logits.
 """
@@ -16,14 +17,7 @@ import torch
 
 from moe_rbench_models.internals import InternalsChanged
 from moe_rbench_models.routing.discovery import MoELayer
-from moe_rbench_models.routing.interventions import (
-    EditedRouterLogits,
-    LayerIntervention,
-    drop_weights,
-    scoring_space,
-    selection_biases,
-    set_top_k,
-)
+from moe_rbench_models.routing.interventions import LayerIntervention, check_selection, drop_weights, steer_router
 
 
 @dataclass
@@ -71,13 +65,13 @@ class RoutingHooks(HookSet):
         self._logits: dict[str, torch.Tensor] = {}
 
     def install(self) -> RoutingHooks:
+        """The plan's interventions on every layer (interventions.steer_router), then the hooks that read routing:
+        for recording, and to check each token's selection against forced and disabled experts."""
         for layer in self.layers:
             change = self.plan.get(layer.key, LayerIntervention())
-            if change.top_k is not None:
-                previous = set_top_k(layer, change.top_k)
-                self._restore.append(lambda layer=layer, k=previous: set_top_k(layer, k))
-            if change.edits_logits:
-                self._edit_logits(layer, change)
+            handles, restore = steer_router(layer, change)
+            self._handles += handles
+            self._restore += restore
             if self.record or change.disabled or change.forced:
                 self._read_routing(layer, change)
         return self
@@ -95,26 +89,6 @@ class RoutingHooks(HookSet):
             yield
         finally:
             self.calls = calls
-
-    # -- reroute and force ---------------------------------------------------------------------------------
-
-    def _edit_logits(self, layer: MoELayer, change: LayerIntervention) -> None:
-        space = scoring_space(layer) if change.forced or change.lowered else "logits"
-        mode = EditedRouterLogits(layer.num_experts, change, space)
-        self._handles.append(layer.router.register_forward_pre_hook(lambda module, args: mode.__enter__() and None))
-        self._handles.append(
-            layer.router.register_forward_hook(
-                lambda module, args, output: mode.__exit__(None, None, None) and None, always_call=True
-            )
-        )
-        for bias in selection_biases(layer):
-            original = bias.clone()
-            # selection scores are in [0, 1] plus the bias: these biases put a forced expert above every other one
-            # and a lowered one below every other one; removed experts are never selected
-            bias[list(change.removed)] = float("-inf")
-            bias[list(change.lowered)] = -original.abs().max() - 1e4
-            bias[list(change.forced)] = original.abs().max() + 1e4
-            self._restore.append(lambda bias=bias, original=original: bias.copy_(original))
 
     # -- reading (and `drop` rewriting) ------------------------------------------------------------------
 
@@ -148,12 +122,12 @@ class RoutingHooks(HookSet):
         position = next(i for i, item in enumerate(output) if i != layer.logits_index)
         scores = output[position]
         ids = torch.topk(logits, getattr(layer.top_k_owner, "top_k", layer.top_k), dim=-1).indices
-        if change.disabled and change.mode == "drop":
+        if change.drops:
             kept = drop_weights(ids, scores.gather(1, ids), change.disabled, change.renormalize)
             scores = torch.zeros_like(scores).scatter(1, ids, kept)
             output = (*output[:position], scores, *output[position + 1 :])
         self._check_and_store(layer, change, ids, scores.gather(1, ids), None, logits)
-        return output if change.disabled and change.mode == "drop" else None
+        return output if change.drops else None
 
     def _before_experts(self, layer: MoELayer, change: LayerIntervention, args, kwargs):
         if len(args) < 3 or args[1].is_floating_point() or not args[2].is_floating_point():
@@ -171,15 +145,14 @@ class RoutingHooks(HookSet):
         else:
             ids = index
         rewritten = None
-        if change.disabled and change.mode == "drop":
+        if change.drops:
             weights = drop_weights(ids, weights, change.disabled, change.renormalize)
             rewritten = ((hidden, index, weights, *args[3:]), kwargs)
         self._check_and_store(layer, change, ids, weights, dropped, logits)
         return rewritten
 
     def _check_and_store(self, layer, change, ids, weights, dropped, logits) -> None:
-        if change.forced or change.removed or change.lowered:
-            _check_steered(layer, change, ids, dropped, None if selection_biases(layer) else logits)
+        check_selection(layer, change, ids, dropped, logits)
         if self.record:
             self.calls[layer.key].append(
                 ForwardRouting(
@@ -189,44 +162,3 @@ class RoutingHooks(HookSet):
                     logits=logits.detach().float() if self.keep_logits and logits is not None else None,
                 )
             )
-
-
-def _check_steered(layer: MoELayer, change: LayerIntervention, ids, dropped, scores) -> None:
-    """The router selected by the edited scores: removed experts never; a forced expert always, a lowered one only
-    where fewer than k enabled experts are left, except where `scores` (the edited scores, when the router selects by
-    them alone) tie: SteerMoE's +-0.01 can round to a tie in bfloat16, and then SteerMoE's own code selects either."""
-    if dropped is not None and dropped.any() and change.forced:
-        raise RuntimeError(
-            f"Forcing failed in layer {layer.key}: {int(dropped.sum())} tokens exceeded the forced expert's "
-            "capacity and were processed by no expert. Use disable_experts on this model."
-        )
-    kept = torch.ones(ids.shape[0], dtype=torch.bool, device=ids.device) if dropped is None else ~dropped
-    selected = torch.zeros(ids.shape[0], layer.num_experts, dtype=torch.bool, device=ids.device)
-    selected.scatter_(1, ids.long(), True)
-    steered = sorted(change.forced | change.removed | change.lowered)
-    edited = torch.zeros(layer.num_experts, dtype=torch.bool, device=ids.device)
-    edited[steered] = True
-    if scores is not None:  # a tie with an expert on the other side of the selection excuses a token
-        scores = scores.float()
-        lowest_taken = scores.masked_fill(~selected, float("inf")).amin(-1, keepdim=True)
-        best_left = scores.masked_fill(selected | edited, float("-inf")).amax(-1, keepdim=True)
-    for expert in steered:
-        if expert in change.forced:
-            wrong, tied = ~selected[:, expert], None if scores is None else scores[:, expert] == lowest_taken[:, 0]
-        else:
-            allowed = expert in change.lowered and ids.shape[-1] > layer.num_experts - len(change.disabled)
-            wrong = selected[:, expert] & ~torch.tensor(allowed, device=ids.device)
-            tied = None if scores is None or expert in change.removed else scores[:, expert] == best_left[:, 0]
-        failed = wrong & kept & (torch.ones_like(wrong) if tied is None else ~tied)
-        if failed.any():
-            raise RuntimeError(_steering_failure(layer, change, expert, int(failed.sum())))
-
-
-def _steering_failure(layer: MoELayer, change: LayerIntervention, expert: int, tokens: int) -> str:
-    what = "did not select forced" if expert in change.forced else "selected disabled"
-    return (
-        f"{'Forcing' if expert in change.forced else 'Disabling'} failed in layer {layer.key}: "
-        f"{type(layer.router).__name__} {what} expert {expert} for {tokens} token(s) although the edited router scores "
-        "say otherwise. Its scores do not come from a linear projection this hook can edit: register a RouterAdapter "
-        "for it" + (", or use disable_mode=drop." if expert not in change.forced else ", or use disable_experts.")
-    )

@@ -18,20 +18,28 @@
     `drop_renormalize=true` the remaining weights are rescaled to the original total.
 
 LAYER is a transformer block index (`12`), `encoder.N` / `decoder.N` in encoder-decoder models, or `*`.
+
+Everything that changes routing is here: reading these options (`read_top_k`, `read_experts`), the plan and its
+limits (`plan_interventions`, `steering_limit`, `top_k_limit`), the edits (`steer_router`: k, router logits,
+selection biases; `drop_weights`) and the check of every token's selection (`check_selection`). hooks.py reads
+routing and calls these.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
+from torch.utils.hooks import RemovableHandle
 
 from moe_rbench_models.errors import OptionError
 from moe_rbench_models.internals import InternalsChanged
 from moe_rbench_models.routing.discovery import MoELayer
-from moe_rbench_models.specs import parse_items, parse_layer_spec
+from moe_rbench_models.specs import LayerSpec, read_choice, read_layer_spec
 
 DISABLE_MODES = ("reroute", "steermoe", "drop")
 
@@ -47,6 +55,11 @@ class LayerIntervention:
     @property
     def edits_logits(self) -> bool:
         return bool(self.forced) or bool(self.disabled) and self.mode in ("reroute", "steermoe")
+
+    @property
+    def drops(self) -> bool:
+        """The routing is kept and the disabled experts' weights are zeroed (`drop_weights`)."""
+        return bool(self.disabled) and self.mode == "drop"
 
     @property
     def removed(self) -> frozenset[int]:
@@ -74,22 +87,38 @@ def resolve_layers(spec: str, layers: list[MoELayer]) -> list[MoELayer]:
     return matches
 
 
-def plan_interventions(
-    layers: list[MoELayer],
-    top_k: str | int | dict | None = None,
-    disable_experts: str | dict | None = None,
-    disable_mode: str = "reroute",
-    drop_renormalize: bool = False,
-    force_experts: str | dict | None = None,
-) -> dict[str, LayerIntervention]:
-    """Validated interventions per layer key (empty when none is asked for)."""
-    if disable_mode not in DISABLE_MODES:
-        raise OptionError(f"disable_mode must be one of {', '.join(DISABLE_MODES)}, got {disable_mode!r}")
+TOP_K_VALUE = "one number of experts per token"
+EXPERT_IDS = "expert ids such as '*:3,7'"
+
+
+def read_top_k(spec: Any, option: str = "top_k") -> LayerSpec:
+    """`top_k=K` or `"LAYER:K;..."`, read (the layers are resolved against a model by plan_interventions)."""
+    return read_layer_spec(spec, option, TOP_K_VALUE, one_value=True)
+
+
+def read_experts(spec: Any, option: str) -> LayerSpec:
+    """`disable_experts` / `force_experts`: `"LAYER:ids;..."`, read."""
+    return read_layer_spec(spec, option, EXPERT_IDS)
+
+
+def check_disable_options(disable_mode: str, drop_renormalize: bool) -> None:
+    read_choice(disable_mode, "disable_mode", DISABLE_MODES)
     if drop_renormalize and disable_mode != "drop":
         raise OptionError("drop_renormalize applies to disable_mode=drop only")
+
+
+def plan_interventions(
+    layers: list[MoELayer],
+    top_k: LayerSpec | str | int | dict | None = None,
+    disable_experts: LayerSpec | str | dict | None = None,
+    disable_mode: str = "reroute",
+    drop_renormalize: bool = False,
+    force_experts: LayerSpec | str | dict | None = None,
+) -> dict[str, LayerIntervention]:
+    """Validated interventions per layer key (empty when none is asked for); the specs as written or read."""
+    check_disable_options(disable_mode, drop_renormalize)
     new_k: dict[str, int] = {}
-    for layer_spec, value in parse_layer_spec(top_k, "top_k") if top_k is not None else []:
-        (k,) = parse_items(value, "top_k", int, expected="one number of experts per token")
+    for layer_spec, (k,) in read_top_k(top_k).parts if top_k is not None else []:
         for layer in resolve_layers(layer_spec, layers):
             new_k[layer.key] = _checked_top_k(layer, k)
     disabled = _experts_per_layer(disable_experts, "disable_experts", layers)
@@ -103,6 +132,15 @@ def plan_interventions(
         _check_layer(layer, off, on, k, disable_mode)
         plan[layer.key] = LayerIntervention(new_k.get(layer.key), off, disable_mode, drop_renormalize, on)
     return plan
+
+
+def steering_limit(kind: str, num_experts: int, top_k: int, disable_mode: str = "reroute") -> int:
+    """How many experts of a layer that routes each token to `top_k` of `num_experts` may be forced (`kind="force"`:
+    at most k, as every forced expert is selected) or disabled (`"disable"`: disable_mode=reroute must leave k enabled;
+    steermoe ranks disabled experts last and drop zeroes their weights, so any number may be disabled)."""
+    if kind == "force":
+        return top_k
+    return num_experts - top_k if disable_mode == "reroute" else num_experts
 
 
 def _check_layer(layer: MoELayer, off: frozenset[int], on: frozenset[int], k: int | None, disable_mode: str) -> None:
@@ -122,7 +160,7 @@ def _check_layer(layer: MoELayer, off: frozenset[int], on: frozenset[int], k: in
             f"the adapter for {type(layer.router).__name__} does not expose (it only reads its gate). Use "
             "disable_experts with disable_mode=reroute."
         )
-    if disable_mode == "reroute" and off and k is not None and layer.num_experts - len(off) < k:
+    if off and k is not None and len(off) > steering_limit("disable", layer.num_experts, k, disable_mode):
         raise OptionError(
             f"disable_experts: layer {layer.key} would keep {layer.num_experts - len(off)} experts "
             f"for top-k {k}; rerouting needs at least k enabled experts (disable_mode=steermoe ranks disabled "
@@ -134,7 +172,7 @@ def _check_layer(layer: MoELayer, off: frozenset[int], on: frozenset[int], k: in
 
 def _check_forceable(layer: MoELayer, forced: frozenset[int], k: int | None) -> None:
     router = type(layer.router).__name__
-    if k is not None and len(forced) > k:
+    if k is not None and len(forced) > steering_limit("force", layer.num_experts, k):
         raise OptionError(
             f"force_experts: layer {layer.key} selects {k} experts per token, so at most {k} can be forced; got "
             f"{len(forced)} ({sorted(forced)}). Force fewer, or raise top_k."
@@ -157,11 +195,11 @@ def _check_forceable(layer: MoELayer, forced: frozenset[int], k: int | None) -> 
             )
 
 
-def _experts_per_layer(spec: str | dict | None, option: str, layers: list[MoELayer]) -> dict[str, set[int]]:
+def _experts_per_layer(spec: LayerSpec | str | dict | None, option: str, layers: list[MoELayer]) -> dict[str, set[int]]:
     """`"LAYER:ids;..."` as expert ids per layer key, each checked against the layer's experts."""
     chosen: dict[str, set[int]] = {}
-    for layer_spec, value in parse_layer_spec(spec, option) if spec is not None else []:
-        experts = set(parse_items(value, option, int, expected="expert ids such as '*:3,7'"))
+    for layer_spec, values in read_experts(spec, option).parts if spec is not None else []:
+        experts = set(values)
         for layer in resolve_layers(layer_spec, layers):
             bad = sorted(e for e in experts if not 0 <= e < layer.num_experts)
             if bad:
@@ -338,3 +376,84 @@ def drop_weights(ids: torch.Tensor, weights: torch.Tensor, disabled: frozenset[i
         return kept
     total, kept_total = weights.sum(-1, keepdim=True), kept.sum(-1, keepdim=True)
     return torch.where(kept_total > 0, kept * total / kept_total.clamp_min(torch.finfo(kept.dtype).tiny), kept)
+
+
+# -- applying a plan ---------------------------------------------------------------------------------------------
+
+
+def steer_router(layer: MoELayer, change: LayerIntervention) -> tuple[list[RemovableHandle], list[Callable[[], None]]]:
+    """The layer's k set and its router's scores edited as `change` asks; returns the hook handles and the steps that
+    restore the model."""
+    handles: list[RemovableHandle] = []
+    restore: list[Callable[[], None]] = []
+    if change.top_k is not None:
+        previous = set_top_k(layer, change.top_k)
+        restore.append(lambda: set_top_k(layer, previous))
+    if not change.edits_logits:
+        return handles, restore
+    space = scoring_space(layer) if change.forced or change.lowered else "logits"
+    mode = EditedRouterLogits(layer.num_experts, change, space)
+    handles.append(layer.router.register_forward_pre_hook(lambda module, args: mode.__enter__() and None))
+    handles.append(
+        layer.router.register_forward_hook(
+            lambda module, args, output: mode.__exit__(None, None, None) and None, always_call=True
+        )
+    )
+    for bias in selection_biases(layer):
+        original = bias.clone()
+        # selection scores are in [0, 1] plus the bias: these biases put a forced expert above every other one
+        # and a lowered one below every other one; removed experts are never selected
+        bias[list(change.removed)] = float("-inf")
+        bias[list(change.lowered)] = -original.abs().max() - 1e4
+        bias[list(change.forced)] = original.abs().max() + 1e4
+        restore.append(lambda bias=bias, original=original: bias.copy_(original))
+    return handles, restore
+
+
+def check_selection(layer: MoELayer, change: LayerIntervention, ids, dropped, logits) -> None:
+    """Each token's selection (`ids [N, k]`; `dropped [N]`: tokens over capacity) agrees with the forced and disabled
+    experts of `change`; `logits`: the router's (edited) logits, which excuse ties where the router selects by them
+    alone (no selection bias)."""
+    if change.forced or change.removed or change.lowered:
+        _check_selected(layer, change, ids, dropped, None if selection_biases(layer) else logits)
+
+
+def _check_selected(layer: MoELayer, change: LayerIntervention, ids, dropped, scores) -> None:
+    """The router selected by the edited scores: removed experts never; a forced expert always, a lowered one only
+    where fewer than k enabled experts are left, except where `scores` (the edited scores, when the router selects by
+    them alone) tie: SteerMoE's +-0.01 can round to a tie in bfloat16, and then SteerMoE's own code selects either."""
+    if dropped is not None and dropped.any() and change.forced:
+        raise RuntimeError(
+            f"Forcing failed in layer {layer.key}: {int(dropped.sum())} tokens exceeded the forced expert's "
+            "capacity and were processed by no expert. Use disable_experts on this model."
+        )
+    kept = torch.ones(ids.shape[0], dtype=torch.bool, device=ids.device) if dropped is None else ~dropped
+    selected = torch.zeros(ids.shape[0], layer.num_experts, dtype=torch.bool, device=ids.device)
+    selected.scatter_(1, ids.long(), True)
+    steered = sorted(change.forced | change.removed | change.lowered)
+    edited = torch.zeros(layer.num_experts, dtype=torch.bool, device=ids.device)
+    edited[steered] = True
+    if scores is not None:  # a tie with an expert on the other side of the selection excuses a token
+        scores = scores.float()
+        lowest_taken = scores.masked_fill(~selected, float("inf")).amin(-1, keepdim=True)
+        best_left = scores.masked_fill(selected | edited, float("-inf")).amax(-1, keepdim=True)
+    for expert in steered:
+        if expert in change.forced:
+            wrong, tied = ~selected[:, expert], None if scores is None else scores[:, expert] == lowest_taken[:, 0]
+        else:
+            allowed = expert in change.lowered and ids.shape[-1] > layer.num_experts - len(change.disabled)
+            wrong = selected[:, expert] & ~torch.tensor(allowed, device=ids.device)
+            tied = None if scores is None or expert in change.removed else scores[:, expert] == best_left[:, 0]
+        failed = wrong & kept & (torch.ones_like(wrong) if tied is None else ~tied)
+        if failed.any():
+            raise RuntimeError(_steering_failure(layer, change, expert, int(failed.sum())))
+
+
+def _steering_failure(layer: MoELayer, change: LayerIntervention, expert: int, tokens: int) -> str:
+    what = "did not select forced" if expert in change.forced else "selected disabled"
+    return (
+        f"{'Forcing' if expert in change.forced else 'Disabling'} failed in layer {layer.key}: "
+        f"{type(layer.router).__name__} {what} expert {expert} for {tokens} token(s) although the edited router scores "
+        "say otherwise. Its scores do not come from a linear projection this hook can edit: register a RouterAdapter "
+        "for it" + (", or use disable_mode=drop." if expert not in change.forced else ", or use disable_experts.")
+    )
