@@ -145,7 +145,7 @@ def test_compare_passes_a_run_against_itself_and_fails_a_worse_one(runs):
             str(dense_dir),
             "--candidate",
             str(moe_dir),
-            "--ignore-within-stderr",
+            "--ignore_within_stderr",
         ],
         check=False,
     )
