@@ -13,7 +13,7 @@ import statistics
 from pathlib import Path
 
 import pytest
-from conftest import BIN, STYLE_OOD_TASKS, evaluate_to, run
+from helpers import BIN, STYLE_OOD_TASKS, evaluate_to, run
 
 from moe_rbench.compare import EXIT_FAILED, EXIT_INCOMPARABLE, EXIT_PASS, EXIT_USAGE
 from moe_rbench_models import MoEHFLM

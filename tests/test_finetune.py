@@ -14,7 +14,7 @@ import datasets
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import BIN, FIXTURE_DATA, evaluate_to, lm_eval_cli, lm_eval_outputs, run
+from helpers import BIN, CAUSAL_MOE, FIXTURE_DATA, evaluate_to, lm_eval_cli, lm_eval_outputs, run
 from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq
 
 from moe_rbench.finetune import Recipe, TrainingRouting, finetune
@@ -30,19 +30,6 @@ from moe_rbench_tasks.training import classification_docs, instruction_examples
 CPU = {"logging_steps": 1, "use_cpu": True}
 FAST = Optimization(learning_rate=1e-2, batch_size=8, gamma=1.0)  # a constant rate, the reference optimizer
 SCRIPTS = Path(__file__).parent / "fixtures" / "reference_scripts"
-MOE_ARCHITECTURES = [
-    "mixtral",
-    "qwen2_moe",
-    "qwen3_moe",
-    "olmoe",
-    "deepseek_v3",
-    "gpt_oss",
-    "phimoe",
-    "granitemoe",
-    "jamba",
-    "llama4_text",
-    "dbrx",
-]
 
 
 def weights(path) -> dict[str, torch.Tensor]:
@@ -265,7 +252,7 @@ def test_expert_dropout_masks_the_interim_activations(tiny_model, kernel):
     assert not torch.allclose(dropped, experts(hidden, index, weights_))  # the hooks are gone: no dropout
 
 
-@pytest.mark.parametrize("architecture", MOE_ARCHITECTURES)
+@pytest.mark.parametrize("architecture", CAUSAL_MOE)
 def test_expert_dropout_runs_on_every_architecture_in_training_only(tiny_model, architecture):
     """Every supported MoE architecture (and the eager kernel where there is a choice): training outputs change,
     evaluation outputs and the shared experts do not, and no operation goes unrecognised."""

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import BIN, FIXTURE_DATA, run
+from helpers import BIN, FIXTURE_DATA, run
 
 from moe_rbench.finetune import Recipe
 from moe_rbench.finetune import finetune as api_finetune

@@ -9,7 +9,7 @@ import json
 import shutil
 
 import pytest
-from conftest import BIN, STYLE_OOD_TASKS, evaluate_to, run
+from helpers import BIN, STYLE_OOD_TASKS, evaluate_to, run
 
 from moe_rbench.judging import write_summary
 from moe_rbench.runs import run_identity
