@@ -177,7 +177,7 @@ def test_runs_with_different_limits_or_versions_are_not_comparable(model, baseli
 
 def test_exit_codes_tell_a_worse_run_a_usage_error_and_incomparable_runs_apart(baseline, tmp_path):
     """0 pass, 1 worse, 2 usage error (argparse, a bad option value, a run that cannot be read), 3 not comparable:
-    the codes README's compare section documents for CI scripts."""
+    the codes docs/reports.md documents for CI scripts."""
     worse = tmp_path / "worse"
     shutil.copytree(baseline, worse)
     edit_results(worse, lambda results: results["results"]["moe_rbench_sst2"].update({"acc,none": 0.0}))
@@ -190,8 +190,8 @@ def test_exit_codes_tell_a_worse_run_a_usage_error_and_incomparable_runs_apart(b
     edit_results(incomparable, lambda results: results["n-shot"].update({"moe_rbench_sst2": 5}))
     result = compare(baseline, incomparable)
     assert result.returncode == 3
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    table = readme[readme.index("| exit status | meaning |") :].split("\n\n")[0].splitlines()[2:]
+    documented = (Path(__file__).parents[1] / "docs" / "reports.md").read_text()
+    table = documented[documented.index("| exit status | meaning |") :].split("\n\n")[0].splitlines()[2:]
     assert [line.split(" | ")[0] for line in table] == ["| 0", "| 1", "| 2", "| 3"]
     assert (EXIT_PASS, EXIT_FAILED, EXIT_USAGE, EXIT_INCOMPARABLE) == (0, 1, 2, 3)
     assert result.stderr.splitlines() == [
