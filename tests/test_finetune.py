@@ -417,8 +417,15 @@ def test_alpaca_examples_are_the_references(tiny_model):
     alpaca = json.loads((FIXTURE_DATA / "alpaca/alpaca_data.json").read_text())
     removed = json.loads((FIXTURE_DATA / "moe_rbench/alpaca_data_safety_only.json").read_text())
     ann = [row for row in alpaca if row not in removed][2:]
-    no_input = "<<SYS>>\nBelow is an instruction that describes a task. Write a response that appropriately completes the request.\n<</SYS>>\n\n### Instruction:\n{instruction}\n\n### Response:\n"  # noqa: E501
-    with_input = "<<SYS>>\nBelow is an instruction that describes a task, paired with an input that provides further context. Write a response that appropriately completes the request.\n<</SYS>>\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"  # noqa: E501
+    no_input = (
+        "<<SYS>>\nBelow is an instruction that describes a task. Write a response that appropriately completes the "
+        "request.\n<</SYS>>\n\n### Instruction:\n{instruction}\n\n### Response:\n"
+    )
+    with_input = (
+        "<<SYS>>\nBelow is an instruction that describes a task, paired with an input that provides further "
+        "context. Write a response that appropriately completes the request.\n<</SYS>>\n\n### Instruction:\n"
+        "{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+    )
     assert counts["held_out"] == 2 and counts["cut_at_max_length"] == 1 and len(features) == len(ann) == 3
     for row, feature in zip(ann, features, strict=True):
         prompt = "[INST] " + (with_input if row.get("input", "") else no_input).format_map(row) + " [/INST]"
