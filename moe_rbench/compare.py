@@ -339,7 +339,7 @@ class GateOptions:
     def __post_init__(self) -> None:
         if not self.max_drop >= 0:  # NaN too
             raise OptionError(
-                f"--max-drop {self.max_drop}: the tolerated drop must be 0 or more (e.g. --max-drop 0.01); a "
+                f"--max_drop {self.max_drop}: the tolerated drop must be 0 or more (e.g. --max_drop 0.01); a "
                 "negative tolerance fails a run compared with itself"
             )
         if not 0 < self.alpha < 1:
@@ -433,11 +433,11 @@ def headline(gate: Gate) -> str:
         f"dropped by more than {options.max_drop} but not significantly (p >= {options.alpha})": sum(
             row.status == "ok" and row.test != "unpaired" for row in beyond
         ),
-        f"dropped by more than {options.max_drop} but within the combined standard error (--ignore-within-stderr)": sum(
+        f"dropped by more than {options.max_drop} but within the combined standard error (--ignore_within_stderr)": sum(
             row.status == "ok" and row.test == "unpaired" for row in beyond
         ),
         "missing from the candidate": sum(row.status == "missing" for row in rows),
-        "missing, allowed (--allow-missing)": sum(row.status == "missing (allowed)" for row in rows),
+        "missing, allowed (--allow_missing)": sum(row.status == "missing (allowed)" for row in rows),
         "invalid (NaN, infinite or null)": sum(row.status == "invalid" for row in rows),
     }
     exceptions = "; ".join(f"{count} {what}" for what, count in counts.items() if count)
@@ -452,7 +452,7 @@ def headline(gate: Gate) -> str:
 
 
 def _how_compared(gate: Gate, compared: list[Comparison]) -> str:
-    unpaired = "by the unpaired rule" + (" with --ignore-within-stderr" if gate.options.ignore_within_stderr else "")
+    unpaired = "by the unpaired rule" + (" with --ignore_within_stderr" if gate.options.ignore_within_stderr else "")
     paired = sum(row.test != "unpaired" for row in compared)
     if not paired:
         return unpaired
@@ -464,7 +464,7 @@ def rule(gate: Gate) -> str:
     """The rules applied, as the gate applied them."""
     options = gate.options
     unpaired = f"a drop beyond {options.max_drop} fails" + (
-        " unless it is within the combined standard error (--ignore-within-stderr; a metric without standard "
+        " unless it is within the combined standard error (--ignore_within_stderr; a metric without standard "
         "errors gets the plain rule)"
         if options.ignore_within_stderr
         else ""
@@ -482,7 +482,7 @@ def rule(gate: Gate) -> str:
             "--paired asked for, but not both runs logged samples (--log_samples): the unpaired rule was used: "
             f"{unpaired}."
         )
-    missing = "is listed, not failed (--allow-missing)" if options.allow_missing else "fails"
+    missing = "is listed, not failed (--allow_missing)" if options.allow_missing else "fails"
     return f"{text} A metric missing from the candidate {missing}; a value that is not a finite number fails."
 
 

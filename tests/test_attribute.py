@@ -15,7 +15,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
-from conftest import BIN, FIXTURE_DATA, evaluate_to, lm_eval_outputs, run
+from helpers import BIN, FIXTURE_DATA, evaluate_to, lm_eval_outputs, run
 from lm_eval.api.instance import Instance
 from scipy.stats import t as student_t
 from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -8,7 +8,7 @@ import socket
 
 import lm_eval
 import pytest
-from conftest import BIN, FIXTURE_DATA, evaluate_to, lm_eval_cli, run
+from helpers import BIN, FIXTURE_DATA, evaluate_to, lm_eval_cli, run
 
 import moe_rbench_tasks
 from moe_rbench_models import MoEHFLM

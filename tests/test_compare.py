@@ -13,7 +13,7 @@ import statistics
 from pathlib import Path
 
 import pytest
-from conftest import BIN, STYLE_OOD_TASKS, evaluate_to, run
+from helpers import BIN, STYLE_OOD_TASKS, evaluate_to, run
 
 from moe_rbench.compare import EXIT_FAILED, EXIT_INCOMPARABLE, EXIT_PASS, EXIT_USAGE
 from moe_rbench_models import MoEHFLM
@@ -126,14 +126,14 @@ def test_a_lost_task_fails_unless_allowed_and_is_listed(baseline, tmp_path):
     assert headline(lost.stdout) == (
         "FAIL: **1 of 12 metrics failed**; 11 compared by the unpaired rule: 1 missing from the candidate"
     )
-    allowed = compare(baseline, candidate, "--allow-missing")
+    allowed = compare(baseline, candidate, "--allow_missing")
     assert allowed.returncode == 0
     assert status_of(allowed.stdout, "moe_rbench_style_augment / acc,none") == "missing (allowed)"
     # the headline says a metric is missing, never "All 12 baseline metrics within 0.01"
     assert headline(allowed.stdout) == (
-        "PASS: 12 baseline metrics, 11 compared by the unpaired rule: 1 missing, allowed (--allow-missing)"
+        "PASS: 12 baseline metrics, 11 compared by the unpaired rule: 1 missing, allowed (--allow_missing)"
     )
-    assert "listed, not failed (--allow-missing)" in allowed.stdout
+    assert "listed, not failed (--allow_missing)" in allowed.stdout
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), None], ids=["nan", "inf", "null"])
@@ -177,7 +177,7 @@ def test_runs_with_different_limits_or_versions_are_not_comparable(model, baseli
 
 def test_exit_codes_tell_a_worse_run_a_usage_error_and_incomparable_runs_apart(baseline, tmp_path):
     """0 pass, 1 worse, 2 usage error (argparse, a bad option value, a run that cannot be read), 3 not comparable:
-    the codes README's compare section documents for CI scripts."""
+    the codes docs/reports.md documents for CI scripts."""
     worse = tmp_path / "worse"
     shutil.copytree(baseline, worse)
     edit_results(worse, lambda results: results["results"]["moe_rbench_sst2"].update({"acc,none": 0.0}))
@@ -190,8 +190,8 @@ def test_exit_codes_tell_a_worse_run_a_usage_error_and_incomparable_runs_apart(b
     edit_results(incomparable, lambda results: results["n-shot"].update({"moe_rbench_sst2": 5}))
     result = compare(baseline, incomparable)
     assert result.returncode == 3
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    table = readme[readme.index("| exit status | meaning |") :].split("\n\n")[0].splitlines()[2:]
+    documented = (Path(__file__).parents[1] / "docs" / "reports.md").read_text()
+    table = documented[documented.index("| exit status | meaning |") :].split("\n\n")[0].splitlines()[2:]
     assert [line.split(" | ")[0] for line in table] == ["| 0", "| 1", "| 2", "| 3"]
     assert (EXIT_PASS, EXIT_FAILED, EXIT_USAGE, EXIT_INCOMPARABLE) == (0, 1, 2, 3)
     assert result.stderr.splitlines() == [
@@ -205,15 +205,15 @@ def test_exit_codes_tell_a_worse_run_a_usage_error_and_incomparable_runs_apart(b
     ("flags", "message"),
     [
         (
-            ["--max-drop", "-1"],
-            "moe-rbench compare: --max-drop -1.0: the tolerated drop must be 0 or more (e.g. --max-drop 0.01)",
+            ["--max_drop", "-1"],
+            "moe-rbench compare: --max_drop -1.0: the tolerated drop must be 0 or more (e.g. --max_drop 0.01)",
         ),
         (
             ["--paired", "--alpha", "5"],
             "moe-rbench compare: --alpha 5.0: the significance level of --paired must be between 0 and 1",
         ),
         (["--alpha", "0"], "moe-rbench compare: --alpha 0.0: the significance level"),
-        (["--max-drop", "nan"], "moe-rbench compare: --max-drop nan: the tolerated drop must be 0 or more"),
+        (["--max-drop", "nan"], "moe-rbench compare: --max_drop nan: the tolerated drop must be 0 or more"),
     ],
     ids=["negative_max_drop", "alpha_5", "alpha_0", "max_drop_nan"],
 )
@@ -265,11 +265,11 @@ def test_the_headline_says_which_drops_passed_only_by_the_test_or_the_standard_e
         "not significantly (p >= 0.05)"
     )
     edit_results(candidate, lambda results: results["results"]["moe_rbench_sst2"].update({"acc_stderr,none": 0.2}))
-    lenient = compare(baseline, candidate, "--ignore-within-stderr")
+    lenient = compare(baseline, candidate, "--ignore_within_stderr")
     assert lenient.returncode == 0 and status_of(lenient.stdout, "moe_rbench_sst2 / acc,none") == "ok"
     assert headline(lenient.stdout) == (
-        "PASS: 12 baseline metrics, 12 compared by the unpaired rule with --ignore-within-stderr: 1 dropped by more "
-        "than 0.01 but within the combined standard error (--ignore-within-stderr)"
+        "PASS: 12 baseline metrics, 12 compared by the unpaired rule with --ignore_within_stderr: 1 dropped by more "
+        "than 0.01 but within the combined standard error (--ignore_within_stderr)"
     )
     assert "unless it is within the combined standard error" in lenient.stdout  # the rule applied, stated
     strict = compare(baseline, candidate)

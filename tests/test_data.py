@@ -8,7 +8,7 @@ import shutil
 import datasets
 import lm_eval
 import pytest
-from conftest import BIN, FIXTURE_DATA, run
+from helpers import BIN, FIXTURE_DATA, run
 
 import moe_rbench_tasks
 from moe_rbench_models import MoEHFLM

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import BIN, FIXTURE_DATA, STYLE_OOD_TASKS, lm_eval_cli, lm_eval_outputs, run
+from helpers import BIN, FIXTURE_DATA, STYLE_OOD_TASKS, lm_eval_cli, lm_eval_outputs, run
 from lm_eval.api.instance import Instance
 from transformers import AutoModelForCausalLM, DynamicCache
 

@@ -4,7 +4,7 @@ builds it, against the task's evaluated documents (fixture data, and the release
 from __future__ import annotations
 
 import pytest
-from conftest import FIXTURE_DATA
+from helpers import FIXTURE_DATA
 
 import moe_rbench_tasks
 from moe_rbench_tasks.hallucination import load_nq_open

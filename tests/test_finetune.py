@@ -14,7 +14,7 @@ import datasets
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import BIN, FIXTURE_DATA, evaluate_to, lm_eval_cli, lm_eval_outputs, run
+from helpers import BIN, CAUSAL_MOE, FIXTURE_DATA, evaluate_to, lm_eval_cli, lm_eval_outputs, run
 from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq
 
 from moe_rbench.finetune import Recipe, TrainingRouting, finetune
@@ -30,19 +30,6 @@ from moe_rbench_tasks.training import classification_docs, instruction_examples
 CPU = {"logging_steps": 1, "use_cpu": True}
 FAST = Optimization(learning_rate=1e-2, batch_size=8, gamma=1.0)  # a constant rate, the reference optimizer
 SCRIPTS = Path(__file__).parent / "fixtures" / "reference_scripts"
-MOE_ARCHITECTURES = [
-    "mixtral",
-    "qwen2_moe",
-    "qwen3_moe",
-    "olmoe",
-    "deepseek_v3",
-    "gpt_oss",
-    "phimoe",
-    "granitemoe",
-    "jamba",
-    "llama4_text",
-    "dbrx",
-]
 
 
 def weights(path) -> dict[str, torch.Tensor]:
@@ -265,7 +252,7 @@ def test_expert_dropout_masks_the_interim_activations(tiny_model, kernel):
     assert not torch.allclose(dropped, experts(hidden, index, weights_))  # the hooks are gone: no dropout
 
 
-@pytest.mark.parametrize("architecture", MOE_ARCHITECTURES)
+@pytest.mark.parametrize("architecture", CAUSAL_MOE)
 def test_expert_dropout_runs_on_every_architecture_in_training_only(tiny_model, architecture):
     """Every supported MoE architecture (and the eager kernel where there is a choice): training outputs change,
     evaluation outputs and the shared experts do not, and no operation goes unrecognised."""
@@ -430,8 +417,15 @@ def test_alpaca_examples_are_the_references(tiny_model):
     alpaca = json.loads((FIXTURE_DATA / "alpaca/alpaca_data.json").read_text())
     removed = json.loads((FIXTURE_DATA / "moe_rbench/alpaca_data_safety_only.json").read_text())
     ann = [row for row in alpaca if row not in removed][2:]
-    no_input = "<<SYS>>\nBelow is an instruction that describes a task. Write a response that appropriately completes the request.\n<</SYS>>\n\n### Instruction:\n{instruction}\n\n### Response:\n"  # noqa: E501
-    with_input = "<<SYS>>\nBelow is an instruction that describes a task, paired with an input that provides further context. Write a response that appropriately completes the request.\n<</SYS>>\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"  # noqa: E501
+    no_input = (
+        "<<SYS>>\nBelow is an instruction that describes a task. Write a response that appropriately completes the "
+        "request.\n<</SYS>>\n\n### Instruction:\n{instruction}\n\n### Response:\n"
+    )
+    with_input = (
+        "<<SYS>>\nBelow is an instruction that describes a task, paired with an input that provides further "
+        "context. Write a response that appropriately completes the request.\n<</SYS>>\n\n### Instruction:\n"
+        "{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+    )
     assert counts["held_out"] == 2 and counts["cut_at_max_length"] == 1 and len(features) == len(ann) == 3
     for row, feature in zip(ann, features, strict=True):
         prompt = "[INST] " + (with_input if row.get("input", "") else no_input).format_map(row) + " [/INST]"

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import BIN, FIXTURE_DATA, run
+from helpers import BIN, FIXTURE_DATA, run
 
 from moe_rbench.finetune import Recipe
 from moe_rbench.finetune import finetune as api_finetune
@@ -151,6 +151,6 @@ def test_an_architecture_without_a_classification_class_is_pointed_to_the_label_
     )
     result = finetune(
         tiny_model("olmoe"), tmp_path / "out", "--head", "causal_lm", "--max_length", "256"
-    )  # the README's OLMoE example
+    )  # docs/finetune.md's OLMoE example
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "out" / "config.json").read_text())["architectures"] == ["OlmoeForCausalLM"]

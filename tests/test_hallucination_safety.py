@@ -14,7 +14,7 @@ import lm_eval
 import numpy as np
 import pytest
 import torch
-from conftest import BIN, FIXTURE_DATA, ModerationServer, evaluate_to, lm_eval_cli, lm_eval_outputs, run
+from helpers import BIN, FIXTURE_DATA, ModerationServer, evaluate_to, lm_eval_cli, lm_eval_outputs, run
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 import moe_rbench_tasks

@@ -9,7 +9,7 @@ import threading
 from http.server import HTTPServer
 
 import pytest
-from conftest import BIN, ModerationServer, evaluate_to, run
+from helpers import BIN, ModerationServer, evaluate_to, run
 from test_bad_input import one_line_error
 
 from moe_rbench_models import MoEHFLM

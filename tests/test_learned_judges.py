@@ -14,7 +14,7 @@ import json
 
 import pytest
 import torch
-from conftest import BIN, evaluate_to, run
+from helpers import BIN, evaluate_to, run
 from tokenizers import Tokenizer, processors
 from transformers import (
     AutoModelForCausalLM,

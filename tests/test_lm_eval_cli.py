@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import BIN, FIXTURE_DATA, STYLE_OOD_TASKS, evaluate_to, lm_eval_cli, lm_eval_outputs, run
+from helpers import BIN, FIXTURE_DATA, STYLE_OOD_TASKS, evaluate_to, lm_eval_cli, lm_eval_outputs, run
 
 import moe_rbench_tasks
 from moe_rbench_models.routing import load_records

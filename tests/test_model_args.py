@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import BIN, FIXTURE_DATA, run
+from helpers import BIN, FIXTURE_DATA, run
 from lm_eval.api.instance import Instance
 from test_bad_input import one_line_error
 

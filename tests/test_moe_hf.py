@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import lm_eval
 import pytest
-from conftest import FIXTURE_DATA, STYLE_OOD_TASKS
+from helpers import FIXTURE_DATA, STYLE_OOD_TASKS
 from lm_eval.api.instance import Instance
 from lm_eval.api.registry import get_model
 from lm_eval.models.huggingface import HFLM

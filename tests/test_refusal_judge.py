@@ -10,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import BIN, FIXTURE_DATA, run
+from helpers import BIN, FIXTURE_DATA, run
 
 from moe_rbench_tasks.judges import load_judge
 from moe_rbench_tasks.judges.refusal import MODEL_FILE, RefusalModel, classify, is_refusal, validation

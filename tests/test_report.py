@@ -9,7 +9,7 @@ import json
 import shutil
 
 import pytest
-from conftest import BIN, STYLE_OOD_TASKS, evaluate_to, run
+from helpers import BIN, STYLE_OOD_TASKS, evaluate_to, run
 
 from moe_rbench.judging import write_summary
 from moe_rbench.runs import run_identity
@@ -145,7 +145,7 @@ def test_compare_passes_a_run_against_itself_and_fails_a_worse_one(runs):
             str(dense_dir),
             "--candidate",
             str(moe_dir),
-            "--ignore-within-stderr",
+            "--ignore_within_stderr",
         ],
         check=False,
     )

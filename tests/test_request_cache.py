@@ -12,7 +12,7 @@ import shutil
 
 import lm_eval.caching.cache
 import pytest
-from conftest import FIXTURE_DATA, evaluate_to, lm_eval_outputs
+from helpers import FIXTURE_DATA, evaluate_to, lm_eval_outputs
 
 from moe_rbench_models import MoEHFLM
 

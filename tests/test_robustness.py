@@ -8,7 +8,7 @@ import json
 import lm_eval
 import pytest
 import torch
-from conftest import BIN, FIXTURE_DATA, STYLE_OOD_TASKS, evaluate_to, lm_eval_cli, lm_eval_outputs, run
+from helpers import BIN, FIXTURE_DATA, STYLE_OOD_TASKS, evaluate_to, lm_eval_cli, lm_eval_outputs, run
 from transformers import AutoModelForSequenceClassification
 
 import moe_rbench_tasks

@@ -8,7 +8,7 @@ import lm_eval
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURE_DATA
+from helpers import CAUSAL_MOE, FIXTURE_DATA, MOE
 from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 from torch import nn
@@ -24,19 +24,6 @@ from moe_rbench_models.routing.records import RoutingDirectoryError
 from moe_rbench_models.tiny import build_tiny_model
 from moe_rbench_tasks.data import MissingDataError
 
-CAUSAL_MOE = [
-    "mixtral",
-    "qwen2_moe",
-    "qwen3_moe",
-    "olmoe",
-    "deepseek_v3",
-    "gpt_oss",
-    "phimoe",
-    "granitemoe",
-    "jamba",
-    "llama4_text",
-    "dbrx",
-]
 CONTEXT = "Given the sentences: a gentle , funny film\n what is the sentiment of this sentence ? "
 PROMPTS = ["Q: What is the capital of France?\nA:", "### Instruction: Explain why the sky is blue.", "lol"]
 
@@ -371,7 +358,7 @@ def test_results_config_has_routing_summary_and_interventions(tiny_model, tmp_pa
 # -- interventions ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("architecture", [*CAUSAL_MOE, "switch_transformers"])
+@pytest.mark.parametrize("architecture", MOE)
 def test_reroute_never_uses_a_disabled_expert_and_changes_outputs(tiny_model, tmp_path, architecture):
     path = tiny_model(architecture)
     _, baseline, before = run_requests(path, tmp_path / "before", batch_size=2)

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 import torch.multiprocessing as mp
-from conftest import BIN, run
+from helpers import BIN, run
 
 from moe_rbench.trace import trace_routing, write_trace
 from moe_rbench_models.routing import load_manifest, load_records

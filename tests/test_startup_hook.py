@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from conftest import run
+from helpers import run
 
 from moe_rbench import hook
 from moe_rbench_tasks import TASKS_DIR, with_our_tasks

@@ -8,7 +8,7 @@ from __future__ import annotations
 from itertools import islice
 
 import pytest
-from conftest import FIXTURE_DATA
+from helpers import FIXTURE_DATA
 from lm_eval.tasks import get_task_dict
 
 import moe_rbench_tasks

@@ -6,29 +6,20 @@ import json
 
 import pytest
 import torch
-from conftest import BIN, run
+from helpers import BIN, DENSE, MOE, run
 from test_bad_input import one_line_error
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from moe_rbench_models.routing import find_moe_layers
 from moe_rbench_models.tiny import ARCHITECTURES, SEQ2SEQ
 
-MOE_LAYOUT = {  # architecture -> (MoE layers, experts, top-k)
-    "mixtral": (2, 4, 2),
-    "qwen2_moe": (2, 4, 2),
-    "qwen3_moe": (2, 4, 2),
-    "olmoe": (2, 4, 2),
-    "deepseek_v3": (2, 8, 2),
-    "gpt_oss": (2, 4, 2),
-    "phimoe": (2, 4, 2),
-    "granitemoe": (2, 4, 2),
-    "jamba": (2, 4, 2),
-    "llama4_text": (2, 4, 1),
-    "dbrx": (2, 4, 2),
-    "switch_transformers": (2, 4, 1),
-    "llama": (0, None, None),
-    "t5": (0, None, None),
-}
+LAYOUT = (2, 4, 2)  # tiny.py: every MoE has 2 MoE layers of 4 experts, top-2, but
+OTHER_LAYOUTS = {"deepseek_v3": (2, 8, 2), "llama4_text": (2, 4, 1), "switch_transformers": (2, 4, 1)}
+
+
+def expected_layout(architecture: str) -> tuple[int, int | None, int | None]:
+    """(MoE layers, experts, top-k) of the tiny checkpoint."""
+    return (0, None, None) if architecture in DENSE else OTHER_LAYOUTS.get(architecture, LAYOUT)
 
 
 @pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
@@ -45,9 +36,14 @@ def test_tiny_checkpoint_loads_by_path_and_runs(tiny_model, architecture):
     assert logits.shape[-1] == len(tokenizer) == 512 and torch.isfinite(logits).all()
 
     layers = find_moe_layers(model)
-    count, experts, top_k = MOE_LAYOUT[architecture]
+    count, experts, top_k = expected_layout(architecture)
     assert len(layers) == count
     assert all(layer.num_experts == experts and layer.top_k == top_k for layer in layers)
+
+
+def test_the_tests_take_their_architectures_from_tiny():
+    """helpers.DENSE names dense architectures tiny.py builds; every other one is an MoE the tests cover."""
+    assert set(DENSE) <= set(ARCHITECTURES) and sorted([*MOE, *DENSE]) == sorted(ARCHITECTURES)
 
 
 def test_switch_layers_are_found_on_both_sides(tiny_model):

@@ -14,7 +14,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURE_DATA, STYLE_OOD_TASKS, run
+from helpers import FIXTURE_DATA, STYLE_OOD_TASKS, run
 
 CHECKOUT = Path(__file__).parents[1]
 
