@@ -1,7 +1,7 @@
 """The contrastive-decoding model arguments of `moe_hf`: what each means and its valid values (read, with every
 other model argument, by options.py's `MoEOptions`).
 
-DoLa (the reference value of each option in brackets; README "Contrastive decoding" has the recipes):
+DoLa (the reference value of each option in brackets; docs/decoding.md has the recipes):
 - `dola_layers`: candidate premature layers, indices into `output_hidden_states` (0 = embedding output,
   L = final layer, which is the mature layer): `paper` (even layers of the top half, MoE-RBench's
   choice), `high` / `low` (the rule of transformers' former `generate(dola_layers=...)`), or a list
