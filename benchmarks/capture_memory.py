@@ -11,12 +11,9 @@ shards as it goes, so its memory does not grow with the run.
 from __future__ import annotations
 
 import shutil
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import interleaved, report, setup  # noqa: E402
-from routing_overhead import MODEL, record_bytes_per_token_layer  # noqa: E402
+from measure import interleaved, report, setup
+from routing_overhead import MODEL, record_bytes_per_token_layer
 
 
 def main() -> None:

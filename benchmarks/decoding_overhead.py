@@ -13,14 +13,10 @@ premature projections at every position of every row and in one block, as the Do
 from __future__ import annotations
 
 import shutil
-import sys
-from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import interleaved, report, setup  # noqa: E402
-from routing_overhead import MODEL  # noqa: E402
+from measure import interleaved, report, setup
+from routing_overhead import MODEL
 
 DOLA = {"dola_layers": "paper", "dola_relative_top": 0.0}
 

@@ -32,6 +32,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,6 +92,22 @@ def benchmark_data_dir() -> Path:
     return Path(os.environ["MOE_RBENCH_DATA_DIR"])
 
 
+@contextmanager
+def perf_counting(control: str, ack: str) -> Iterator[None]:
+    """perf counts only inside this block: enabled and disabled through its control FIFO (`-`: perf is not used)."""
+    if control == "-":
+        yield
+        return
+    with open(control, "w") as ctl, open(ack) as acknowledge:
+        ctl.write("enable\n")
+        ctl.flush()
+        acknowledge.readline()
+        yield
+        ctl.write("disable\n")
+        ctl.flush()
+        acknowledge.readline()
+
+
 def child(spec: dict, control: str, ack: str) -> dict:
     import torch
     from lm_eval.models.huggingface import HFLM
@@ -111,21 +129,12 @@ def child(spec: dict, control: str, ack: str) -> dict:
         torch.cuda.reset_peak_memory_stats()
     else:
         Path("/proc/self/clear_refs").write_text("5")  # reset the peak resident set (VmHWM)
-    counting = control != "-"
-    if counting:
-        ctl, acknowledge = open(control, "w"), open(ack)  # noqa: SIM115 - open for the whole workload
-        ctl.write("enable\n")
-        ctl.flush()
-        acknowledge.readline()
-    start = time.perf_counter()
-    run(requests, disable_tqdm=True)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    if counting:
-        ctl.write("disable\n")
-        ctl.flush()
-        acknowledge.readline()
+    with perf_counting(control, ack):
+        start = time.perf_counter()
+        run(requests, disable_tqdm=True)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
     if hasattr(lm, "close"):  # publish the routing records
         lm.close()
     if device.startswith("cuda"):

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import interleaved, report, setup  # noqa: E402
+from measure import interleaved, report, setup
 
 MODEL = dict(
     hidden_size=512,

@@ -29,8 +29,9 @@ def with_our_tasks(include_path) -> list:
     return paths
 
 
-def task_manager(include_path=None, **kwargs) -> "lm_eval.tasks.TaskManager":  # noqa: F821 - imported lazily
-    """A lm-eval `TaskManager` that knows lm-eval's own tasks and every `moe_rbench_*` task.
+def task_manager(include_path=None, **kwargs):
+    """A `lm_eval.tasks.TaskManager` (lm-eval is imported here, not with this package) that knows lm-eval's own
+    tasks and every `moe_rbench_*` task.
 
     Keyword arguments go to `TaskManager` (e.g. `metadata={"data_dir": "/data/moe_rbench"}`, or
     `include_defaults=False` to index only our tasks, which is much faster).

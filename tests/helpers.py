@@ -78,7 +78,7 @@ class ModerationServer(BaseHTTPRequestHandler):
 
     calls: list[dict] = []
 
-    def do_POST(self):  # noqa: N802 (http.server's naming)
+    def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         ModerationServer.calls.append(body)
         if self.headers.get("Authorization") == "Bearer server-error":

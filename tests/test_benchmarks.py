@@ -3,6 +3,7 @@ so that `make test` fails when a benchmark breaks. Full runs are measurements, r
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -12,8 +13,9 @@ from helpers import run
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 HELPERS = {"measure.py"}  # shared by the overhead benchmarks, not one itself (its fresh-process run is tested below)
 
-sys.path.insert(0, str(BENCHMARKS))
-import measure  # noqa: E402
+_spec = importlib.util.spec_from_file_location("measure", BENCHMARKS / "measure.py")
+measure = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(measure)
 
 
 @pytest.mark.parametrize("benchmark", sorted(path.name for path in BENCHMARKS.glob("*.py") if path.name not in HELPERS))

@@ -85,7 +85,7 @@ class OddModerationServer(ModerationServer):
 
     answer = None
 
-    def do_POST(self):  # noqa: N802 (http.server's naming)
+    def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         status, payload = OddModerationServer.answer(body, self.headers)
         self._send(status, payload, {})
