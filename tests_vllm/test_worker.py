@@ -58,13 +58,15 @@ def _generate_all(llm):
         for i, prompt in enumerate(_prompts()):
             extra = {"moe_rbench": {**settings, "tag": f"{name}/{i}", "capture": True}}
             params.append(
-                SamplingParams(max_tokens=GENERATED, temperature=0.0, prompt_logprobs=0, ignore_eos=True, extra_args=extra)
+                SamplingParams(
+                    max_tokens=GENERATED, temperature=0.0, prompt_logprobs=0, ignore_eos=True, extra_args=extra
+                )
             )
             requests.append(TokensPrompt(prompt_token_ids=prompt))
             keys.append((name, i))
     outputs = llm.generate(requests, params, use_tqdm=False)
     captured = llm.collective_rpc("moe_fetch", args=([f"{name}/{i}" for name, i in keys],))[0]
-    return {key: (output, captured[f"{key[0]}/{key[1]}"]) for key, output in zip(keys, outputs)}
+    return {key: (output, captured[f"{key[0]}/{key[1]}"]) for key, output in zip(keys, outputs, strict=True)}
 
 
 def test_install_describes_every_moe_layer(served):
@@ -91,7 +93,8 @@ def test_routing_logprobs_and_generations_equal_transformers(served, model_dirs)
         expected = [float(log_probs[j - 1, prompt[j]]) for j in range(1, len(prompt))]
         logprob_errors.append(float(np.abs(np.array(got) - np.array(expected)).max()))
         assert list(output.outputs[0].token_ids) == reference.greedy(model, prompt, GENERATED, settings), (name, i)
-    print(f"METRICS {architecture}: max weight error {max(weight_errors):.2e}, max log-prob error {max(logprob_errors):.2e}")
+    worst = f"max weight error {max(weight_errors):.2e}, max log-prob error {max(logprob_errors):.2e}"
+    print(f"METRICS {architecture}: {worst}")
     assert max(weight_errors) < MAX_WEIGHT_ERROR
     assert max(logprob_errors) < MAX_LOGPROB_ERROR
 

@@ -89,7 +89,7 @@ class MoERoutingExtension:
         self._moe_step: Step | None = None
         self._moe_store: dict[str, list[CapturedChunk]] = defaultdict(list)
         self._moe_tag_owner: dict[str, str] = {}
-        for module, layer in zip(moe_runners, layers):
+        for module, layer in zip(moe_runners, layers, strict=True):
             module.router.select_experts = self._moe_routing_wrapper(layer, module.router.select_experts)
         runner._model_forward = self._moe_forward_wrapper(runner._model_forward)
         return [layer.describe() for layer in self._moe_layers.values()]
@@ -152,7 +152,7 @@ class MoERoutingExtension:
             )
         step = Step(int(starts[-1]), positions[: starts[-1]].cpu().numpy().astype(np.int64))
         tags = {}
-        for i, (req_id, request) in enumerate(zip(runner.input_batch.req_ids[:num_reqs], settings)):
+        for i, (req_id, request) in enumerate(zip(runner.input_batch.req_ids[:num_reqs], settings, strict=True)):
             if request is None or starts[i + 1] == starts[i]:
                 continue
             if request.capture:
