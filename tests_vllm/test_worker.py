@@ -157,3 +157,25 @@ def test_settings_are_checked_without_a_model():
     with pytest.raises(OptionError, match="keys tag, capture"):
         read_settings({"moe_rbench": {"topk": 1}}, layers)
     assert read_settings({"moe_rbench": {"disable": {"3": [7, 6]}}}, layers).edits[3].removed == (6, 7)
+
+
+def test_fetch_keeps_the_last_computation_of_each_position():
+    """A preempted request is recomputed from position 0: its later chunks replace the earlier ones."""
+    from moe_rbench_models.vllm.checks import LayerInfo
+    from moe_rbench_models.vllm.worker import CapturedChunk, MoERoutingExtension
+
+    worker = MoERoutingExtension()
+    worker._moe_layers = {2: LayerInfo(2, "model.layers.2.mlp.experts", 8, 2, True, "CPURouter")}
+    worker._moe_store, worker._moe_tag_owner = {}, {"t": "request-0"}
+
+    def chunk(start, stop, expert):
+        rows = stop - start
+        ids, weights = np.full((rows, 2), expert), np.full((rows, 2), 0.5, dtype=np.float32)
+        return CapturedChunk(np.arange(start, stop), {2: ids}, {2: weights})
+
+    worker._moe_store["t"] = [chunk(0, 3, 1), chunk(3, 5, 1), chunk(0, 4, 7), chunk(4, 6, 7)]
+    fetched = worker.moe_fetch(["t"])["t"]
+    assert fetched["positions"] == [0, 1, 2, 3, 4, 5] and fetched["layers"] == [2]
+    assert [row[0] for row in fetched["ids"][0]] == [7] * 6
+    with pytest.raises(OptionError, match="nothing was captured under \\['t'\\]"):
+        worker.moe_fetch(["t"])
