@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CHECKED = ("moe_rbench", "moe_rbench_tasks", "moe_rbench_models", "tests", "benchmarks")
+CHECKED = ("moe_rbench", "moe_rbench_tasks", "moe_rbench_models", "tests", "tests_vllm", "benchmarks")
 LONGEST_FUNCTION = 80  # lines, signature and docstring included
 
 
