@@ -1,21 +1,16 @@
-"""The vLLM worker tests: run in an environment with vLLM (CPU build) and the package on the path, e.g.
-
-    PYTHONPATH=. VLLM_CPU_KVCACHE_SPACE=1 /work/vllm-probe/.venv/bin/python -m pytest -q tests_vllm
-
-Not part of tests/: the main suite's environment has no vLLM.
+"""The vLLM worker tests: run in the vLLM environment, `make test-vllm` (which builds it, .venv-vllm, with
+`make vllm-setup`). Not part of tests/: the main suite's environment has no vLLM.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
-import pytest
-
-# vllm-cpu 0.32.0 installed beside the `vllm` distribution reports a version without "cpu"; name the platform
-os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
-pytest.importorskip("vllm", reason="the tests_vllm suite needs vLLM installed")
+if importlib.util.find_spec("vllm") is None:
+    raise ImportError("tests_vllm runs in the vLLM environment, where vllm is installed: `make test-vllm` builds it")
 
 EXTENSION = "moe_rbench_models.vllm.worker.MoERoutingExtension"
 LLM_ARGS = dict(
