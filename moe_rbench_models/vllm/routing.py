@@ -38,7 +38,9 @@ def limited_weights(weights: torch.Tensor, kept: torch.Tensor, renormalize: bool
     weights are renormalised over the kept experts, as the router does when its k is `kept` (moe_hf's `top_k`);
     where it does not (OLMoE) they keep their softmax probabilities."""
     order = torch.argsort(weights, dim=-1, descending=True, stable=True)
-    rank = torch.empty_like(order).scatter_(1, order, torch.arange(weights.shape[1]).expand_as(order))
+    rank = torch.empty_like(order).scatter_(
+        1, order, torch.arange(weights.shape[1], device=weights.device).expand_as(order)
+    )
     limited = kept[:, None] > 0
     keep = ~limited | (rank < kept[:, None])
     result = weights * keep
