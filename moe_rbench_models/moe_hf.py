@@ -63,9 +63,13 @@ class MoEHFLM(HFLM):
         self.moe_layers = find_moe_layers(self.model)
         self._routing = RoutingSession(self, self.moe_layers, options)
         self._scoring_instances = None
-        self._contrast = build_contrastive_decoding(
-            self.model, self.backend, self.moe_layers, options.decoding, self._routing.hooks
-        )
+        try:
+            self._contrast = build_contrastive_decoding(
+                self.model, self.backend, self.moe_layers, options.decoding, self._routing.hooks
+            )
+        except BaseException:
+            self._routing.abandon()  # `pretrained` may be the caller's model object: no hooks stay on it
+            raise
         self._row = 0  # the row of the last scoring batch that HFLM reads next
         self._batch_rows = 0  # rows of the last scoring batch
 

@@ -727,6 +727,33 @@ def test_pending_capture_state_does_not_grow_with_request_length(tiny_model, tmp
     assert per_request[2000] < 1.2 * per_request[50] + 64 and per_request[2000] < 1024, per_request
 
 
+@pytest.mark.parametrize(
+    "failing",
+    [{"routing_out": "a file"}, {"dola_layers": "16,18,20"}],
+    ids=["routing directory refused", "decoding refused"],
+)
+def test_a_model_object_is_left_as_it_came_when_set_up_fails_after_the_hooks(tiny_model, tmp_path, failing):
+    """`pretrained` may be the caller's own model: a refusal after the routing hooks were installed removes them."""
+    from transformers import AutoTokenizer
+
+    path = str(tiny_model("olmoe"))
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    (tmp_path / "a file").write_text("not a directory")
+    if "routing_out" in failing:
+        failing = {"routing_out": str(tmp_path / "a file")}
+    with pytest.raises(ValueError):
+        MoEHFLM(pretrained=model, tokenizer=tokenizer, device="cpu", top_k=1, disable_experts="*:0", **failing)
+    ours = [  # transformers leaves output-capturing hooks of its own once a forward asked for router logits
+        (name, hook)
+        for name, module in model.named_modules()
+        for hook in (*module._forward_hooks.values(), *module._forward_pre_hooks.values())
+        if getattr(hook, "__module__", "").startswith("moe_rbench")
+    ]
+    assert not ours
+    assert {layer.router.top_k for layer in find_moe_layers(model)} == {2}
+    assert not list(tmp_path.glob("*.lock"))
+
+
 def test_close_removes_every_hook_and_restores_the_routers(tiny_model, tmp_path):
     path = str(tiny_model("olmoe"))
     plain = HFLM(pretrained=path, device="cpu").loglikelihood(scoring_requests())

@@ -43,7 +43,11 @@ class RoutingSession:
             self.hooks = RoutingHooks(
                 layers, self.plan, record=bool(options.routing_out), keep_logits=options.routing_logits
             ).install()
-        self.capture = self._request_capture(lm) if options.routing_out else None
+        try:
+            self.capture = self._request_capture(lm) if options.routing_out else None
+        except BaseException:
+            self._remove_hooks()  # the model may be the caller's own object: leave it as it came
+            raise
 
     @property
     def interventions(self) -> dict[str, Any]:
@@ -78,13 +82,24 @@ class RoutingSession:
         if self.capture is not None:
             self.capture.writer.commit()
             self.capture = None
-        if self.hooks is not None:
-            self.hooks.remove()
-            self.hooks = None
+        self._remove_hooks()
 
     def discard(self) -> None:
         """After a failed evaluation: publish nothing, so that the earlier records stay; `close()` still follows."""
         self.capture = None
+
+    def abandon(self) -> None:
+        """The model failed to set up after this session: release the routing directory, publish nothing and
+        restore the routers."""
+        if self.capture is not None:
+            self.capture.writer.abandon()
+            self.capture = None
+        self._remove_hooks()
+
+    def _remove_hooks(self) -> None:
+        if self.hooks is not None:
+            self.hooks.remove()
+            self.hooks = None
 
     def _request_capture(self, lm) -> RequestCapture:
         layers = [
