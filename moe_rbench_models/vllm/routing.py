@@ -7,29 +7,33 @@ Pure torch on `[tokens, ...]` tensors; the rows of each request are a slice of t
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
+from moe_rbench_models.routing.interventions import steered_scores
 from moe_rbench_models.vllm.settings import LayerEdit
-
-STEERMOE_MARGIN = 0.01  # as interventions.STEERMOE_MARGIN: forced <- the token's highest log-probability + 0.01
 
 
 def steered_logits(router_logits: torch.Tensor, edits: list[tuple[slice, LayerEdit]]) -> torch.Tensor:
-    """Router logits `[N, E]` with each request's rows edited as moe_hf's `steered_scores` edits them: with forced
-    experts the rows become log-probabilities (`log_softmax` in the logits' own dtype, SteerMoE's edit) and a forced
-    expert gets the row's highest + 0.01; disabled experts (disable_mode=reroute) get the dtype's lowest value, so
-    that the next-best expert takes their slot. The router then scores, selects and normalises as it always does."""
+    """Router logits `[N, E]` with each request's rows edited by moe_hf's own `steered_scores`, in the space moe_hf
+    picks for a softmax router (`interventions.steer_router`): with forced experts the rows become log-probabilities
+    (SteerMoE's edit) and a forced expert gets the row's highest + 0.01; disabled experts (disable_mode=reroute) get
+    the dtype's lowest value, so that the next-best expert takes their slot. The router then scores, selects and
+    normalises as it always does."""
     edited = router_logits.clone()
-    lowest = torch.finfo(edited.dtype).min
     for rows, edit in edits:
-        scores = F.log_softmax(edited[rows], dim=-1) if edit.forced else edited[rows]
-        if edit.forced:
-            top = scores.amax(-1, keepdim=True)
-            scores[:, list(edit.forced)] = (top + STEERMOE_MARGIN).expand(-1, len(edit.forced))
-        if edit.removed:
-            scores[:, list(edit.removed)] = lowest
-        edited[rows] = scores
+        space = "log_softmax" if edit.forced else "logits"
+        edited[rows] = steered_scores(
+            edited[rows], _mask(edit.forced, edited), None, _mask(edit.removed, edited), space
+        )
     return edited
+
+
+def _mask(experts: tuple[int, ...], logits: torch.Tensor) -> torch.Tensor | None:
+    """`[E]` booleans marking `experts` (None when there are none), as `steered_scores` takes them."""
+    if not experts:
+        return None
+    mask = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+    mask[list(experts)] = True
+    return mask
 
 
 def limited_weights(weights: torch.Tensor, kept: torch.Tensor, renormalize: bool) -> torch.Tensor:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from moe_rbench_models.errors import OptionError
+from moe_rbench_models.routing.interventions import steering_limit
 from moe_rbench_models.vllm.checks import LayerInfo
 
 KEY = "moe_rbench"
@@ -125,18 +126,18 @@ def _experts_per_layer(spec: Any, option: str, layers: dict[int, LayerInfo]) -> 
 
 
 def _check_edit(layer: LayerInfo, edit: LayerEdit) -> None:
-    """moe_hf's limits (interventions.py, _check_layer): an expert is forced or disabled, not both; rerouting
-    leaves at least k experts; at most k experts are forced."""
+    """moe_hf's limits (interventions.py, `_check_layer` with `steering_limit`): an expert is forced or disabled, not
+    both; rerouting leaves at least k experts; at most k experts are forced."""
     k = edit.top_k if edit.top_k is not None else layer.top_k
     both = sorted(set(edit.forced) & set(edit.removed))
     if both:
         raise OptionError(f"layer {layer.index}: experts {both} are both disabled and forced; keep each in one")
-    if layer.num_experts - len(edit.removed) < k:
+    if len(edit.removed) > steering_limit("disable", layer.num_experts, k):
         raise OptionError(
             f"disable: layer {layer.index} would keep {layer.num_experts - len(edit.removed)} experts for top-k {k}; "
             "rerouting needs at least k enabled experts"
         )
-    if len(edit.forced) > k:
+    if len(edit.forced) > steering_limit("force", layer.num_experts, k):
         raise OptionError(
             f"force: layer {layer.index} selects {k} experts per token, so at most {k} can be forced; got "
             f"{len(edit.forced)}. Force fewer, or raise top_k."
