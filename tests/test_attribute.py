@@ -11,6 +11,7 @@ import math
 import shutil
 from collections import defaultdict
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -192,24 +193,7 @@ def test_the_model_arguments_steer_the_expert(planted_model, planted_records, tm
 
 
 def test_the_attribute_command_writes_table_figure_and_model_arguments(planted_records, tmp_path):
-    result = run(
-        [
-            str(BIN / "moe-rbench"),
-            "attribute",
-            "--routing",
-            str(planted_records),
-            "--a",
-            "planted",
-            "--b",
-            "plain",
-            "--force",
-            "1",
-            "--disable",
-            "1",
-            "--out",
-            str(tmp_path / "out"),
-        ]
-    )
+    result = run(planted_vs_plain("attribute", planted_records, tmp_path / "out", "--force", "1", "--disable", "1"))
     first_row = next(line for line in result.stdout.splitlines() if line.startswith("| decoder"))
     # 12 @ among the 287 prompt positions of A (every prompt token is an input once: 275 context entries and 12
     # first continuation entries); the 12 vs 12 documents are too many to enumerate: the clustered t-test
@@ -221,22 +205,9 @@ def test_the_attribute_command_writes_table_figure_and_model_arguments(planted_r
     assert (tmp_path / "out" / "attribution.png").stat().st_size > 1000
     assert (tmp_path / "out" / "attribution.csv").read_text().splitlines()[1].startswith("decoder.0,3,")
     # SteerMoE's selection asks for rows of each sign without a test: the table is written, the shortfall an error
-    command = [
-        str(BIN / "moe-rbench"),
-        "attribute",
-        "--routing",
-        str(planted_records),
-        "--a",
-        "planted",
-        "--b",
-        "plain",
-        "--out",
-        str(tmp_path / "steermoe"),
-        "--selection",
-        "steermoe",
-        "--force",
-        "1",
-    ]
+    command = planted_vs_plain(
+        "attribute", planted_records, tmp_path / "steermoe", "--selection", "steermoe", "--force", "1"
+    )
     result = run([*command, "--disable", "9"], check=False)
     assert result.returncode == 2 and "the top 9 with A - B < 0; there are 1 and 2 such rows" in result.stderr
     assert "No steering plan: SteerMoE's selection" in (tmp_path / "steermoe" / "attribution.md").read_text()
@@ -244,7 +215,10 @@ def test_the_attribute_command_writes_table_figure_and_model_arguments(planted_r
     written = json.loads((tmp_path / "steermoe" / "attribution.json").read_text())
     assert written["model_args"] == 'force_experts="0:3",disable_experts="0:1,2",disable_mode=reroute'
     # the flags of one direction per run are gone, with the way to say the same now
-    result = run([*command[:-4], "--top", "3", "--direction", "force"], check=False)
+    result = run(
+        [*planted_vs_plain("attribute", planted_records, tmp_path / "steermoe"), "--top", "3", "--direction", "force"],
+        check=False,
+    )
     assert result.returncode == 2 and "`--direction force --top N` is `--force N`" in result.stderr
 
 
@@ -336,6 +310,12 @@ def test_sets_that_cannot_be_formed_are_refused_with_the_fix(planted_records, tm
         attribute_experts(planted_records, a, b, tmp_path if samples else None)
 
 
+def planted_vs_plain(command: str, records: Path, out: Path, *options: str) -> list[str]:
+    """`moe-rbench attribute` or `steer` on the planted records, sets `planted` (A) vs `plain` (B)."""
+    sets = ["--routing", str(records), "--a", "planted", "--b", "plain"]
+    return [str(BIN / "moe-rbench"), command, *sets, *options, "--out", str(out)]
+
+
 def test_steer_forces_the_planted_expert_and_writes_the_before_after_table(planted_model, planted_records, tmp_path):
     metadata = json.dumps({"data_dir": str(FIXTURE_DATA)})
     lm_eval_args = [
@@ -352,23 +332,10 @@ def test_steer_forces_the_planted_expert_and_writes_the_before_after_table(plant
         "--metadata",
         metadata,
     ]
-    command = [
-        str(BIN / "moe-rbench"),
-        "steer",
-        "--routing",
-        str(planted_records),
-        "--a",
-        "planted",
-        "--b",
-        "plain",
-        "--force",
-        "3",
-        "--out",
-        str(tmp_path / "out"),
-        "--",
-        *lm_eval_args,
-    ]
-    result = run(command, timeout=600)
+    result = run(
+        [*planted_vs_plain("steer", planted_records, tmp_path / "out", "--force", "3"), "--", *lm_eval_args],
+        timeout=600,
+    )
     assert 'force_experts="0:3"' in result.stdout and "| moe_rbench_sst2 / acc,none |" in result.stdout
     before, before_samples = lm_eval_outputs(tmp_path / "out" / "before")
     after, after_samples = lm_eval_outputs(tmp_path / "out" / "after")
@@ -391,31 +358,15 @@ def test_steer_forces_the_planted_expert_and_writes_the_before_after_table(plant
 
 
 def test_steer_refuses_an_evaluation_it_cannot_steer(planted_records, tmp_path):
-    command = [
-        str(BIN / "moe-rbench"),
-        "steer",
-        "--routing",
-        str(planted_records),
-        "--a",
-        "planted",
-        "--b",
-        "plain",
-        "--out",
-        str(tmp_path),
-        "--",
-        "--model",
-        "hf",
-        "--tasks",
-        "moe_rbench_sst2",
-    ]
-    result = run(command, check=False)
+    command = [*planted_vs_plain("steer", planted_records, tmp_path), "--"]
+    result = run([*command, "--model", "hf", "--tasks", "moe_rbench_sst2"], check=False)
     assert result.returncode == 2 and "steer evaluates with `--model moe_hf`" in result.stderr
     for model_args, message in [
         ('pretrained=x,force_experts="0:1"', "set force_experts; steer adds the intervention itself"),
         ('{"pretrained": "x", "routing_out": "r"}', "set routing_out; steer adds"),
         ("pretrained", "--model_args 'pretrained': expected `key=value`"),
     ]:
-        result = run([*command[:-4], "--model", "moe_hf", "--model_args", model_args], check=False)
+        result = run([*command, "--model", "moe_hf", "--model_args", model_args], check=False)
         assert result.returncode == 2 and message in result.stderr, result.stderr
 
 
@@ -868,18 +819,7 @@ def test_steer_evaluates_only_the_recorded_checkpoint_as_it_was_recorded(
     model.save_pretrained(retrained)
     metadata = json.dumps({"data_dir": str(FIXTURE_DATA)})
     command = [
-        str(BIN / "moe-rbench"),
-        "steer",
-        "--routing",
-        str(planted_records),
-        "--a",
-        "planted",
-        "--b",
-        "plain",
-        "--force",
-        "1",
-        "--out",
-        str(tmp_path / "out"),
+        *planted_vs_plain("steer", planted_records, tmp_path / "out", "--force", "1"),
         "--",
         "--model",
         "moe_hf",
