@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from moe_rbench_models.errors import OptionError
-from moe_rbench_tasks.adversarial_nli.loader import LABELS, pair_key
+from moe_rbench_tasks.adversarial_nli.loader import LABELS, nli_document
 from moe_rbench_tasks.boss import loader as boss_loader
 from moe_rbench_tasks.data import (
     MalformedDataError,
@@ -51,7 +51,7 @@ from moe_rbench_tasks.data import (
     require_data_dir,
     resolve_data_dir,
 )
-from moe_rbench_tasks.families import ADVERSARIAL_NLI, BOSS_NLI, BOSS_SA, BOSS_TD, SOURCES
+from moe_rbench_tasks.families import BOSS_NLI, BOSS_SA, BOSS_TD, SOURCES
 from moe_rbench_tasks.safety.loader import ALPACA
 from moe_rbench_tasks.style_ood import loader as style_ood_loader
 
@@ -115,14 +115,7 @@ def nli_doc(premise, hypothesis, label, where: str, uid: str | None = None) -> d
     for name, text in (("premise", premise), ("hypothesis", hypothesis)):
         if not isinstance(text, str):
             raise MalformedDataError(f"{where}: {name} must be a string, got {text!r}")
-    return {
-        "id": uid or pair_key(premise, hypothesis),
-        "premise": premise,
-        "hypothesis": hypothesis,
-        "label": label_index(label, LABELS, where),
-        "pair_id": None,
-        "choices": list(ADVERSARIAL_NLI.choices),
-    }
+    return nli_document(premise, hypothesis, label, where, uid)
 
 
 def snli_train_rows(root: Path | None) -> list[tuple[str, str, int]]:

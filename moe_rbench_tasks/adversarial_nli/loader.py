@@ -105,6 +105,14 @@ def _doc(
     for name, text in (("premise", premise), ("hypothesis", hypothesis)):
         if not isinstance(text, str) or not text.strip():
             raise MalformedDataError(f"{where}: {name} must be a non-empty string, got {text!r}")
+    return nli_document(premise, hypothesis, label, where, uid, pair_id)
+
+
+def nli_document(
+    premise: str, hypothesis: str, label: Any, where: str, uid: str | None = None, pair_id: str | None = None
+) -> dict:
+    """The document of an NLI pair whose texts were checked (`where` names it in a label error): its id is `uid` or
+    the pair's key, its label the index of the release's label."""
     return {
         "id": uid or pair_key(premise, hypothesis),
         "premise": premise,
