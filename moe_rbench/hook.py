@@ -5,7 +5,7 @@ discover plugins (0.4.13 and earlier).
 It imports nothing heavy: it puts a finder in front of `sys.meta_path` that waits for lm-eval's own
 modules and then, right after they have run,
 
-- `lm_eval.models`: registers `moe_hf` as a lazy entry (the class is imported on first use). This must
+- `lm_eval.models`: registers `moe_hf` and `moe_vllm` as lazy entries (the class is imported on first use). This must
   come after `lm_eval.models`, because `get_model()` only imports it while the registry is empty;
 - `lm_eval.tasks.manager`: makes every `TaskManager` index our task folder.
 
@@ -19,8 +19,7 @@ warning that names the problem.
 import os
 import sys
 
-MODEL_NAME = "moe_hf"
-MODEL_TARGET = "moe_rbench_models.moe_hf:MoEHFLM"
+MODELS = {"moe_hf": "moe_rbench_models.moe_hf:MoEHFLM", "moe_vllm": "moe_rbench_models.moe_vllm:MoEVLLM"}
 DISABLE_ENV = "MOE_RBENCH_STARTUP_HOOK"
 
 
@@ -41,7 +40,7 @@ class _HookDisabled:
 
     @classmethod
     def _fail(cls, *args, **kwargs):
-        raise RuntimeError(_disabled_message(f"`--model {MODEL_NAME}` is"))
+        raise RuntimeError(_disabled_message(f"`--model {' / '.join(MODELS)}` is"))
 
     create_from_arg_string = create_from_arg_obj = _fail
 
@@ -73,15 +72,17 @@ def _register_model(models_module) -> None:
 
     if hasattr(registry, "load_plugins"):  # lm-eval reads our `lm_eval.models` entry point itself
         return
-    if MODEL_NAME not in registry.model_registry:
-        registry.model_registry.register(MODEL_NAME, target=MODEL_TARGET)
+    for name, target in MODELS.items():
+        if name not in registry.model_registry:
+            registry.model_registry.register(name, target=target)
 
 
 def _register_disabled_stub(models_module) -> None:
     from lm_eval.api import registry
 
-    if MODEL_NAME not in registry.model_registry:
-        registry.model_registry.register(MODEL_NAME, target=_HookDisabled)
+    for name in MODELS:
+        if name not in registry.model_registry:
+            registry.model_registry.register(name, target=_HookDisabled)
 
 
 def _lm_eval_indexes_task_plugins(manager_module) -> bool:

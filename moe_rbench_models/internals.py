@@ -45,11 +45,16 @@ class InternalsChanged(MoERBenchError, RuntimeError):
 
 def check_hflm(hflm_class: type) -> None:
     """HFLM still has the methods and parameters `moe_hf` overrides."""
-    for name, expected in HFLM_METHODS.items():
-        method = getattr(hflm_class, name, None)
+    check_methods(hflm_class, HFLM_METHODS, "HFLM")
+
+
+def check_methods(cls: type, methods: dict[str, tuple[str, ...]], label: str) -> None:
+    """lm-eval's class `cls` still has `methods` with these parameters (InternalsChanged otherwise)."""
+    for name, expected in methods.items():
+        method = getattr(cls, name, None)
         found = tuple(inspect.signature(method).parameters) if method is not None else None
         if found != expected:
-            raise InternalsChanged("lm_eval", f"HFLM.{name} has parameters {found}, expected {expected}")
+            raise InternalsChanged("lm_eval", f"{label}.{name} has parameters {found}, expected {expected}")
 
 
 def find_cache(args: tuple, kwargs: dict) -> tuple[str | int | None, Cache | None]:

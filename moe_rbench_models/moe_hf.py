@@ -42,7 +42,7 @@ from moe_rbench_models.classifier import ClassifierScoring, refuse
 from moe_rbench_models.decoding import build_contrastive_decoding
 from moe_rbench_models.errors import OptionError
 from moe_rbench_models.internals import InternalsChanged, check_hflm
-from moe_rbench_models.options import MoEOptions
+from moe_rbench_models.options import MoEOptions, refuse_request_cache
 from moe_rbench_models.routing.discovery import describe_moe, find_moe_layers
 from moe_rbench_models.routing.session import RoutingSession
 
@@ -87,15 +87,7 @@ class MoEHFLM(HFLM):
         return self._routing.capture
 
     def set_cache_hook(self, cache_hook) -> None:
-        """lm-eval's `--use_cache` keys answers by request only, not by model arguments: answers cached by a run
-        with other MoE options (or none) would be returned as this configuration's, so the two do not mix."""
-        if getattr(cache_hook, "dbdict", None) is not None and self.moe_options:
-            options = ", ".join(f"{name}={value}" for name, value in self.moe_options.items())
-            raise OptionError(
-                f"--use_cache cannot be combined with moe_hf's MoE options ({options}): lm-eval's cache is keyed by "
-                "the request alone, so it would return answers computed under another configuration (and routing "
-                "capture would record nothing for cached requests). Run without --use_cache."
-            )
+        refuse_request_cache(cache_hook, self.moe_options, "moe_hf")
         super().set_cache_hook(cache_hook)
 
     def get_model_info(self) -> dict[str, Any]:

@@ -180,4 +180,16 @@ class MoEOptions:
         }
 
 
+def refuse_request_cache(cache_hook, moe_options: dict[str, Any], model: str) -> None:
+    """lm-eval's `--use_cache` keys answers by request only, not by model arguments: answers cached by a run with other
+    MoE options (or none) would be returned as this configuration's, so the two do not mix."""
+    if getattr(cache_hook, "dbdict", None) is not None and moe_options:
+        given = ", ".join(f"{name}={value}" for name, value in moe_options.items())
+        raise OptionError(
+            f"--use_cache cannot be combined with {model}'s MoE options ({given}): lm-eval's cache is keyed by "
+            "the request alone, so it would return answers computed under another configuration (and routing "
+            "capture would record nothing for cached requests). Run without --use_cache."
+        )
+
+
 MODEL_ARGUMENTS = tuple(READERS)  # moe_hf's own model arguments, besides `pretrained` and HFLM's

@@ -188,10 +188,14 @@ def require_moe(layers: list[MoELayer], option: str, model: nn.Module) -> None:
 def describe_moe(model: nn.Module, layers: list[MoELayer]) -> dict[str, Any]:
     """Summary for the results' config: architecture, MoE layer count, experts per layer, top-k, and the checkpoint
     it was loaded from (name and config fingerprint: routing/checkpoint.py)."""
+    return describe_moe_config(model.config, layers, type(model).__name__)
+
+
+def describe_moe_config(config, layers: list[MoELayer], class_name: str | None = None) -> dict[str, Any]:
+    """`describe_moe` from the model's config (`class_name`: the model class, where the config names none)."""
     from moe_rbench_models.routing.checkpoint import checkpoint_identity
 
-    config = model.config
-    architecture = (getattr(config, "architectures", None) or [type(model).__name__])[0]
+    architecture = (getattr(config, "architectures", None) or [class_name])[0]
 
     def uniform(values: list[int | None]) -> int | list[int | None] | None:
         if not values:

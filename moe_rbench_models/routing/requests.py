@@ -7,6 +7,10 @@ token lists are referenced, never copied). `moe_hf` calls, in order, `expect_*` 
 `begin_forward` / `end_forward` around each forward pass, `row` each time HFLM takes one row of a batch apart
 (`_select_cont_toks`), all inside `call()`, which checks at the end that every request was recorded and, on
 an error, leaves no state behind. A row that matches no request stops the run at that batch.
+
+`RequestBook` is the part that does not depend on how the model runs: what each request waits for, the check at the
+end of a call, and how a request's spans become a record. `RequestCapture` feeds it from moe_hf's hooks and HFLM's
+batches; moe_vllm's capture (moe_rbench_models/vllm/capture.py) from the worker extension's per-request routing.
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ class _Expected:
         return f"task {self.task}, document {self.doc_id}, request {self.request_index}"
 
 
-def _digest(*parts) -> bytes:
+def token_digest(*parts) -> bytes:
     digest = hashlib.blake2b(digest_size=16)
     for tokens in parts:
         array = np.asarray(tokens, dtype=np.int64)
@@ -61,22 +65,14 @@ def _digest(*parts) -> bytes:
     return digest.digest()
 
 
-class RequestCapture:
-    def __init__(
-        self,
-        hooks: RoutingHooks,
-        writer: RecordWriter,
-        layers: list[MoELayer],
-        max_length: int,
-        decoder_start: int | None = None,
-        decode: Callable[[list[int]], str] = str,
-    ) -> None:
-        """`decoder_start`: the decoder start token of an encoder-decoder model (None: causal model); `decode`:
-        token ids to text, for error messages."""
-        self.hooks, self.writer, self.max_length, self.decode = hooks, writer, max_length, decode
-        self.seq2seq, self.decoder_start = decoder_start is not None, decoder_start
-        self.keys = {side: [layer.key for layer in layers if layer.side == side] for side in ("encoder", "decoder")}
-        self.batch_contexts: list[str] | None = None
+class RequestBook:
+    """What each lm-eval request of a call waits for, and its records once its routing is known."""
+
+    def __init__(self, writer: RecordWriter, scoring_window: int, decode: Callable[[list[int]], str] = str) -> None:
+        """`scoring_window`: how many tokens of a loglikelihood request's context + continuation the model is given
+        (lm-eval truncates on the left); `decode`: token ids to text, for error messages."""
+        self.writer, self.scoring_window, self.decode = writer, scoring_window, decode
+        self.seq2seq = False
         self._reset()
 
     def _reset(self) -> None:
@@ -84,8 +80,7 @@ class RequestCapture:
         self._recorded: set[bytes] = set()  # rows already routed: HFLM may process a shared row again
         self._documents: Counter = Counter()  # requests of a document not yet recorded
         self._contexts: dict[tuple, dict[bytes, list | None]] = {}  # a document's shared context span
-        self._generation: dict[str, list[_Expected | None]] = {}
-        self._batch: dict | None = None
+        self._generation: dict[str | bytes, list[_Expected | None]] = {}
 
     def pending_requests(self) -> int:
         return sum(len(waiting) for waiting in self._waiting.values()) + sum(
@@ -135,8 +130,8 @@ class RequestCapture:
 
     def _row_key(self, context: list[int], continuation: list[int]) -> bytes:
         if self.seq2seq:
-            return _digest(context[-self.max_length :], continuation[-self.max_length :])
-        return _digest((context + continuation)[-(self.max_length + 1) :][:-1])
+            return token_digest(context[-self.max_length :], continuation[-self.max_length :])
+        return token_digest((context + continuation)[-self.scoring_window :][:-1])
 
     def _wait(self, expected: _Expected, context: list[int], continuation: list[int]) -> None:
         expected.continuation_length, expected.last_token = len(continuation), int(continuation[-1])
@@ -175,6 +170,106 @@ class RequestCapture:
                 )
                 self._wait(window, context, continuation)
 
+    def _take(self, key: bytes, tokens: np.ndarray) -> list[_Expected]:
+        """The requests waiting for a row; an error at once for a row no request waits for."""
+        waiting = self._waiting.pop(key, None)
+        if waiting is not None:
+            self._recorded.add(key)
+            return waiting
+        if key in self._recorded:
+            return []
+        text = self.decode(tokens.tolist())
+        probe = text.strip()[:30]
+        guesses = list(
+            dict.fromkeys(
+                e.describe()
+                for waiting in self._waiting.values()
+                for e in waiting
+                if probe and probe in "".join(a for a in e.arguments if isinstance(a, str))
+            )
+        )[:3]
+        raise InternalsChanged(
+            "lm_eval",
+            f"routing capture: a scoring row ({len(tokens)} tokens: {text[:80]!r}) "
+            f"matches no request{'; it looks like ' + ', '.join(guesses) if guesses else ''}",
+        )
+
+    def emit_causal_row(self, tokens: np.ndarray, routing: Callable[[int, int], dict[str, LayerArrays]]) -> None:
+        """A causal model's scoring row: `tokens`, the inputs of one forward pass (context + continuation without
+        its last token), and `routing(start, stop)`, the routing of its positions start..stop-1 per layer key; every
+        request waiting for the row is recorded (context and continuation spans)."""
+        for expected in self._take(token_digest(tokens), tokens):
+            split = len(tokens) - expected.continuation_length
+            targets = np.append(tokens[split + 1 :], expected.last_token)
+            context = ("decoder", tokens[:split], tokens[1 : split + 1], routing(0, split))
+            continuation = ("decoder", tokens[split:], targets, routing(split, len(tokens)))
+            self._emit(expected, context, continuation)
+
+    def _emit(self, expected: _Expected, context: tuple, continuation: tuple) -> None:
+        if expected.document is not None:  # a rolling window: the record waits for the document's last window
+            document = expected.document
+            document.spans[expected.window] = self.writer.add_span(document.task, *continuation)
+            if all(span is not None for span in document.spans):
+                self.writer.add_record(
+                    document.request_type,
+                    document.task,
+                    document.doc_id,
+                    document.request_index,
+                    document.repeat,
+                    [],
+                    document.spans,
+                    document.doc_key,
+                )
+            self._done(document.document_key)
+            return
+        side, tokens, _, _ = context
+        contexts = self._contexts.setdefault(expected.document_key, {})
+        context_key = token_digest(tokens) + side.encode()
+        if context_key not in contexts:
+            contexts[context_key] = self.writer.add_span(expected.task, *context) if len(tokens) else None
+        context_span = contexts[context_key]
+        continuation_span = self.writer.add_span(expected.task, *continuation) if len(continuation[1]) else None
+        self.writer.add_record(
+            expected.request_type,
+            expected.task,
+            expected.doc_id,
+            expected.request_index,
+            expected.repeat,
+            [context_span] if context_span else [],
+            [continuation_span] if continuation_span else [],
+            expected.doc_key,
+        )
+        self._done(expected.document_key)
+
+    def _done(self, document: tuple) -> None:
+        """One request of `document` recorded; its shared context is forgotten with its last request."""
+        self._documents[document] -= 1
+        if self._documents[document] <= 0:
+            del self._documents[document]
+            self._contexts.pop(document, None)
+
+
+class RequestCapture(RequestBook):
+    """moe_hf's capture: routing read by the hooks, per forward pass, matched to HFLM's batches and rows."""
+
+    def __init__(
+        self,
+        hooks: RoutingHooks,
+        writer: RecordWriter,
+        layers: list[MoELayer],
+        max_length: int,
+        decoder_start: int | None = None,
+        decode: Callable[[list[int]], str] = str,
+    ) -> None:
+        """`decoder_start`: the decoder start token of an encoder-decoder model (None: causal model); `decode`:
+        token ids to text, for error messages. HFLM scores the last `max_length + 1` tokens of a request."""
+        super().__init__(writer, max_length + 1, decode)
+        self.hooks, self.max_length = hooks, max_length
+        self.seq2seq, self.decoder_start = decoder_start is not None, decoder_start
+        self.keys = {side: [layer.key for layer in layers if layer.side == side] for side in ("encoder", "decoder")}
+        self.batch_contexts: list[str] | None = None
+        self._batch: dict | None = None
+
     def expect_generation(self, instances) -> None:
         for instance, expected in zip(instances, self._expected(instances, "generate_until"), strict=True):
             kwargs = instance.args[1]
@@ -204,30 +299,6 @@ class RequestCapture:
             "layers": {key: _batched(forward[0], batch) for key, forward in calls.items()},
         }
 
-    def _take(self, key: bytes, tokens: np.ndarray) -> list[_Expected]:
-        """The requests waiting for a row; an error at once for a row no request waits for."""
-        waiting = self._waiting.pop(key, None)
-        if waiting is not None:
-            self._recorded.add(key)
-            return waiting
-        if key in self._recorded:
-            return []
-        text = self.decode(tokens.tolist())
-        probe = text.strip()[:30]
-        guesses = list(
-            dict.fromkeys(
-                e.describe()
-                for waiting in self._waiting.values()
-                for e in waiting
-                if probe and probe in "".join(a for a in e.arguments if isinstance(a, str))
-            )
-        )[:3]
-        raise InternalsChanged(
-            "lm_eval",
-            f"routing capture: a scoring row ({len(tokens)} tokens: {text[:80]!r}) "
-            f"matches no request{'; it looks like ' + ', '.join(guesses) if guesses else ''}",
-        )
-
     def row(self, r: int, continuation_length: int, input_length: int | None) -> None:
         """HFLM takes row `r` of the last batch apart; route it to the requests waiting for it."""
         batch = self._batch
@@ -247,16 +318,11 @@ class RequestCapture:
                 decoder_tokens,
                 self._slice(batch, "decoder", r, 0, continuation_length),
             )
-            for expected in self._take(_digest(encoder_tokens, decoder_tokens), encoder_tokens):
+            for expected in self._take(token_digest(encoder_tokens, decoder_tokens), encoder_tokens):
                 self._emit(expected, context, continuation)
             return
         tokens = batch["inputs"][r, :input_length]
-        for expected in self._take(_digest(tokens), tokens):
-            split = input_length - expected.continuation_length
-            targets = np.append(tokens[split + 1 :], expected.last_token)
-            context = ("decoder", tokens[:split], tokens[1 : split + 1], self._slice(batch, "decoder", r, 0, split))
-            continuation = ("decoder", tokens[split:], targets, self._slice(batch, "decoder", r, split, input_length))
-            self._emit(expected, context, continuation)
+        self.emit_causal_row(tokens, lambda start, stop: self._slice(batch, "decoder", r, start, stop))
 
     def _decoder_inputs(self, targets: np.ndarray) -> np.ndarray:
         return np.concatenate([[self.decoder_start], targets[:-1]]).astype(targets.dtype)[: len(targets)]
@@ -312,53 +378,8 @@ class RequestCapture:
                 inputs = np.concatenate([prompt_r[-1:], generated_r[:-1]]).astype(prompt_r.dtype)[:length]
             self._emit(expected, context_part, ("decoder", inputs, generated_r, _row(decoder, r, 0, length)))
 
-    # -- records ------------------------------------------------------------------------------------------
-
     def _slice(self, batch: dict, side: str, r: int, start: int, stop: int) -> dict[str, LayerArrays]:
         return _row({key: batch["layers"][key] for key in self.keys[side]}, r, start, stop)
-
-    def _emit(self, expected: _Expected, context: tuple, continuation: tuple) -> None:
-        if expected.document is not None:  # a rolling window: the record waits for the document's last window
-            document = expected.document
-            document.spans[expected.window] = self.writer.add_span(document.task, *continuation)
-            if all(span is not None for span in document.spans):
-                self.writer.add_record(
-                    document.request_type,
-                    document.task,
-                    document.doc_id,
-                    document.request_index,
-                    document.repeat,
-                    [],
-                    document.spans,
-                    document.doc_key,
-                )
-            self._done(document.document_key)
-            return
-        side, tokens, _, _ = context
-        contexts = self._contexts.setdefault(expected.document_key, {})
-        context_key = _digest(tokens) + side.encode()
-        if context_key not in contexts:
-            contexts[context_key] = self.writer.add_span(expected.task, *context) if len(tokens) else None
-        context_span = contexts[context_key]
-        continuation_span = self.writer.add_span(expected.task, *continuation) if len(continuation[1]) else None
-        self.writer.add_record(
-            expected.request_type,
-            expected.task,
-            expected.doc_id,
-            expected.request_index,
-            expected.repeat,
-            [context_span] if context_span else [],
-            [continuation_span] if continuation_span else [],
-            expected.doc_key,
-        )
-        self._done(expected.document_key)
-
-    def _done(self, document: tuple) -> None:
-        """One request of `document` recorded; its shared context is forgotten with its last request."""
-        self._documents[document] -= 1
-        if self._documents[document] <= 0:
-            del self._documents[document]
-            self._contexts.pop(document, None)
 
 
 def _no_targets(tokens: np.ndarray) -> np.ndarray:

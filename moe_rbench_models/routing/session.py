@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from moe_rbench_models.routing.discovery import MoELayer, describe_moe, require_moe
 from moe_rbench_models.routing.hooks import RoutingHooks
-from moe_rbench_models.routing.interventions import plan_interventions
+from moe_rbench_models.routing.interventions import LayerIntervention, plan_interventions
 from moe_rbench_models.routing.requests import RequestCapture
 from moe_rbench_models.routing.writer import RecordWriter, new_run_id
 
@@ -52,18 +52,7 @@ class RoutingSession:
     @property
     def interventions(self) -> dict[str, Any]:
         """The interventions as asked for (the specs as given) and per layer, for the results and the records."""
-        options = self.options
-        return {
-            "top_k": options.top_k.given if options.top_k else None,
-            "disable_experts": options.disable_experts.given if options.disable_experts else None,
-            "disable_mode": options.disable_mode,
-            "drop_renormalize": options.drop_renormalize,
-            "force_experts": options.force_experts.given if options.force_experts else None,
-            "per_layer": {
-                key: {"top_k": change.top_k, "disabled": sorted(change.disabled), "forced": sorted(change.forced)}
-                for key, change in self.plan.items()
-            },
-        }
+        return describe_interventions(self.options, self.plan)
 
     def report(self) -> dict[str, Any]:
         """The results' `config.moe` entries of the routing; publishes the records (lm-eval asks for the model's
@@ -102,33 +91,63 @@ class RoutingSession:
             self.hooks = None
 
     def _request_capture(self, lm) -> RequestCapture:
-        layers = [
-            {
-                "key": layer.key,
-                "name": layer.name,
-                "side": layer.side,
-                "layer": layer.layer,
-                "num_experts": layer.num_experts,
-                "top_k": self.plan[layer.key].top_k or layer.top_k if layer.key in self.plan else layer.top_k,
-            }
-            for layer in self.layers
-        ]
-        header = {
-            "model": describe_moe(lm.model, self.layers),
-            "interventions": self.interventions if self.plan else None,
-            "logits": self.options.routing_logits,
-        }
-        writer = RecordWriter(
-            self.options.routing_out,
-            layers,
-            json.loads(json.dumps(header, default=str)),
-            lm.rank,
-            lm.world_size,
-            self.options.routing_overwrite,
-            shared_run_id(lm.world_size),
+        writer = open_writer(
+            self.options, self.layers, self.plan, describe_moe(lm.model, self.layers), lm.rank, lm.world_size
         )
         decoder_start = lm.model.config.decoder_start_token_id if lm.backend == "seq2seq" else None
         return RequestCapture(self.hooks, writer, self.layers, lm.max_length, decoder_start, lm.tok_decode)
+
+
+def describe_interventions(options: MoEOptions, plan: dict[str, LayerIntervention]) -> dict[str, Any]:
+    """The interventions as asked for (the specs as given) and per layer, for the results and the records."""
+    return {
+        "top_k": options.top_k.given if options.top_k else None,
+        "disable_experts": options.disable_experts.given if options.disable_experts else None,
+        "disable_mode": options.disable_mode,
+        "drop_renormalize": options.drop_renormalize,
+        "force_experts": options.force_experts.given if options.force_experts else None,
+        "per_layer": {
+            key: {"top_k": change.top_k, "disabled": sorted(change.disabled), "forced": sorted(change.forced)}
+            for key, change in plan.items()
+        },
+    }
+
+
+def open_writer(
+    options: MoEOptions,
+    layers: list[MoELayer],
+    plan: dict[str, LayerIntervention],
+    model: dict[str, Any],
+    rank: int,
+    world_size: int,
+) -> RecordWriter:
+    """The record writer of a run with `routing_out` (its header: `model`, describe_moe's summary, the
+    interventions and whether logits are kept), shared by moe_hf and moe_vllm."""
+    described = [
+        {
+            "key": layer.key,
+            "name": layer.name,
+            "side": layer.side,
+            "layer": layer.layer,
+            "num_experts": layer.num_experts,
+            "top_k": plan[layer.key].top_k or layer.top_k if layer.key in plan else layer.top_k,
+        }
+        for layer in layers
+    ]
+    header = {
+        "model": model,
+        "interventions": describe_interventions(options, plan) if plan else None,
+        "logits": options.routing_logits,
+    }
+    return RecordWriter(
+        options.routing_out,
+        described,
+        json.loads(json.dumps(header, default=str)),
+        rank,
+        world_size,
+        options.routing_overwrite,
+        shared_run_id(world_size),
+    )
 
 
 def shared_run_id(world_size: int) -> str:
