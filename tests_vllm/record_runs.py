@@ -1,0 +1,49 @@
+"""Evaluate one lm-eval model under several configurations through lm-eval's Python API, each writing its routing
+records: test_moe_vllm.py runs it with `moe_hf` in the main environment (transformers 5.24) and with `moe_vllm` in
+the vLLM one (vLLM pins an older transformers), so that both models' records can be compared.
+
+    python tests_vllm/record_runs.py RUNS_JSON
+    RUNS_JSON: {"model": "moe_hf", "tasks": [...], "limit": 8, "batch_size": 1,
+                "runs": [{"out": DIR, "model_args": {...}, "gen_kwargs": "max_gen_toks=24" or null}, ...]}
+
+A moe_vllm engine is shut down after its run, so that one engine at a time holds memory.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import sys
+import time
+
+
+def run(model: str, model_args: dict, tasks: list[str], limit: int, batch_size, gen_kwargs: str | None) -> None:
+    import lm_eval
+    from lm_eval.api.registry import get_model
+
+    lm = get_model(model).create_from_arg_obj(model_args, {"batch_size": batch_size})
+    try:
+        lm_eval.simple_evaluate(model=lm, tasks=tasks, limit=limit, batch_size=batch_size, gen_kwargs=gen_kwargs)
+    finally:
+        lm.close()
+        if model == "moe_vllm":
+            lm.model.llm_engine.engine_core.shutdown()
+        del lm
+        gc.collect()
+
+
+def main(path: str) -> None:
+    import moe_rbench.hook
+
+    moe_rbench.hook.install()
+    with open(path, encoding="utf-8") as file:
+        plan = json.load(file)
+    for entry in plan["runs"]:
+        model_args = {**entry["model_args"], "routing_out": entry["out"]}
+        started = time.perf_counter()
+        run(plan["model"], model_args, plan["tasks"], plan["limit"], plan["batch_size"], entry["gen_kwargs"])
+        print(f"recorded {entry['out']} in {time.perf_counter() - started:.1f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
