@@ -70,18 +70,27 @@ class Steering:
     after: Path
 
 
-def check_lm_eval_args(lm_eval_args: list[str]) -> dict:
-    """The evaluation must be `moe_hf`, without an output path (steer sets it), routing capture or an expert
-    intervention of its own; returns its model arguments."""
+STEERED_MODELS = ("moe_hf", "moe_vllm")  # the models that take steer's intervention (force/disable_experts)
+
+
+def check_lm_eval_args(lm_eval_args: list[str], disable_mode: str = "reroute") -> dict:
+    """The evaluation must be `moe_hf` or `moe_vllm` (reroute only), without an output path (steer sets it), routing
+    capture or an expert intervention of its own; returns its model arguments."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--model")
     parser.add_argument("--model_args", "-a", nargs="+", action="extend", default=[])
     parser.add_argument("--output_path", "-o")
     known, _ = parser.parse_known_args(lm_eval_args)
-    if known.model != "moe_hf":
+    if known.model not in STEERED_MODELS:
         raise OptionError(
-            f"steer evaluates with `--model moe_hf` (it adds an expert intervention); the lm_eval arguments say "
-            f"--model {known.model}. Give them after `--`: -- --model moe_hf --model_args pretrained=... --tasks ..."
+            f"steer evaluates with `--model moe_hf` or `--model moe_vllm` (it adds an expert intervention); the "
+            f"lm_eval arguments say --model {known.model}. Give them after `--`: -- --model moe_hf --model_args "
+            "pretrained=... --tasks ..."
+        )
+    if known.model == "moe_vllm" and disable_mode != "reroute":
+        raise OptionError(
+            f"moe_vllm disables experts with disable_mode=reroute only; steer --disable_mode {disable_mode} needs "
+            "--model moe_hf"
         )
     if known.output_path:
         raise OptionError(
@@ -255,7 +264,7 @@ def steer(
     options: SteerOptions,
     before: str | Path | None = None,
 ) -> Steering:
-    model_args = check_lm_eval_args(lm_eval_args)
+    model_args = check_lm_eval_args(lm_eval_args, options.disable_mode)
     check_options(options)
     check_checkpoint(routing, model_args, options.samples)
     out = Path(out)

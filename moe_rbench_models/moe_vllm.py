@@ -27,8 +27,7 @@ import copy
 from typing import Any
 
 from lm_eval.api.registry import register_model
-from lm_eval.models.utils import maybe_truncate
-from lm_eval.models.vllm_causallms import VLLM
+from lm_eval.models.vllm_causallms import VLLM, maybe_truncate  # the truncation generate_until applies
 
 from moe_rbench_models.errors import OptionError
 from moe_rbench_models.internals import check_methods

@@ -360,7 +360,10 @@ def test_steer_forces_the_planted_expert_and_writes_the_before_after_table(plant
 def test_steer_refuses_an_evaluation_it_cannot_steer(planted_records, tmp_path):
     command = [*planted_vs_plain("steer", planted_records, tmp_path), "--"]
     result = run([*command, "--model", "hf", "--tasks", "moe_rbench_sst2"], check=False)
-    assert result.returncode == 2 and "steer evaluates with `--model moe_hf`" in result.stderr
+    assert result.returncode == 2 and "steer evaluates with `--model moe_hf` or `--model moe_vllm`" in result.stderr
+    steermoe = [*planted_vs_plain("steer", planted_records, tmp_path, "--disable_mode", "steermoe"), "--"]
+    result = run([*steermoe, "--model", "moe_vllm", "--tasks", "moe_rbench_sst2"], check=False)
+    assert result.returncode == 2 and "moe_vllm disables experts with disable_mode=reroute only" in result.stderr
     for model_args, message in [
         ('pretrained=x,force_experts="0:1"', "set force_experts; steer adds the intervention itself"),
         ('{"pretrained": "x", "routing_out": "r"}', "set routing_out; steer adds"),

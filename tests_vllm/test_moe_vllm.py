@@ -71,12 +71,17 @@ def _run_together(commands: dict[str, tuple[list[str], dict[str, str]]], timeout
 
 
 @pytest.fixture(scope="module")
-def recorded(tmp_path_factory):
+def models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {architecture: build_vllm_tiny_model(architecture, root / architecture) for architecture in ARCHITECTURES}
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory, models):
     """Every (architecture, configuration)'s records directory for moe_hf and for moe_vllm."""
     if not HF_PYTHON.is_file():
         pytest.fail(f"moe_hf's environment {HF_PYTHON} is missing: run `make setup` (make test-vllm does)")
     root = tmp_path_factory.mktemp("moe-vllm")
-    models = {architecture: build_vllm_tiny_model(architecture, root / architecture) for architecture in ARCHITECTURES}
     runs: dict[str, list[dict]] = {"moe_hf": [], "moe_vllm": []}
     directories = {}
     for architecture, model_dir in models.items():
@@ -191,6 +196,44 @@ def test_tools_read_moe_vllm_records_into_the_same_tables(recorded, tmp_path, co
             path.name: path.read_bytes() for path in out.iterdir() if path.suffix in (".md", ".csv", ".json")
         }
     assert len(tables["moe_hf"]) == 3 and tables["moe_vllm"] == tables["moe_hf"]
+
+
+def test_steer_evaluates_on_moe_vllm(recorded, models, tmp_path):
+    """`moe-rbench steer` on moe_vllm's records, its before and after evaluations run by moe_vllm."""
+    out = tmp_path / "steer"
+    sets = ["--a", TASKS[0], "--b", TASKS[1], "--selection", "steermoe", "--force", "1", "--disable", "1"]
+    lm_eval_args = ["--model", "moe_vllm", "--model_args", f"pretrained={models['mixtral']},dtype=float32"]
+    lm_eval_args += ["--tasks", TASKS[0], "--limit", str(LIMIT)]
+    command = [sys.executable, "-m", "moe_rbench.cli", "steer", "--routing", str(recorded[CLI_RUN]["moe_vllm"])]
+    done = subprocess.run(
+        [*command, *sets, "--out", str(out), "--", *lm_eval_args],
+        cwd=ROOT,
+        env=_environment(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    (results,) = (out / "after").rglob("results_*.json")
+    steered = json.loads(results.read_text())["config"]["moe"]
+    assert steered["engine"] == "vllm"
+    per_layer = steered["interventions"]["per_layer"]
+    assert sum(len(layer["forced"]) for layer in per_layer.values()) == 1
+    assert sum(len(layer["disabled"]) for layer in per_layer.values()) == 1
+    assert json.loads((out / "steer.json").read_text())["rows"]
+
+
+def test_the_generation_benchmark_runs():
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "vllm" / "generation.py"), "--smoke", "--hf_python", str(HF_PYTHON)],
+        cwd=ROOT,
+        env=_environment(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "capture's cost over plain eager vLLM" in done.stdout
 
 
 REFUSED = {

@@ -6,6 +6,7 @@ Pure torch on `[tokens, ...]` tensors; the rows of each request are a slice of t
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from moe_rbench_models.routing.interventions import steered_scores
@@ -55,7 +56,15 @@ def limited_weights(weights: torch.Tensor, kept: torch.Tensor, renormalize: bool
 
 def sorted_by_weight(ids: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Each token's experts by weight, highest first (the order of moe_hf's records: the router's `torch.topk`,
-    which sorts; vLLM's CPU top-k does not), on the CPU: ids int32 and weights float32 `[N, K]`."""
+    which sorts; vLLM's CPU top-k does not), on the tensors' device: ids int32 and weights float32 `[N, K]`."""
     order = torch.argsort(weights.float(), dim=-1, descending=True, stable=True)
-    ids = torch.gather(ids.long(), 1, order).to(torch.int32)
-    return ids.cpu(), torch.gather(weights.float(), 1, order).cpu()
+    return torch.gather(ids.long(), 1, order).to(torch.int32), torch.gather(weights.float(), 1, order)
+
+
+def to_host(routed: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """One step's routing of every layer copied to the host in one transfer per kind (one device synchronisation
+    per step, not one per layer): `{layer: (ids [N, K] int32, weights [N, K] float32)}` as numpy arrays."""
+    layers = list(routed)
+    ids = torch.stack([routed[layer][0] for layer in layers]).cpu().numpy()
+    weights = torch.stack([routed[layer][1] for layer in layers]).cpu().numpy()
+    return {layer: (ids[i], weights[i]) for i, layer in enumerate(layers)}

@@ -31,7 +31,7 @@ from moe_rbench_models.vllm.checks import (
     layer_info,
     moe_runner_class,
 )
-from moe_rbench_models.vllm.routing import limited_weights, sorted_by_weight, steered_logits
+from moe_rbench_models.vllm.routing import limited_weights, sorted_by_weight, steered_logits, to_host
 from moe_rbench_models.vllm.settings import LayerEdit, RequestSettings, read_settings
 
 
@@ -188,13 +188,14 @@ class MoERoutingExtension:
                 f"MoE layers {missing} routed no tokens in a step with captured requests; their select_experts was "
                 "not called through the wrapper (compiled, or another routing path)"
             )
+        routed = to_host(step.routed)
         for tag, rows, settings in step.captures:
             chunk = CapturedChunk(step.positions[rows].copy(), {}, {})
             for index, layer in self._moe_layers.items():
                 kept = settings.kept_experts(layer)
-                ids, weights = step.routed[index]
-                chunk.ids[index] = ids[rows, :kept].numpy().copy()
-                chunk.weights[index] = weights[rows, :kept].numpy().copy()
+                ids, weights = routed[index]
+                chunk.ids[index] = ids[rows, :kept].copy()
+                chunk.weights[index] = weights[rows, :kept].copy()
             self._moe_store[tag].append(chunk)
 
     # -- the router ----------------------------------------------------------------------------------------
