@@ -44,11 +44,11 @@ class RequestSettings:
     tag: str | None
     capture: bool
     edits: dict[int, LayerEdit]  # by decoder layer index; only layers that change
+    kept: dict[int, int]  # experts per token in each MoE layer (decoder layer index), the model's k unless lowered
 
     def kept_experts(self, layer: LayerInfo) -> int:
         """How many experts per token this request's routing has in `layer`."""
-        edit = self.edits.get(layer.index)
-        return edit.top_k if edit is not None and edit.top_k is not None else layer.top_k
+        return self.kept[layer.index]
 
 
 def read_settings(extra_args: dict[str, Any] | None, layers: dict[int, LayerInfo]) -> RequestSettings | None:
@@ -75,7 +75,8 @@ def read_settings(extra_args: dict[str, Any] | None, layers: dict[int, LayerInfo
     }
     for index, edit in edits.items():
         _check_edit(layers[index], edit)
-    return RequestSettings(tag, capture, edits)
+    kept = {index: top_k.get(index, layer.top_k) for index, layer in layers.items()}
+    return RequestSettings(tag, capture, edits, kept)
 
 
 def _layer_index(key: Any, option: str, layers: dict[int, LayerInfo]) -> int:

@@ -89,6 +89,7 @@ class MoERoutingExtension:
         self._moe_step: Step | None = None
         self._moe_store: dict[str, list[CapturedChunk]] = defaultdict(list)
         self._moe_tag_owner: dict[str, str] = {}
+        self._moe_settings: dict[str, tuple[object, RequestSettings | None]] = {}  # by request id
         for module, layer in zip(moe_runners, layers, strict=True):
             module.router.select_experts = self._moe_routing_wrapper(layer, module.router.select_experts)
         runner._model_forward = self._moe_forward_wrapper(runner._model_forward)
@@ -162,12 +163,20 @@ class MoERoutingExtension:
 
     def _request_settings(self, req_id: str) -> RequestSettings | None:
         """A request's settings from its SamplingParams.extra_args (CachedRequestState, vllm/v1/worker/
-        gpu_input_batch.py); OptionError for settings that name unknown layers or experts."""
-        state = self.model_runner.requests.get(req_id)
+        gpu_input_batch.py), read once per request; OptionError for settings that name unknown layers or experts."""
+        requests = self.model_runner.requests
+        state = requests.get(req_id)
         if state is None:
             raise VLLMInternalsChanged(f"request {req_id} of the input batch is not in the model runner's requests")
         sampling = getattr(state, "sampling_params", None)
-        return read_settings(getattr(sampling, "extra_args", None), self._moe_layers)
+        cached = self._moe_settings.get(req_id)
+        if cached is not None and cached[0] is sampling:
+            return cached[1]
+        if len(self._moe_settings) > 2 * len(requests) + 64:  # forget finished requests
+            self._moe_settings = {key: value for key, value in self._moe_settings.items() if key in requests}
+        settings = read_settings(getattr(sampling, "extra_args", None), self._moe_layers)
+        self._moe_settings[req_id] = (sampling, settings)
+        return settings
 
     def _claim_tag(self, tag: str, req_id: str, in_step: dict[str, str]) -> None:
         owner = self._moe_tag_owner.setdefault(tag, req_id)
@@ -188,15 +197,12 @@ class MoERoutingExtension:
                 f"MoE layers {missing} routed no tokens in a step with captured requests; their select_experts was "
                 "not called through the wrapper (compiled, or another routing path)"
             )
-        routed = to_host(step.routed)
+        routed = to_host(step.routed)  # fresh arrays of this step: the chunks hold views of them
         for tag, rows, settings in step.captures:
-            chunk = CapturedChunk(step.positions[rows].copy(), {}, {})
-            for index, layer in self._moe_layers.items():
-                kept = settings.kept_experts(layer)
-                ids, weights = routed[index]
-                chunk.ids[index] = ids[rows, :kept].copy()
-                chunk.weights[index] = weights[rows, :kept].copy()
-            self._moe_store[tag].append(chunk)
+            kept = settings.kept
+            ids = {index: routed[index][0][rows, : kept[index]] for index in self._moe_layers}
+            weights = {index: routed[index][1][rows, : kept[index]] for index in self._moe_layers}
+            self._moe_store[tag].append(CapturedChunk(step.positions[rows], ids, weights))
 
     # -- the router ----------------------------------------------------------------------------------------
 
