@@ -4,7 +4,8 @@ the vLLM one (vLLM pins an older transformers), so that both models' records can
 
     python tests_vllm/record_runs.py RUNS_JSON
     RUNS_JSON: {"model": "moe_hf", "tasks": [...], "limit": 8, "batch_size": 1,
-                "runs": [{"out": DIR, "model_args": {...}, "gen_kwargs": "max_gen_toks=24" or null}, ...]}
+                "runs": [{"out": DIR, "model_args": {...}, "gen_kwargs": "max_gen_toks=24" or null,
+                          "count_preemptions": true (optional, moe_vllm: print vLLM's preemptions)}, ...]}
 
 A moe_vllm engine is shut down after its run, so that one engine at a time holds memory.
 """
@@ -32,6 +33,22 @@ def run(model: str, model_args: dict, tasks: list[str], limit: int, batch_size, 
         gc.collect()
 
 
+def counting_preemptions() -> dict[str, int]:
+    """Count vLLM's preemptions (its scheduler's `_preempt_request`, vllm/v1/core/sched/scheduler.py) in this process
+    (engines in-process: VLLM_ENABLE_V1_MULTIPROCESSING=0)."""
+    from vllm.v1.core.sched.scheduler import Scheduler
+
+    count = {"preemptions": 0}
+    preempt = Scheduler._preempt_request
+
+    def counted(self, *args, **kwargs):
+        count["preemptions"] += 1
+        return preempt(self, *args, **kwargs)
+
+    Scheduler._preempt_request = counted
+    return count
+
+
 def main(path: str) -> None:
     import moe_rbench.hook
 
@@ -40,9 +57,12 @@ def main(path: str) -> None:
         plan = json.load(file)
     for entry in plan["runs"]:
         model_args = {**entry["model_args"], "routing_out": entry["out"]}
+        count = counting_preemptions() if entry.get("count_preemptions") else None
         started = time.perf_counter()
-        run(plan["model"], model_args, plan["tasks"], plan["limit"], plan["batch_size"], entry["gen_kwargs"])
+        run(plan["model"], model_args, plan["tasks"], plan["limit"], plan["batch_size"], entry.get("gen_kwargs"))
         print(f"recorded {entry['out']} in {time.perf_counter() - started:.1f} s", flush=True)
+        if count is not None:
+            print(f"preemptions: {count['preemptions']}", flush=True)
 
 
 if __name__ == "__main__":

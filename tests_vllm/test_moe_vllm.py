@@ -37,6 +37,8 @@ CONFIGURATIONS = {
 COMMON = {"dtype": "float32"}
 ENGINE = {"max_model_len": 512, "max_num_batched_tokens": 64, "max_num_seqs": 8, "seed": 0}
 CLI_RUN = ("mixtral", "plain")  # moe_vllm's run through the `lm_eval` command
+PREEMPTED = ("mixtral", "preempted")  # moe_vllm's run with a KV cache too small for its requests (moe_hf's: CLI_RUN's)
+PREEMPTING = {"max_model_len": 256, "block_size": 32, "num_gpu_blocks_override": 10}
 SHORT_GENERATIONS = "max_gen_toks=24"
 
 
@@ -59,15 +61,18 @@ def _record_runs(python: Path, model: str, runs: list[dict], plan_path: Path, ba
     return [str(python), str(ROOT / "tests_vllm" / "record_runs.py"), str(plan_path)]
 
 
-def _run_together(commands: dict[str, tuple[list[str], dict[str, str]]], timeout: int = 1200) -> None:
-    """Run the commands side by side (moe_hf's runs, moe_vllm's and the `lm_eval` command); each must succeed."""
+def _run_together(commands: dict[str, tuple[list[str], dict[str, str]]], timeout: int = 1200) -> dict[str, str]:
+    """Run the commands side by side (moe_hf's runs, moe_vllm's and the `lm_eval` command); each must succeed.
+    Their standard outputs."""
     started = {
         name: subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for name, (command, env) in commands.items()
     }
+    outputs = {}
     for name, process in started.items():
-        stdout, stderr = process.communicate(timeout=timeout)
-        assert process.returncode == 0, f"{name} failed:\n{stdout[-3000:]}\n{stderr[-6000:]}"
+        outputs[name], stderr = process.communicate(timeout=timeout)
+        assert process.returncode == 0, f"{name} failed:\n{outputs[name][-3000:]}\n{stderr[-6000:]}"
+    return outputs
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +101,12 @@ def recorded(tmp_path_factory, models):
                 gen_kwargs = None if (architecture, name) == CLI_RUN else SHORT_GENERATIONS
                 out = str(directories[architecture, name][model])
                 runs[model].append({"out": out, "model_args": model_args, "gen_kwargs": gen_kwargs})
-    _run_together(
+    directories[PREEMPTED] = {**directories[CLI_RUN], "moe_vllm": root / "moe_vllm-mixtral-preempted"}
+    preempting = {"pretrained": str(models["mixtral"]), **COMMON, **ENGINE, **PREEMPTING}
+    runs["moe_vllm"].append(
+        {"out": str(directories[PREEMPTED]["moe_vllm"]), "model_args": preempting, "count_preemptions": True}
+    )
+    outputs = _run_together(
         {
             "moe_hf": (_record_runs(HF_PYTHON, "moe_hf", runs["moe_hf"], root / "moe_hf.json", 1), _environment()),
             "moe_vllm": (
@@ -108,7 +118,15 @@ def recorded(tmp_path_factory, models):
             ),
         }
     )
-    return directories
+    return Recorded(directories, int(re.search(r"preemptions: (\d+)", outputs["moe_vllm"]).group(1)))
+
+
+class Recorded(dict):
+    """The records directories by (architecture, configuration), and how many preemptions the preempted run had."""
+
+    def __init__(self, directories: dict, preemptions: int) -> None:
+        super().__init__(directories)
+        self.preemptions = preemptions
 
 
 def _lm_eval_command(model_dir: Path, routing_out: Path, output_path: Path) -> tuple[list[str], dict[str, str]]:
@@ -136,7 +154,17 @@ def _float16_steps(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.mark.parametrize("name", CONFIGURATIONS)
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_records_equal_moe_hf(recorded, architecture, name):
-    directories = recorded[architecture, name]
+    assert_same_records(recorded[architecture, name])
+
+
+def test_records_equal_moe_hf_when_requests_are_preempted(recorded):
+    """A KV cache of 10 blocks of 32 tokens for 8 requests of up to 256: vLLM preempts running generations and
+    recomputes them from their first token; the records are still moe_hf's."""
+    assert recorded.preemptions >= 1
+    assert_same_records(recorded[PREEMPTED])
+
+
+def assert_same_records(directories: dict[str, Path]) -> None:
     hf, vllm = _by_request(directories["moe_hf"]), _by_request(directories["moe_vllm"])
     assert set(vllm) == set(hf) and len(hf) == LIMIT * 2 + LIMIT  # two choices per SST-2 document, one generation
     generated = 0
