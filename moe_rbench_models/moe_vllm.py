@@ -12,10 +12,11 @@ Not on vLLM (refused by name, use moe_hf): `routing_logits`, `disable_mode=steer
 classification head.
 
 With a MoE option the engine runs eager (`enforce_eager=True`: compiled graphs skip the routing wrappers) without
-prefix caching (cached tokens are not routed again, and KV computed under an intervention would be reused), in one
-engine process: tensor, pipeline and data parallel sizes above 1 are refused for now. Asking otherwise is refused by
-name. Records differ from moe_hf's where the two truncate differently: lm-eval's vLLM model keeps the last
-max_length - 1 tokens of a loglikelihood request (HFLM max_length + 1).
+prefix caching (cached tokens are not routed again, and KV computed under an intervention would be reused). Tensor
+parallel works (every rank routes all tokens; rank 0's capture is recorded); pipeline and data parallel sizes above 1
+and expert parallelism are refused for now. Asking otherwise is refused by name. Records differ from moe_hf's where
+the two truncate differently: lm-eval's vLLM model keeps the last max_length - 1 tokens of a loglikelihood request
+(HFLM max_length + 1).
 
 `close()` (or leaving a `with` block) publishes the routing records; lm-eval's `simple_evaluate` publishes them when
 it asks for the model's info, after the evaluation.
@@ -65,7 +66,7 @@ ENGINE_SETTINGS = (
         "cached prefix tokens get no routing, and KV computed under one configuration would be reused by another",
     ),
 )
-PARALLEL_SIZES = ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size")
+PARALLEL_SIZES = ("pipeline_parallel_size", "data_parallel_size")  # refused above 1 (tensor parallel works)
 
 
 @register_model("moe_vllm")
@@ -236,8 +237,9 @@ def _engine_arguments(options: MoEOptions) -> dict[str, Any]:
     for name in PARALLEL_SIZES:
         if int(engine_args.get(name, 1) or 1) != 1:
             raise OptionError(
-                f"moe_vllm captures and steers routing in one engine process; {name}={engine_args[name]} is not "
-                f"supported yet with {', '.join(options.moe_options)}. Use {name}=1, or --model vllm without them."
+                f"moe_vllm captures and steers routing in one engine with tensor parallelism at most; "
+                f"{name}={engine_args[name]} is not supported yet with {', '.join(options.moe_options)}. Use {name}=1 "
+                "(tensor_parallel_size=N works), or --model vllm without them."
             )
     if engine_args.get("worker_extension_cls") not in (None, EXTENSION):
         raise OptionError(f"moe_vllm installs its own worker_extension_cls ({EXTENSION}); drop worker_extension_cls")

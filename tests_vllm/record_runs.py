@@ -5,7 +5,8 @@ the vLLM one (vLLM pins an older transformers), so that both models' records can
     python tests_vllm/record_runs.py RUNS_JSON
     RUNS_JSON: {"model": "moe_hf", "tasks": [...], "limit": 8, "batch_size": 1,
                 "runs": [{"out": DIR, "model_args": {...}, "gen_kwargs": "max_gen_toks=24" or null,
-                          "count_preemptions": true (optional, moe_vllm: print vLLM's preemptions)}, ...]}
+                          "count_preemptions": true (optional, moe_vllm: print vLLM's preemptions),
+                          "env": {...} (optional: environment variables for the run)}, ...]}
 
 A moe_vllm engine is shut down after its run, so that one engine at a time holds memory.
 """
@@ -14,8 +15,11 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 def run(model: str, model_args: dict, tasks: list[str], limit: int, batch_size, gen_kwargs: str | None) -> None:
@@ -31,6 +35,21 @@ def run(model: str, model_args: dict, tasks: list[str], limit: int, batch_size, 
             lm.model.llm_engine.engine_core.shutdown()
         del lm
         gc.collect()
+
+
+@contextmanager
+def environment(variables: dict[str, str]) -> Iterator[None]:
+    """Environment variables for one run (vLLM reads its settings from the environment when an engine starts)."""
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def counting_preemptions() -> dict[str, int]:
@@ -59,7 +78,8 @@ def main(path: str) -> None:
         model_args = {**entry["model_args"], "routing_out": entry["out"]}
         count = counting_preemptions() if entry.get("count_preemptions") else None
         started = time.perf_counter()
-        run(plan["model"], model_args, plan["tasks"], plan["limit"], plan["batch_size"], entry.get("gen_kwargs"))
+        with environment(entry.get("env", {})):
+            run(plan["model"], model_args, plan["tasks"], plan["limit"], plan["batch_size"], entry.get("gen_kwargs"))
         print(f"recorded {entry['out']} in {time.perf_counter() - started:.1f} s", flush=True)
         if count is not None:
             print(f"preemptions: {count['preemptions']}", flush=True)

@@ -39,6 +39,8 @@ ENGINE = {"max_model_len": 512, "max_num_batched_tokens": 64, "max_num_seqs": 8,
 CLI_RUN = ("mixtral", "plain")  # moe_vllm's run through the `lm_eval` command
 PREEMPTED = ("mixtral", "preempted")  # moe_vllm's run with a KV cache too small for its requests (moe_hf's: CLI_RUN's)
 PREEMPTING = {"max_model_len": 256, "block_size": 32, "num_gpu_blocks_override": 10}
+TENSOR_PARALLEL = ("mixtral", "force, tensor parallel")  # two worker processes (moe_hf's: mixtral force)
+TWO_CPU_WORKERS = {"VLLM_CPU_OMP_THREADS_BIND": "0|1"}  # one core each (vLLM's CPU workers bind to NUMA nodes)
 SHORT_GENERATIONS = "max_gen_toks=24"
 
 
@@ -106,6 +108,25 @@ def recorded(tmp_path_factory, models):
     runs["moe_vllm"].append(
         {"out": str(directories[PREEMPTED]["moe_vllm"]), "model_args": preempting, "count_preemptions": True}
     )
+    directories[TENSOR_PARALLEL] = {
+        **directories["mixtral", "force"],
+        "moe_vllm": root / "moe_vllm-mixtral-force-tp2",
+    }
+    tensor_parallel = {
+        "pretrained": str(models["mixtral"]),
+        **COMMON,
+        **ENGINE,
+        **CONFIGURATIONS["force"],
+        "tensor_parallel_size": 2,
+    }
+    runs["moe_vllm"].append(
+        {
+            "out": str(directories[TENSOR_PARALLEL]["moe_vllm"]),
+            "model_args": tensor_parallel,
+            "gen_kwargs": SHORT_GENERATIONS,
+            "env": TWO_CPU_WORKERS,
+        }
+    )
     outputs = _run_together(
         {
             "moe_hf": (_record_runs(HF_PYTHON, "moe_hf", runs["moe_hf"], root / "moe_hf.json", 1), _environment()),
@@ -162,6 +183,12 @@ def test_records_equal_moe_hf_when_requests_are_preempted(recorded):
     recomputes them from their first token; the records are still moe_hf's."""
     assert recorded.preemptions >= 1
     assert_same_records(recorded[PREEMPTED])
+
+
+def test_records_equal_moe_hf_with_tensor_parallel_workers(recorded):
+    """Two tensor-parallel workers (each routing every token, with the request's intervention): rank 0's capture is
+    moe_hf's."""
+    assert_same_records(recorded[TENSOR_PARALLEL])
 
 
 def assert_same_records(directories: dict[str, Path]) -> None:
@@ -267,7 +294,7 @@ def test_the_generation_benchmark_runs():
 REFUSED = {
     "compile": ({"routing_out": "DIR", "enforce_eager": "false"}, "enforce_eager=True"),
     "prefix caching": ({"top_k": 1, "enable_prefix_caching": True}, "enable_prefix_caching=False"),
-    "tensor parallel": ({"force_experts": "0:1", "tensor_parallel_size": 2}, "tensor_parallel_size=1"),
+    "pipeline parallel": ({"force_experts": "0:1", "pipeline_parallel_size": 2}, "pipeline_parallel_size=1"),
     "data parallel": ({"routing_out": "DIR", "data_parallel_size": 2}, "data_parallel_size=1"),
     "logits": ({"routing_out": "DIR", "routing_logits": True}, "routing_logits"),
     "steermoe disable": ({"disable_experts": "0:1", "disable_mode": "steermoe"}, "disable_mode=reroute"),

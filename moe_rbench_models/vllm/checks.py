@@ -95,16 +95,19 @@ def check_vllm_config(config) -> None:
 
 
 def _check_single_process(config) -> None:
+    """Tensor parallel is supported: every rank's router sees all of a step's tokens (the gate is replicated, the
+    experts are split) and applies the same per-request settings, so rank 0's capture is the run's. Pipeline and data
+    parallel (several engines or stages, each seeing part of the layers or requests) and expert parallel are not."""
     parallel = config.parallel_config
     sizes = {
-        "tensor_parallel_size": parallel.tensor_parallel_size,
         "pipeline_parallel_size": parallel.pipeline_parallel_size,
         "data_parallel_size": parallel.data_parallel_size,
     }
-    if any(size != 1 for size in sizes.values()):
+    if any(size != 1 for size in sizes.values()) or parallel.enable_expert_parallel:
         raise VLLMSetupError(
-            f"{sizes}: the worker extension captures routing in one worker only (this slice of issue 24). "
-            "Create the LLM with all parallel sizes 1."
+            f"{sizes}, enable_expert_parallel={parallel.enable_expert_parallel}: the worker extension captures and "
+            "steers routing with tensor parallelism only. Create the LLM with these parallel sizes 1 and without "
+            "expert parallelism."
         )
     if config.speculative_config is not None:
         raise VLLMSetupError(
