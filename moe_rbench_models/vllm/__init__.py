@@ -1,4 +1,4 @@
-"""MoE routing capture and interventions inside vLLM (issue 24, first slice: the worker extension).
+"""MoE routing capture and interventions inside vLLM: the worker extension, and what `moe_vllm` builds on it.
 
 `worker.MoERoutingExtension` is loaded by vLLM as `LLM(..., worker_extension_cls=
 "moe_rbench_models.vllm.worker.MoERoutingExtension", enforce_eager=True, enable_prefix_caching=False)` and
