@@ -132,15 +132,41 @@ def test_prefix_caching_is_refused(model_dirs):
         close_llm(llm)
 
 
-def test_torch_compile_is_refused():
+def _engine_config(eager=True, prefix_caching=False, eplb=False, pipeline=1, data=1, expert=False, speculative=None):
+    """The parts of a VllmConfig that `check_vllm_config` reads."""
     from vllm.config.compilation import CompilationMode
 
-    config = types.SimpleNamespace(
-        model_config=types.SimpleNamespace(enforce_eager=False),
-        compilation_config=types.SimpleNamespace(mode=CompilationMode.VLLM_COMPILE),
+    parallel = types.SimpleNamespace(
+        enable_eplb=eplb,
+        pipeline_parallel_size=pipeline,
+        data_parallel_size=data,
+        enable_expert_parallel=expert,
     )
-    with pytest.raises(VLLMSetupError, match="torch.compile is active.*enforce_eager=True"):
-        check_vllm_config(config)
+    return types.SimpleNamespace(
+        model_config=types.SimpleNamespace(enforce_eager=eager),
+        compilation_config=types.SimpleNamespace(mode=CompilationMode.NONE if eager else CompilationMode.VLLM_COMPILE),
+        cache_config=types.SimpleNamespace(enable_prefix_caching=prefix_caching),
+        parallel_config=parallel,
+        speculative_config=speculative,
+    )
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"eager": False}, "torch.compile is active.*enforce_eager=True"),
+        ({"prefix_caching": True}, "prefix caching is on.*enable_prefix_caching=False"),
+        ({"eplb": True}, "EPLB.*physical expert replicas.*enable_eplb=False"),
+        ({"pipeline": 2}, "pipeline_parallel_size': 2.*tensor parallelism only"),
+        ({"data": 2}, "data_parallel_size': 2.*tensor parallelism only"),
+        ({"expert": True}, "enable_expert_parallel=True.*without expert parallelism"),
+        ({"speculative": object()}, "speculative decoding is on.*without speculative_config"),
+    ],
+)
+def test_unsupported_engine_settings_are_refused(setting, message):
+    check_vllm_config(_engine_config())  # the settings moe_vllm uses pass
+    with pytest.raises(VLLMSetupError, match=message):
+        check_vllm_config(_engine_config(**setting))
 
 
 def test_settings_are_checked_without_a_model():
