@@ -40,7 +40,9 @@ CLI_RUN = ("mixtral", "plain")  # moe_vllm's run through the `lm_eval` command
 PREEMPTED = ("mixtral", "preempted")  # moe_vllm's run with a KV cache too small for its requests (moe_hf's: CLI_RUN's)
 PREEMPTING = {"max_model_len": 256, "block_size": 32, "num_gpu_blocks_override": 10}
 TENSOR_PARALLEL = ("mixtral", "force, tensor parallel")  # two worker processes (moe_hf's: mixtral force)
-TWO_CPU_WORKERS = {"VLLM_CPU_OMP_THREADS_BIND": "0|1"}  # one core each (vLLM's CPU workers bind to NUMA nodes)
+# vLLM's CPU workers bind their threads to NUMA nodes unless told which cores: one core each, the first two allowed
+_CPUS = sorted(os.sched_getaffinity(0))
+TWO_CPU_WORKERS = {"VLLM_CPU_OMP_THREADS_BIND": f"{_CPUS[0]}|{_CPUS[1 % len(_CPUS)]}"}
 SHORT_GENERATIONS = "max_gen_toks=24"
 
 
