@@ -44,11 +44,12 @@ from moe_rbench_models.errors import OptionError
 from moe_rbench_models.internals import InternalsChanged, check_hflm
 from moe_rbench_models.options import MoEOptions, refuse_request_cache
 from moe_rbench_models.routing.discovery import describe_moe, find_moe_layers
+from moe_rbench_models.routing.requests import CapturedScoring
 from moe_rbench_models.routing.session import RoutingSession
 
 
 @register_model("moe_hf")
-class MoEHFLM(HFLM):
+class MoEHFLM(CapturedScoring, HFLM):
     def __init__(self, pretrained: Any, **model_args: Any) -> None:
         """`model_args`: hf's and moe_hf's own (module docstring), read and checked by `MoEOptions.parse` before the
         model is loaded. `data_dir`: directory of the benchmarks' original release files, read by the moe_rbench
@@ -107,23 +108,12 @@ class MoEHFLM(HFLM):
     def loglikelihood(self, requests, disable_tqdm: bool = False):
         if self._classifier is not None:
             return self._classifier.loglikelihood(requests)
-        if self._capture is None:
-            return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
-        self._scoring_instances = requests
-        try:
-            with self._capture.call():
-                return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
-        finally:
-            self._scoring_instances = None
+        return super().loglikelihood(requests, disable_tqdm=disable_tqdm)  # CapturedScoring: with routing capture
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
         if self._classifier is not None:
             refuse("loglikelihood_rolling")
-        if self._capture is None:
-            return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
-        with self._capture.call():
-            self._capture.expect_rolling(requests, self._rolling_windows)
-            return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
+        return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
 
     def _rolling_windows(self, text: str) -> list[tuple[list[int], list[int]]]:
         """The windows HFLM.loglikelihood_rolling scores, made with the same lm-eval functions."""
@@ -136,8 +126,6 @@ class MoEHFLM(HFLM):
         return [utils.make_disjoint_window(window) for window in windows]
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
-        if self._capture is not None and self._scoring_instances is not None:
-            self._capture.expect_scoring(self._scoring_instances, requests)
         try:
             return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
         finally:

@@ -35,7 +35,8 @@ from moe_rbench_models.internals import check_methods
 from moe_rbench_models.options import MoEOptions, refuse_request_cache
 from moe_rbench_models.routing.discovery import MoELayer, describe_moe_config
 from moe_rbench_models.routing.interventions import plan_interventions
-from moe_rbench_models.routing.session import describe_interventions, open_writer
+from moe_rbench_models.routing.requests import CapturedScoring
+from moe_rbench_models.routing.session import describe_interventions, open_writer, published
 from moe_rbench_models.specs import parse_bool
 from moe_rbench_models.vllm.capture import VLLMCapture
 from moe_rbench_models.vllm.engine import RoutedLLM
@@ -70,7 +71,7 @@ PARALLEL_SIZES = ("pipeline_parallel_size", "data_parallel_size")  # refused abo
 
 
 @register_model("moe_vllm")
-class MoEVLLM(VLLM):
+class MoEVLLM(CapturedScoring, VLLM):
     def __init__(self, pretrained: str, **model_args: Any) -> None:
         """`model_args`: vllm's and moe_hf's routing options (module docstring), read and checked before the engine
         starts; `data_dir` as moe_hf's (the benchmarks' release files, read by the moe_rbench tasks)."""
@@ -83,7 +84,6 @@ class MoEVLLM(VLLM):
         self.moe_layers: list[MoELayer] = []
         self.plan: dict = {}
         self._capture: VLLMCapture | None = None
-        self._scoring_instances = None
         if options.moe_options:
             self._install()
 
@@ -128,34 +128,10 @@ class MoEVLLM(VLLM):
         if self.plan:
             moe["interventions"] = describe_interventions(self.options, self.plan)
         if self._capture is not None:
-            writer = self._capture.writer
-            writer.commit()
-            moe["routing"] = {"out": str(writer.out_dir), "run": writer.run_id, "summary": writer.summary()}
+            moe["routing"] = published(self._capture.writer)
         return {"moe": moe}
 
-    # -- requests --------------------------------------------------------------------------------------------
-
-    def loglikelihood(self, requests, disable_tqdm: bool = False):
-        if self._capture is None:
-            return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
-        self._scoring_instances = requests
-        try:
-            with self._capture.call():
-                return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
-        finally:
-            self._scoring_instances = None
-
-    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False):
-        if self._capture is not None and self._scoring_instances is not None:
-            self._capture.expect_scoring(self._scoring_instances, requests)
-        return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm)
-
-    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
-        if self._capture is None:
-            return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
-        with self._capture.call():
-            self._capture.expect_rolling(requests, self._rolling_windows)
-            return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
+    # -- requests: loglikelihood and loglikelihood_rolling with capture are CapturedScoring's --------------------
 
     def _rolling_windows(self, text: str) -> list[tuple[list[int], list[int]]]:
         """The windows VLLM.loglikelihood_rolling scores, made with the same lm-eval functions and lengths."""

@@ -249,6 +249,37 @@ class RequestBook:
             self._contexts.pop(document, None)
 
 
+class CapturedScoring:
+    """lm-eval's scoring calls with routing capture, shared by moe_hf and moe_vllm (mixed in before their lm-eval base
+    class). `self._capture` is the model's `RequestBook` (None: no capture); `loglikelihood` hands its instances to
+    `_loglikelihood_tokens`, which expects the token requests they became; `loglikelihood_rolling` expects the windows
+    the model's `_rolling_windows(text)` gives."""
+
+    _scoring_instances = None
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False):
+        if self._capture is None:
+            return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+        self._scoring_instances = requests
+        try:
+            with self._capture.call():
+                return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+        finally:
+            self._scoring_instances = None
+
+    def _loglikelihood_tokens(self, requests, *args, **kwargs):
+        if self._capture is not None and self._scoring_instances is not None:
+            self._capture.expect_scoring(self._scoring_instances, requests)
+        return super()._loglikelihood_tokens(requests, *args, **kwargs)
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        if self._capture is None:
+            return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
+        with self._capture.call():
+            self._capture.expect_rolling(requests, self._rolling_windows)
+            return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
+
+
 class RequestCapture(RequestBook):
     """moe_hf's capture: routing read by the hooks, per forward pass, matched to HFLM's batches and rows."""
 

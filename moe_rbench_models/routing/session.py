@@ -61,9 +61,7 @@ class RoutingSession:
         if self.plan:
             report["interventions"] = self.interventions
         if self.capture is not None:
-            writer = self.capture.writer
-            writer.commit()
-            report["routing"] = {"out": str(writer.out_dir), "run": writer.run_id, "summary": writer.summary()}
+            report["routing"] = published(self.capture.writer)
         return report
 
     def close(self) -> None:
@@ -96,6 +94,12 @@ class RoutingSession:
         )
         decoder_start = lm.model.config.decoder_start_token_id if lm.backend == "seq2seq" else None
         return RequestCapture(self.hooks, writer, self.layers, lm.max_length, decoder_start, lm.tok_decode)
+
+
+def published(writer: RecordWriter) -> dict[str, Any]:
+    """Publish a run's records (main process) and describe them for the results' `config.moe.routing`."""
+    writer.commit()
+    return {"out": str(writer.out_dir), "run": writer.run_id, "summary": writer.summary()}
 
 
 def describe_interventions(options: MoEOptions, plan: dict[str, LayerIntervention]) -> dict[str, Any]:

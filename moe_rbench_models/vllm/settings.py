@@ -46,10 +46,6 @@ class RequestSettings:
     edits: dict[int, LayerEdit]  # by decoder layer index; only layers that change
     kept: dict[int, int]  # experts per token in each MoE layer (decoder layer index), the model's k unless lowered
 
-    def kept_experts(self, layer: LayerInfo) -> int:
-        """How many experts per token this request's routing has in `layer`."""
-        return self.kept[layer.index]
-
 
 def read_settings(extra_args: dict[str, Any] | None, layers: dict[int, LayerInfo]) -> RequestSettings | None:
     """The request's settings (None when it has none), checked; OptionError naming the problem otherwise."""
